@@ -1,0 +1,150 @@
+"""The Celery app: configuration, queues and the one task a worker runs.
+
+A thin adapter: the task decodes its JSON payload, calls the runner, hands the result to
+the worker's result publisher, and returns. Everything else lives in the library.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any, Callable, Mapping
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from celery import Celery, Task
+from kombu import Exchange, Queue
+
+from .model import HARDWARE_KINDS, RenderedTest, TestResult, queue_for
+from .settings import Settings
+
+__all__ = [
+    "RUN_TEST",
+    "RESULTS_QUEUE",
+    "CONTROL_QUEUE",
+    "TASK_EXCHANGE",
+    "make_app",
+    "hardware_queues",
+    "broker_connection_args",
+]
+
+RUN_TEST = "dtf.run_test"
+RESULTS_QUEUE = "dtf.results"
+CONTROL_QUEUE = "dtf.coordinator"
+TASK_EXCHANGE = Exchange("dtf", type="direct", durable=True)
+
+# Called by the task with (payload, task request); set by the worker process at start-up.
+TestHandler = Callable[[Mapping[str, Any], Any], None]
+
+
+def hardware_queues(extra: tuple[str, ...] = ()) -> list[Queue]:
+    names = [queue_for(kind) for kind in HARDWARE_KINDS] + [q for q in extra if q]
+    return [Queue(name, TASK_EXCHANGE, routing_key=name, durable=True) for name in dict.fromkeys(names)]
+
+
+def _with_credentials(url: str, settings: Settings) -> str:
+    """Put the configured user/password into a redis:// URL that does not carry them."""
+    parts = urlsplit(url)
+    if not settings.redis_password or parts.password is not None or not parts.scheme.startswith("redis"):
+        return url
+    user = quote(settings.redis_username or "", safe="")
+    host = parts.hostname or "localhost"
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    netloc = f"{user}:{quote(settings.redis_password, safe='')}@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _tls_options(settings: Settings) -> dict[str, Any] | None:
+    if not (settings.broker_url.startswith("rediss://") or settings.tls_ca):
+        return None
+    options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    if settings.tls_ca:
+        options["ssl_ca_certs"] = settings.tls_ca
+    if settings.tls_cert:
+        options["ssl_certfile"] = settings.tls_cert
+    if settings.tls_key:
+        options["ssl_keyfile"] = settings.tls_key
+    return options
+
+
+def broker_connection_args(settings: Settings) -> tuple[str, dict[str, Any]]:
+    """(broker URL, transport options) for Celery and kombu from one settings object."""
+    options: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout_s}
+    if settings.embedded:
+        # The in-memory transport polls; 1 s default would add up to a second per message.
+        return "memory://localhost/", {"polling_interval": 0.005}
+    if settings.sentinels:
+        url = ";".join(f"sentinel://{hostport}" for hostport in settings.sentinels)
+        options["master_name"] = settings.sentinel_master
+        sentinel_kwargs: dict[str, Any] = {}
+        if settings.redis_password:
+            # Passwords go in kwargs, not the URL: sentinel URL parsing mangles them (kombu#1007).
+            options["password"] = settings.redis_password
+            sentinel_kwargs["password"] = settings.redis_password
+            if settings.redis_username:
+                options["username"] = settings.redis_username
+                sentinel_kwargs["username"] = settings.redis_username
+        if sentinel_kwargs:
+            options["sentinel_kwargs"] = sentinel_kwargs
+        return url, options
+    options["unacked_restore_interval"] = 5.0
+    return _with_credentials(settings.broker_url, settings), options
+
+
+def make_app(settings: Settings, *, extra_queues: tuple[str, ...] = ()) -> Celery:
+    """A Celery app for one settings object; never the global current_app."""
+    url, transport_options = broker_connection_args(settings)
+    app = Celery("dtf", broker=url, set_as_current=False)
+    tls = _tls_options(settings)
+    app.conf.update(
+        broker_transport_options=transport_options,
+        broker_use_ssl=tls,
+        broker_connection_retry_on_startup=True,
+        broker_pool_limit=10,
+        task_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        result_serializer="json",
+        result_backend=None,
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        task_create_missing_queues=False,  # a queue nobody consumes must be an error, not a hole
+        task_queues=hardware_queues(extra_queues),
+        task_default_queue=queue_for("cpu"),
+        task_default_exchange=TASK_EXCHANGE.name,
+        task_default_routing_key=queue_for("cpu"),
+        worker_hijack_root_logger=False,
+        worker_send_task_events=True,
+        task_send_sent_event=False,
+        worker_enable_remote_control=not settings.embedded,
+        broker_connection_timeout=5,
+    )
+    app.dtf_settings = settings  # type: ignore[attr-defined]
+    app.dtf_handler = None  # type: ignore[attr-defined]
+
+    @app.task(name=RUN_TEST, bind=True, acks_late=True, reject_on_worker_lost=True)
+    def run_test(self: Task, payload: Mapping[str, Any]) -> None:
+        # The closure's app, not self.app: tasks of a non-current app may resolve to the default.
+        handler: TestHandler | None = getattr(app, "dtf_handler", None)
+        if handler is None:
+            raise RuntimeError("dtf.run_test reached a process that is not a dtf worker")
+        handler(payload, self.request)
+
+    return app
+
+
+def test_payload(run_id: str, attempt: int, test: RenderedTest) -> dict[str, Any]:
+    """The JSON body of a run_test task."""
+    return {"run_id": run_id, "attempt": attempt, "test": test.to_dict()}
+
+
+def task_id_for(run_id: str, test_id: str, attempt: int) -> str:
+    """Deterministic task ids: the same test attempt always has the same id."""
+    return f"{run_id}:{test_id}:{attempt}"
+
+
+def result_body(result: TestResult) -> dict[str, Any]:
+    return {"kind": "result", "result": result.to_dict()}

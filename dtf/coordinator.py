@@ -1,0 +1,523 @@
+"""The coordinator: the one process that owns the results database.
+
+It consumes two queues: ``dtf.coordinator`` (submits, status queries, worker heartbeats,
+test-started notices) and ``dtf.results`` (test results). Results are ingested in
+batches: up to N messages or T ms, one DuckDB transaction, then every message of the
+batch is acked, so a crash before the ack redelivers and the (run, test, attempt) key
+makes the second write a no-op. After each batch it publishes the tests whose
+dependencies have now passed, a bounded window per hardware queue at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+from celery import Celery
+from kombu import Connection, Consumer, Message, Producer, Queue
+
+from .app import CONTROL_QUEUE, RESULTS_QUEUE, RUN_TEST, task_id_for
+from .errors import BrokerError, DtfError, FencingError, PayloadTooLarge
+from .model import RenderedTest, Status, TestResult, TestSpec, queue_for
+from .schedule import RunGraph, Update
+from .store import Store
+
+__all__ = ["Coordinator", "CoordinatorClient", "control_queue", "results_queue"]
+
+log = logging.getLogger("dtf.coordinator")
+
+WORKER_OFFLINE_AFTER_S = 45.0
+RUNNING_GRACE_S = 60.0
+
+
+def control_queue() -> Queue:
+    return Queue(CONTROL_QUEUE, durable=True)
+
+
+def results_queue() -> Queue:
+    return Queue(RESULTS_QUEUE, durable=True)
+
+
+@dataclass
+class _PendingSubmit:
+    chunks: dict[int, Mapping[str, Any]] = field(default_factory=dict)
+    messages: list[Message] = field(default_factory=list)
+    total: int = 0
+
+
+@dataclass
+class _WorkerSeen:
+    queues: tuple[str, ...]
+    last_seen: float
+
+
+class Coordinator:
+    """The event loop of the leader: moves messages between the broker, the schedule and the store."""
+
+    def __init__(
+        self,
+        app: Celery,
+        store: Store,
+        *,
+        token: Callable[[], int] = lambda: 0,
+        servable: set[str] | None = None,
+        window: int = 1000,
+        batch_size: int | None = None,
+        batch_ms: int | None = None,
+    ) -> None:
+        settings = app.dtf_settings  # type: ignore[attr-defined]
+        self.app = app
+        self.store = store
+        self.token = token
+        self.servable = servable  # fixed hardware kinds (embedded), or learned from heartbeats
+        self.window = window
+        self.batch_size = batch_size or settings.result_batch_size
+        self.batch_s = (batch_ms if batch_ms is not None else settings.result_batch_ms) / 1000.0
+        self.max_payload = settings.max_payload_bytes
+        self.runs: dict[str, RunGraph] = {}
+        self.workers: dict[str, _WorkerSeen] = {}
+        self._running_since: dict[tuple[str, str], float] = {}
+        self._submits: dict[str, _PendingSubmit] = {}
+        self._results: list[tuple[TestResult, Message]] = []
+        self._started: list[tuple[str, Update]] = []
+        self._batch_started = 0.0
+        self._last_reconcile = 0.0
+        self._producer: Producer | None = None
+        self.ingested = 0
+
+    # -- life cycle -----------------------------------------------------------------------
+    def serve(self, stop: threading.Event, ready: threading.Event | None = None, poll_s: float = 0.05) -> None:
+        """Run until ``stop`` is set. Raises FencingError if another leader has written since."""
+        with self.app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=3)
+            self._restore_active_runs()
+            ctrl = Consumer(conn.channel(), [control_queue()], callbacks=[self._on_control],
+                            accept=["json"], prefetch_count=0)
+            res = Consumer(conn.channel(), [results_queue()], callbacks=[self._on_result_message],
+                           accept=["json"], prefetch_count=self.batch_size)
+            self._producer = Producer(conn.channel(), serializer="json")
+            with ctrl, res:
+                if ready is not None:
+                    ready.set()
+                while not stop.is_set():
+                    try:
+                        conn.drain_events(timeout=poll_s)
+                    except socket.timeout:
+                        pass
+                    self.tick()
+                self._flush_results()
+
+    def tick(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        if self._results and (len(self._results) >= self.batch_size or now - self._batch_started >= self.batch_s):
+            self._flush_results()
+        elif self._started and not self._results:
+            self._flush_results()
+        if now - self._last_reconcile >= 5.0:
+            self._last_reconcile = now
+            self._reconcile(time.time())
+
+    def _restore_active_runs(self) -> None:
+        """After a restart or a failover, rebuild the graphs of runs that were still running."""
+        for run in self.store.query("SELECT run_id FROM runs WHERE status = 'running'"):
+            rows = self.store.tests(run["run_id"])
+            specs = [TestSpec.from_dict(_json(row["spec"])) for row in rows]
+            graph = RunGraph.restore(run["run_id"], specs, {row["test_id"]: row for row in rows})
+            self.runs[run["run_id"]] = graph
+            log.info("restored run %s (%d tests)", run["run_id"], len(specs))
+
+    # -- control messages -------------------------------------------------------------------
+    def _on_control(self, body: Any, message: Message) -> None:
+        op = body.get("op") if isinstance(body, dict) else None
+        try:
+            if op == "submit":
+                self._on_submit_chunk(body, message)
+                return  # acked once the whole run is stored
+            if op == "heartbeat":
+                self._on_heartbeat(body)
+            elif op == "started":
+                self._on_started(body)
+            elif op in _QUERIES:
+                self._reply(body, {"ok": True, "data": _QUERIES[op](self, body)})
+            else:
+                raise DtfError(f"unknown coordinator operation {op!r}")
+        except FencingError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bad message must not stop the leader
+            log.warning("control message %r failed: %s", op, exc)
+            self._reply(body, {"ok": False, "error": str(exc)})
+        message.ack()
+
+    def _reply(self, body: Mapping[str, Any], payload: Mapping[str, Any]) -> None:
+        reply_to = body.get("reply_to")
+        if reply_to and self._producer is not None:
+            self._producer.publish(dict(payload, correlation_id=body.get("correlation_id")),
+                                   exchange="", routing_key=str(reply_to), serializer="json", retry=True)
+
+    def _on_submit_chunk(self, body: Mapping[str, Any], message: Message) -> None:
+        pending = self._submits.setdefault(str(body["submit_id"]), _PendingSubmit())
+        pending.chunks[int(body["chunk"])] = body
+        pending.messages.append(message)
+        pending.total = int(body["chunks"])
+        if len(pending.chunks) < pending.total:
+            return
+        del self._submits[str(body["submit_id"])]
+        first = pending.chunks[0]
+        try:
+            tests = [RenderedTest.from_dict(t) for i in range(pending.total) for t in pending.chunks[i]["tests"]]
+            run_id = self.submit(first["run"], tests)
+            self._reply(first, {"ok": True, "data": {"run_id": run_id}})
+        except FencingError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            log.warning("submit failed: %s", exc)
+            self._reply(first, {"ok": False, "error": str(exc)})
+        for m in pending.messages:
+            m.ack()
+
+    def submit(self, run: Mapping[str, Any], tests: Sequence[RenderedTest]) -> str:
+        """Store a run and its tests, skip what no worker can serve, publish what is ready."""
+        run_id = str(run["run_id"])
+        if run_id in self.runs or self.store.run(run_id) is not None:
+            return run_id  # a redelivered submit: already stored
+        self.store.insert_run(run, tests, token=self.token())
+        graph = RunGraph(run_id, [t.spec for t in tests])
+        self.runs[run_id] = graph
+        if self.servable is not None:
+            missing = graph.unservable(self.servable)
+            if missing:
+                kinds = sorted({graph.tests[t].spec.hardware for t in missing})
+                reason = f"no worker here serves {', '.join(kinds)} (this machine has {', '.join(sorted(self.servable))})"
+                self._commit([], graph, graph.skip(missing, reason))
+        self._dispatch()
+        self._finish_if_done(graph)
+        return run_id
+
+    def _on_heartbeat(self, body: Mapping[str, Any]) -> None:
+        info = dict(body["worker"])
+        self.workers[str(info["worker_id"])] = _WorkerSeen(tuple(info.get("queues") or ()), time.time())
+        info["state"] = info.get("state") or "online"
+        self.store.upsert_worker(info, token=self.token())
+
+    def _on_started(self, body: Mapping[str, Any]) -> None:
+        graph = self.runs.get(str(body["run_id"]))
+        if graph is None:
+            return
+        update = graph.mark_running(str(body["test_id"]), int(body["attempt"]))
+        if update is not None:
+            self._running_since[(graph.run_id, update.test_id)] = time.time()
+            self._started.append((graph.run_id, update))
+
+    # -- results ----------------------------------------------------------------------------
+    def _on_result_message(self, body: Any, message: Message) -> None:
+        try:
+            result = TestResult.from_dict(body["result"])
+        except Exception as exc:  # noqa: BLE001 - a malformed result is dropped, loudly
+            log.error("dropping malformed result message: %s", exc)
+            message.ack()
+            return
+        if not self._results:
+            self._batch_started = time.monotonic()
+        self._results.append((result, message))
+        if len(self._results) >= self.batch_size:
+            self._flush_results()
+
+    def _flush_results(self) -> None:
+        """One transaction for the whole batch, then ack every message in it."""
+        batch, self._results = self._results, []
+        started, self._started = self._started, []
+        known = self.store.known_result_keys((r.run_id, r.test_id, r.attempt) for r, _ in batch)
+        fresh: dict[tuple[str, str, int], TestResult] = {}
+        for result, _ in batch:
+            key = (result.run_id, result.test_id, result.attempt)
+            if key not in known:
+                fresh.setdefault(key, result)
+        updates: list[dict[str, Any]] = [_update_row(run_id, u) for run_id, u in started]
+        requeue: list[tuple[str, str, int]] = []
+        touched: dict[str, RunGraph] = {}
+        for result in fresh.values():
+            graph = self.runs.get(result.run_id)
+            if graph is None:
+                continue
+            touched[graph.run_id] = graph
+            self._running_since.pop((result.run_id, result.test_id), None)
+            for u in graph.apply_result(result):
+                updates.append(_update_row(graph.run_id, u))
+                if u.requeue:
+                    requeue.append((graph.run_id, u.test_id, u.attempts))
+        finished = [(g.run_id, g.verdict()) for g in touched.values() if g.finished()]
+        try:
+            self.ingested += self.store.commit_batch(
+                list(fresh.values()), updates, finished_runs=finished, token=self.token()
+            )
+        except FencingError:
+            raise
+        except Exception:
+            for _, message in batch:
+                message.requeue()
+            raise
+        for _, message in batch:
+            message.ack()
+        for run_id, _ in finished:
+            self.runs.pop(run_id, None)
+        for run_id, test_id, attempt in requeue:
+            self._publish(run_id, [(test_id, attempt)])
+        self._dispatch()
+
+    def _commit(self, results: Sequence[TestResult], graph: RunGraph, updates: Sequence[Update]) -> None:
+        self.store.commit_batch(results, [_update_row(graph.run_id, u) for u in updates], token=self.token())
+
+    def _finish_if_done(self, graph: RunGraph) -> None:
+        if graph.finished():
+            self.store.commit_batch([], finished_runs=[(graph.run_id, graph.verdict())], token=self.token())
+            self.runs.pop(graph.run_id, None)
+
+    # -- dispatch -----------------------------------------------------------------------------
+    def _outstanding(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for graph in self.runs.values():
+            for hw, per in graph.counts().items():
+                counts[hw] = counts.get(hw, 0) + per.get("queued", 0) + per.get("running", 0)
+        return counts
+
+    def _dispatch(self) -> None:
+        if not self.runs:
+            return
+        outstanding = self._outstanding()
+        for graph in list(self.runs.values()):
+            kinds = {t.spec.hardware for t in graph.tests.values()}
+            room = {hw: self.window - outstanding.get(hw, 0) for hw in kinds}
+            specs = graph.take_ready(room)
+            if not specs:
+                continue
+            updates = [graph.mark_queued(s.test_id) for s in specs]
+            for s in specs:
+                outstanding[s.hardware] = outstanding.get(s.hardware, 0) + 1
+            now = time.time()
+            rows = [dict(_update_row(graph.run_id, u), queued_at=now) for u in updates]
+            self.store.update_tests(rows, token=self.token())
+            self._publish(graph.run_id, [(u.test_id, u.attempts) for u in updates])
+
+    def _publish(self, run_id: str, items: Sequence[tuple[str, int]]) -> None:
+        """Publish run_test tasks; the source comes from the store, not from memory."""
+        sources = self._sources(run_id, [tid for tid, _ in items])
+        for test_id, attempt in items:
+            rendered = sources[test_id]
+            payload = {"run_id": run_id, "attempt": attempt, "test": rendered.to_dict()}
+            size = len(_dumps(payload))
+            if size > self.max_payload:
+                raise PayloadTooLarge(f"test {test_id}: payload is {size} bytes, over the {self.max_payload}-byte cap")
+            self.app.send_task(
+                RUN_TEST, args=[payload], queue=queue_for(rendered.spec.hardware),
+                task_id=task_id_for(run_id, test_id, attempt), producer=self._producer,
+            )
+
+    def _sources(self, run_id: str, test_ids: Sequence[str]) -> dict[str, RenderedTest]:
+        rows = self.store.query(
+            "SELECT test_id, spec, source, template_hash FROM tests WHERE run_id = ? AND list_contains(?, test_id)",
+            [run_id, list(test_ids)],
+        )
+        return {
+            r["test_id"]: RenderedTest(TestSpec.from_dict(_json(r["spec"])), r["source"], r["template_hash"])
+            for r in rows
+        }
+
+    # -- reconciliation ---------------------------------------------------------------------------
+    def _reconcile(self, now: float) -> None:
+        """Re-publish tests that started but went silent for longer than their timeout plus grace.
+
+        Same attempt number: if the first run does report after all, its result has the same
+        key as the re-run's and the second write is a no-op.
+        """
+        for (run_id, test_id), since in list(self._running_since.items()):
+            graph = self.runs.get(run_id)
+            if graph is None or graph.tests[test_id].final:
+                self._running_since.pop((run_id, test_id), None)
+                continue
+            t = graph.tests[test_id]
+            if now - since > t.spec.timeout_s + RUNNING_GRACE_S:
+                log.warning("test %s/%s silent for %.0f s; re-publishing attempt %d", run_id, test_id, now - since, t.attempts)
+                self._running_since[(run_id, test_id)] = now
+                self._publish(run_id, [(test_id, t.attempts)])
+        stale = [w for w, seen in self.workers.items() if now - seen.last_seen > WORKER_OFFLINE_AFTER_S]
+        if stale:
+            self.store.mark_workers(stale, "offline")
+            for w in stale:
+                self.workers.pop(w, None)
+
+    # -- queries -------------------------------------------------------------------------------------
+    def idle_queues(self, run_id: str) -> list[str]:
+        """Queues with tests waiting and no live worker consuming them."""
+        if self.servable is not None:
+            return []
+        served = {q for w in self.workers.values() for q in w.queues}
+        waiting = {
+            queue_for(hw)
+            for hw, per in self.store.status_counts(run_id).items()
+            if per.get("queued", 0) or per.get("pending", 0)
+        }
+        return sorted(waiting - served)
+
+    def status(self, run_id: str) -> dict[str, Any]:
+        run = self.store.run(run_id)
+        if run is None:
+            raise DtfError(f"unknown run {run_id!r}")
+        counts = self.store.status_counts(run_id)
+        return {"run": run, "counts": counts, "idle_queues": self.idle_queues(run_id),
+                "finished": run["status"] != "running", "ingested": self.ingested}
+
+
+def _status_op(c: Coordinator, body: Mapping[str, Any]) -> Any:
+    return c.status(str(body["run_id"]))
+
+
+def _results_op(c: Coordinator, body: Mapping[str, Any]) -> Any:
+    run_id = str(body["run_id"])
+    if c.store.run(run_id) is None:
+        raise DtfError(f"unknown run {run_id!r}")
+    return {"run": c.store.run(run_id), "tests": c.store.final_results(run_id)}
+
+
+def _runs_op(c: Coordinator, body: Mapping[str, Any]) -> Any:
+    return c.store.runs(int(body.get("limit", 20)))
+
+
+def _workers_op(c: Coordinator, body: Mapping[str, Any]) -> Any:
+    return c.store.workers()
+
+
+def _ping_op(c: Coordinator, body: Mapping[str, Any]) -> Any:
+    return {"pong": True, "runs": len(c.runs), "token": c.token()}
+
+
+_QUERIES: dict[str, Callable[[Coordinator, Mapping[str, Any]], Any]] = {
+    "status": _status_op,
+    "results": _results_op,
+    "runs": _runs_op,
+    "workers": _workers_op,
+    "ping": _ping_op,
+}
+
+
+def _update_row(run_id: str, u: Update) -> dict[str, Any]:
+    final = u.status in {s.value for s in (Status.PASSED, Status.FAILED, Status.ERROR, Status.TIMEOUT, Status.SKIPPED)}
+    return {"run_id": run_id, "test_id": u.test_id, "status": u.status, "attempts": u.attempts,
+            "reason": u.reason, "queued_at": None, "finished_at": time.time() if final else None}
+
+
+def _json(text: Any) -> Any:
+    import json
+
+    return json.loads(text) if isinstance(text, str) else text
+
+
+def _dumps(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj)
+
+
+class CoordinatorClient:
+    """What the CLI and workers use to talk to the coordinator over the broker."""
+
+    def __init__(self, app: Celery, *, timeout_s: float = 15.0) -> None:
+        self.app = app
+        self.timeout_s = timeout_s
+        settings = app.dtf_settings  # type: ignore[attr-defined]
+        self.broker_name = settings.safe_broker
+        self.max_payload = settings.max_payload_bytes
+
+    def _connection(self) -> Connection:
+        conn = self.app.connection_for_write()
+        try:
+            conn.ensure_connection(max_retries=1, interval_start=0.2, interval_step=0.2, timeout=5)
+        except Exception as exc:  # noqa: BLE001 - kombu raises many kinds
+            conn.release()
+            raise BrokerError(f"cannot reach broker {self.broker_name}: {_first_line(exc)}") from None
+        return conn
+
+    def send(self, body: Mapping[str, Any]) -> None:
+        """Fire and forget a control message."""
+        with self._connection() as conn:
+            Producer(conn.channel(), serializer="json").publish(
+                dict(body), exchange="", routing_key=CONTROL_QUEUE, declare=[control_queue()], retry=True
+            )
+
+    def call(self, op: str, *, timeout_s: float | None = None, **params: Any) -> Any:
+        return self._call_many([dict(params, op=op)], timeout_s=timeout_s)
+
+    def _call_many(self, bodies: Sequence[dict[str, Any]], *, timeout_s: float | None = None) -> Any:
+        """Publish messages whose first carries reply_to, and wait for the one reply."""
+        reply_name = f"dtf.reply.{uuid.uuid4().hex}"
+        correlation = uuid.uuid4().hex
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        reply: dict[str, Any] = {}
+        got = threading.Event()
+
+        def on_reply(body: Any, message: Message) -> None:
+            if isinstance(body, dict) and body.get("correlation_id") == correlation:
+                reply.update(body)
+                got.set()
+            message.ack()
+
+        with self._connection() as conn:
+            queue = Queue(reply_name, auto_delete=True, durable=False)
+            with Consumer(conn.channel(), [queue], callbacks=[on_reply], accept=["json"]):
+                producer = Producer(conn.channel(), serializer="json")
+                for i, body in enumerate(bodies):
+                    body = dict(body)
+                    if i == 0:
+                        body.update(reply_to=reply_name, correlation_id=correlation)
+                    size = len(_dumps(body))
+                    if size > self.max_payload * 8:
+                        raise PayloadTooLarge(f"message is {size} bytes, over the cap")
+                    producer.publish(body, exchange="", routing_key=CONTROL_QUEUE,
+                                     declare=[control_queue()], retry=True)
+                deadline = time.monotonic() + timeout
+                while not got.is_set():
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise BrokerError(
+                            f"no coordinator answered on {CONTROL_QUEUE} via {self.broker_name} within "
+                            f"{timeout:g} s (is `dtf coordinator` running?)"
+                        )
+                    try:
+                        conn.drain_events(timeout=min(left, 0.5))
+                    except socket.timeout:
+                        pass
+            try:
+                queue(conn.channel()).delete()
+            except Exception:  # noqa: BLE001 - cleanup only
+                pass
+        if not reply.get("ok"):
+            raise DtfError(str(reply.get("error") or "coordinator error"))
+        return reply.get("data")
+
+    def submit(self, run: Mapping[str, Any], tests: Sequence[RenderedTest], *, chunk_size: int = 200) -> str:
+        """Send a run in chunks (each under the payload cap); returns the run id once stored."""
+        submit_id = uuid.uuid4().hex
+        dicts = [t.to_dict() for t in tests]
+        for t in dicts:
+            size = len(_dumps(t))
+            if size > self.max_payload:
+                raise PayloadTooLarge(
+                    f"test {t['spec']['test_id']}: rendered payload is {size} bytes, over the {self.max_payload}-byte cap"
+                )
+        chunks = [dicts[i:i + chunk_size] for i in range(0, len(dicts), chunk_size)] or [[]]
+        bodies = [
+            {"op": "submit", "submit_id": submit_id, "chunk": i, "chunks": len(chunks),
+             "tests": chunk, **({"run": dict(run)} if i == 0 else {})}
+            for i, chunk in enumerate(chunks)
+        ]
+        data = self._call_many(bodies, timeout_s=max(self.timeout_s, 30.0 + len(tests) / 500))
+        return str(data["run_id"])
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]

@@ -1,0 +1,96 @@
+"""The embedded default: coordinator and a Celery worker in this process on the in-memory
+transport, writing to a local DuckDB file. The same coordinator, task and runner code as
+a distributed deployment; only the transport differs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Sequence
+
+from celery import Celery
+
+from .coordinator import Coordinator
+from .errors import DtfError
+from .model import HardwareProfile
+from .store import Store
+from .worker import WorkerRuntime
+
+__all__ = ["EmbeddedCluster"]
+
+log = logging.getLogger("dtf.embedded")
+
+
+class EmbeddedCluster:
+    """Start with ``with EmbeddedCluster(app, ...) as cluster:``; stops both threads on exit."""
+
+    def __init__(
+        self,
+        app: Celery,
+        *,
+        queues: Sequence[str],
+        workers: int = 2,
+        profile: HardwareProfile | None = None,
+        db_path: str | None = None,
+    ) -> None:
+        settings = app.dtf_settings  # type: ignore[attr-defined]
+        if not settings.embedded:
+            raise DtfError("EmbeddedCluster needs the in-memory broker (memory://)")
+        self.app = app
+        self.queues = list(queues)
+        self.concurrency = max(1, workers)
+        self.store = Store(db_path or settings.db_path)
+        kinds = {q.split(".", 1)[1] for q in self.queues if q.count(".") == 1}
+        self.coordinator = Coordinator(app, self.store, servable=kinds)
+        self.runtime = WorkerRuntime(app, worker_id="dtf-embedded@local", queues=self.queues, profile=profile)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._worker = None
+        self.error: BaseException | None = None
+
+    def __enter__(self) -> "EmbeddedCluster":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        ready = threading.Event()
+        t = threading.Thread(target=self._serve, args=(ready,), name="dtf-coordinator", daemon=True)
+        t.start()
+        self._threads.append(t)
+        if not ready.wait(30) :
+            raise DtfError(f"embedded coordinator did not start: {self.error}")
+        self.runtime.install()
+        self.runtime.replay_spool()
+        self._start_worker()
+
+    def _serve(self, ready: threading.Event) -> None:
+        try:
+            self.coordinator.serve(self._stop, ready)
+        except BaseException as exc:  # noqa: BLE001 - surfaced to the caller
+            self.error = exc
+            log.exception("embedded coordinator stopped")
+            ready.set()
+
+    def _start_worker(self) -> None:
+        worker = self.app.WorkController(
+            pool_cls="threads", concurrency=self.concurrency, queues=self.queues,
+            hostname="dtf-embedded@local", without_mingle=True, without_gossip=True,
+            without_heartbeat=True, loglevel="WARNING", ready_callback=None,
+        )
+        self._worker = worker
+        t = threading.Thread(target=worker.start, name="dtf-worker", daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.stop(in_sighandler=False)
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=10)
+        self.store.close()

@@ -1,0 +1,210 @@
+"""Plain data shared by every layer: test specs, rendered tests, results, hardware.
+
+No I/O here. Every type round-trips through JSON-safe dicts (`to_dict`/`from_dict`),
+which is what travels on the wire and what the store writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+__all__ = [
+    "HARDWARE_KINDS",
+    "PRECISIONS",
+    "FINAL_STATUSES",
+    "FAILING_STATUSES",
+    "Status",
+    "TestSpec",
+    "RenderedTest",
+    "TestResult",
+    "GpuInfo",
+    "HardwareProfile",
+    "queue_for",
+]
+
+HARDWARE_KINDS: tuple[str, ...] = ("cpu", "cuda", "rocm", "mps", "webgpu")
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8")
+
+
+class Status(str, enum.Enum):
+    """Life cycle of one test. The last five are final."""
+
+    PENDING = "pending"
+    QUEUED = "queued"
+    RUNNING = "running"
+    PASSED = "passed"
+    FAILED = "failed"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+    SKIPPED = "skipped"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+FINAL_STATUSES = frozenset({Status.PASSED, Status.FAILED, Status.ERROR, Status.TIMEOUT, Status.SKIPPED})
+FAILING_STATUSES = frozenset({Status.FAILED, Status.ERROR, Status.TIMEOUT})
+
+
+def queue_for(hardware: str) -> str:
+    """The Celery queue that carries tests for one hardware kind."""
+    return f"dtf.{hardware}"
+
+
+def _from_fields(cls: type, data: Mapping[str, Any]) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True)
+class TestSpec:
+    """One test of the expanded matrix: a model on one hardware kind at one batch size and precision."""
+
+    __test__ = False  # not a pytest class
+
+    test_id: str
+    model: str
+    family: str
+    hardware: str
+    batch_size: int
+    precision: str
+    template: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    timeout_s: float = 300.0
+    retries: int = 0
+    iterations: int = 10
+    warmup: int = 2
+    priority: int = 5
+    memory_gb: float = 0.0
+    depends_on: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["params"] = dict(self.params)
+        d["depends_on"] = list(self.depends_on)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TestSpec":
+        spec: TestSpec = _from_fields(cls, data)
+        return dataclasses.replace(spec, depends_on=tuple(spec.depends_on), params=dict(spec.params))
+
+
+@dataclass(frozen=True)
+class RenderedTest:
+    """A spec with the Python source its template rendered and that template's content hash."""
+
+    __test__ = False
+
+    spec: TestSpec
+    source: str
+    template_hash: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"spec": self.spec.to_dict(), "source": self.source, "template_hash": self.template_hash}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "RenderedTest":
+        return cls(TestSpec.from_dict(data["spec"]), data["source"], data["template_hash"])
+
+
+@dataclass(frozen=True)
+class TestResult:
+    """The outcome of one attempt at one test. Keyed by (run_id, test_id, attempt)."""
+
+    __test__ = False
+
+    run_id: str
+    test_id: str
+    attempt: int
+    status: str
+    duration_s: float = 0.0
+    peak_memory_mb: float = 0.0
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    stderr_tail: str | None = None
+    worker_id: str = ""
+    hostname: str = ""
+    hardware: str = ""
+    started_at: float = 0.0
+    finished_at: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["metrics"] = dict(self.metrics)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TestResult":
+        result: TestResult = _from_fields(cls, data)
+        return result
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """One accelerator as a probe reported it."""
+
+    vendor: str  # nvidia, amd, apple, intel
+    name: str
+    memory_mb: float | None = None
+    driver: str | None = None
+    compute_capability: str | None = None
+    index: int | None = None
+    uuid: str | None = None
+    mig: bool = False
+    utilization_percent: float | None = None
+    memory_used_mb: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "GpuInfo":
+        info: GpuInfo = _from_fields(cls, data)
+        return info
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    """What a worker's machine offers, as detection found it."""
+
+    platform: str  # linux, darwin, windows
+    container: str | None = None  # docker, kubernetes, or None
+    os_release: str = ""
+    architecture: str = ""
+    hostname: str = ""
+    cpu_model: str = ""
+    physical_cores: int | None = None
+    logical_cores: int | None = None
+    cpu_quota: float | None = None  # cores allowed by a cgroup quota
+    memory_total_mb: float | None = None
+    memory_available_mb: float | None = None
+    memory_limit_mb: float | None = None  # cgroup limit
+    disk_total_gb: float | None = None
+    disk_free_gb: float | None = None
+    gpus: tuple[GpuInfo, ...] = ()
+    torch_devices: tuple[str, ...] = ()  # e.g. ("cuda", "mps") when torch is installed
+    browser: str | None = None  # a Chromium/Chrome binary for webgpu
+    hardware_kinds: tuple[str, ...] = ("cpu",)  # kinds this machine can serve
+    notes: tuple[str, ...] = ()  # probes that failed or were skipped, and why
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["gpus"] = [g.to_dict() for g in self.gpus]
+        for key in ("torch_devices", "hardware_kinds", "notes"):
+            d[key] = list(d[key])
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "HardwareProfile":
+        profile: HardwareProfile = _from_fields(cls, data)
+        return dataclasses.replace(
+            profile,
+            gpus=tuple(GpuInfo.from_dict(g) for g in profile.gpus),
+            torch_devices=tuple(profile.torch_devices),
+            hardware_kinds=tuple(profile.hardware_kinds),
+            notes=tuple(profile.notes),
+        )

@@ -1,0 +1,185 @@
+"""Pure scheduling over one run's test graph: which tests are ready, in what order, what
+happens when a result arrives (final, retry, or skip the dependants), and what a worker
+cannot serve. No I/O: the coordinator moves events between this and the outside.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+from .model import FAILING_STATUSES, FINAL_STATUSES, Status, TestResult, TestSpec
+
+__all__ = ["TestState", "Update", "RunGraph"]
+
+_FINAL = {s.value for s in FINAL_STATUSES}
+_FAILING = {s.value for s in FAILING_STATUSES}
+
+
+@dataclass
+class TestState:
+    """The coordinator's view of one test of a run."""
+
+    __test__ = False
+
+    spec: TestSpec
+    status: str = Status.PENDING.value
+    attempts: int = 0
+    reason: str | None = None
+    dependants: list[str] = field(default_factory=list)
+
+    @property
+    def final(self) -> bool:
+        return self.status in _FINAL
+
+
+@dataclass(frozen=True)
+class Update:
+    """A change of one test's state, as the store records it."""
+
+    test_id: str
+    status: str
+    attempts: int
+    reason: str | None = None
+    requeue: bool = False  # publish again with attempt = attempts
+
+
+class RunGraph:
+    """The tests of one run and their dependency edges."""
+
+    def __init__(self, run_id: str, specs: Sequence[TestSpec]) -> None:
+        self.run_id = run_id
+        self.order = {s.test_id: i for i, s in enumerate(specs)}
+        self.tests: dict[str, TestState] = {s.test_id: TestState(s) for s in specs}
+        for spec in specs:
+            for parent in spec.depends_on:
+                if parent in self.tests:
+                    self.tests[parent].dependants.append(spec.test_id)
+        # Ready tests in dispatch order; kept incrementally so a 100k-test run is not rescanned.
+        self._heap: list[tuple[int, int, str]] = []
+        self._rebuild_ready()
+
+    def _rebuild_ready(self) -> None:
+        self._heap = []
+        for t in self.tests.values():
+            self._push_if_ready(t)
+
+    def _push_if_ready(self, t: TestState) -> None:
+        if t.status != Status.PENDING.value:
+            return
+        if all(self.tests[p].status == Status.PASSED.value for p in t.spec.depends_on if p in self.tests):
+            heapq.heappush(self._heap, (-t.spec.priority, self.order[t.spec.test_id], t.spec.test_id))
+
+    # -- queries ----------------------------------------------------------------------
+    def ready(self) -> list[TestSpec]:
+        """Pending tests whose parents all passed: highest priority first, then suite order."""
+        return [self.tests[tid].spec for _, _, tid in sorted(self._heap) if self.tests[tid].status == Status.PENDING.value]
+
+    def take_ready(self, room: Mapping[str, int]) -> list[TestSpec]:
+        """Pop ready tests in order while their hardware has room (room[hardware] slots)."""
+        left = dict(room)
+        taken: list[TestSpec] = []
+        held: list[tuple[int, int, str]] = []
+        while self._heap and any(v > 0 for v in left.values()):
+            item = heapq.heappop(self._heap)
+            t = self.tests[item[2]]
+            if t.status != Status.PENDING.value:
+                continue
+            if left.get(t.spec.hardware, 0) <= 0:
+                held.append(item)
+                continue
+            left[t.spec.hardware] -= 1
+            taken.append(t.spec)
+        for item in held:
+            heapq.heappush(self._heap, item)
+        return taken
+
+    def finished(self) -> bool:
+        return all(t.final for t in self.tests.values())
+
+    def verdict(self) -> str:
+        """'passed' when nothing failed, else 'failed' (skips alone do not fail a run)."""
+        return "failed" if any(t.status in _FAILING for t in self.tests.values()) else "passed"
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for t in self.tests.values():
+            per = out.setdefault(t.spec.hardware, {})
+            per[t.status] = per.get(t.status, 0) + 1
+        return out
+
+    # -- transitions --------------------------------------------------------------------
+    def mark_queued(self, test_id: str) -> Update:
+        t = self.tests[test_id]
+        t.status = Status.QUEUED.value
+        t.attempts += 1
+        return Update(test_id, t.status, t.attempts)
+
+    def mark_running(self, test_id: str, attempt: int) -> Update | None:
+        t = self.tests.get(test_id)
+        if t is None or t.final or attempt != t.attempts:
+            return None
+        t.status = Status.RUNNING.value
+        return Update(test_id, t.status, t.attempts)
+
+    def apply_result(self, result: TestResult) -> list[Update]:
+        """The updates one result causes; a stale or duplicate result causes none."""
+        t = self.tests.get(result.test_id)
+        if t is None or t.final or result.attempt != t.attempts:
+            return []
+        if result.status in _FAILING and t.attempts <= t.spec.retries:
+            t.status = Status.QUEUED.value
+            t.attempts += 1
+            t.reason = f"retry after attempt {result.attempt}: {result.status}"
+            return [Update(t.spec.test_id, t.status, t.attempts, t.reason, requeue=True)]
+        t.status = result.status
+        t.reason = result.error if result.status != Status.PASSED.value else None
+        updates = [Update(t.spec.test_id, t.status, t.attempts, t.reason)]
+        if result.status == Status.PASSED.value:
+            for child in t.dependants:
+                self._push_if_ready(self.tests[child])
+        else:
+            updates += self._skip_dependants(t.spec.test_id, f"dependency {t.spec.test_id} {result.status}")
+        return updates
+
+    def skip(self, test_ids: Iterable[str], reason: str) -> list[Update]:
+        """Skip tests that cannot run (e.g. no worker serves their hardware), and their dependants."""
+        updates: list[Update] = []
+        for test_id in test_ids:
+            t = self.tests[test_id]
+            if t.final:
+                continue
+            t.status, t.reason = Status.SKIPPED.value, reason
+            updates.append(Update(test_id, t.status, t.attempts, reason))
+            updates += self._skip_dependants(test_id, f"dependency {test_id} skipped")
+        return updates
+
+    def unservable(self, servable_kinds: Iterable[str]) -> list[str]:
+        kinds = set(servable_kinds)
+        return [tid for tid, t in self.tests.items() if not t.final and t.spec.hardware not in kinds]
+
+    def _skip_dependants(self, test_id: str, reason: str) -> list[Update]:
+        updates: list[Update] = []
+        stack = list(self.tests[test_id].dependants)
+        while stack:
+            child = self.tests[stack.pop()]
+            if child.final:
+                continue
+            child.status, child.reason = Status.SKIPPED.value, reason
+            updates.append(Update(child.spec.test_id, child.status, child.attempts, reason))
+            stack.extend(child.dependants)
+        return updates
+
+    @classmethod
+    def restore(cls, run_id: str, specs: Sequence[TestSpec], states: Mapping[str, Mapping[str, object]]) -> "RunGraph":
+        """Rebuild a graph from stored test rows (status, attempts, reason) after a restart."""
+        graph = cls(run_id, specs)
+        for test_id, row in states.items():
+            t = graph.tests.get(test_id)
+            if t is not None:
+                t.status = str(row.get("status") or Status.PENDING.value)
+                t.attempts = int(row.get("attempts") or 0)  # type: ignore[call-overload]
+                t.reason = row.get("reason")  # type: ignore[assignment]
+        graph._rebuild_ready()
+        return graph

@@ -1,0 +1,129 @@
+"""One frozen settings object, built once at the edge (CLI or worker start) from flags,
+then environment variables, then defaults, and passed down. Nothing reads the
+environment at import time.
+
+Secrets (the Redis password) come from ``DTF_REDIS_PASSWORD`` or a file named by
+``DTF_REDIS_PASSWORD_FILE`` and are never part of ``repr()`` or logs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlsplit, urlunsplit
+
+from .errors import DtfError
+
+__all__ = ["Settings", "EMBEDDED_BROKER", "redact_url", "ENV_PREFIX"]
+
+EMBEDDED_BROKER = "memory://"
+ENV_PREFIX = "DTF_"
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ***, safe to log."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    netloc = f"{user}:***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _split(value: str | None) -> tuple[str, ...]:
+    if not value:
+        return ()
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+def _read_secret(env: Mapping[str, str], name: str) -> str | None:
+    if env.get(name):
+        return env[name]
+    file_name = env.get(f"{name}_FILE")
+    if file_name:
+        try:
+            return Path(file_name).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise DtfError(f"{name}_FILE: cannot read {file_name}: {exc.strerror}") from None
+    return None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a dtf process needs to know about where things are."""
+
+    broker_url: str = EMBEDDED_BROKER
+    sentinels: tuple[str, ...] = ()  # "host:port" of Redis Sentinels
+    sentinel_master: str = "mymaster"
+    redis_username: str | None = None
+    redis_password: str | None = field(default=None, repr=False)
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    db_path: str = "dtf.duckdb"
+    spool_dir: str = ".dtf-spool"
+    template_dirs: tuple[str, ...] = ()
+    visibility_timeout_s: int = 4 * 3600
+    result_batch_size: int = 500
+    result_batch_ms: int = 200
+    max_payload_bytes: int = 1 << 20
+    log_level: str = "WARNING"
+
+    @property
+    def embedded(self) -> bool:
+        return self.broker_url.startswith("memory://") and not self.sentinels
+
+    @property
+    def safe_broker(self) -> str:
+        if self.sentinels:
+            return f"sentinel://{','.join(self.sentinels)} (master {self.sentinel_master})"
+        return redact_url(self.broker_url)
+
+    def with_overrides(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Flags (overrides, None meaning unset) win over DTF_* variables, which win over defaults."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        simple = {
+            "broker_url": "DTF_BROKER_URL",
+            "sentinel_master": "DTF_SENTINEL_MASTER",
+            "redis_username": "DTF_REDIS_USERNAME",
+            "tls_ca": "DTF_TLS_CA",
+            "tls_cert": "DTF_TLS_CERT",
+            "tls_key": "DTF_TLS_KEY",
+            "db_path": "DTF_DB",
+            "spool_dir": "DTF_SPOOL_DIR",
+            "log_level": "DTF_LOG_LEVEL",
+        }
+        for attr, var in simple.items():
+            if env.get(var):
+                values[attr] = env[var]
+        for attr, var in {
+            "visibility_timeout_s": "DTF_VISIBILITY_TIMEOUT",
+            "result_batch_size": "DTF_RESULT_BATCH_SIZE",
+            "result_batch_ms": "DTF_RESULT_BATCH_MS",
+            "max_payload_bytes": "DTF_MAX_PAYLOAD_BYTES",
+        }.items():
+            if env.get(var):
+                try:
+                    values[attr] = int(env[var])
+                except ValueError:
+                    raise DtfError(f"{var}: expected an integer, got {env[var]!r}") from None
+        if env.get("DTF_SENTINELS"):
+            values["sentinels"] = _split(env["DTF_SENTINELS"])
+        if env.get("DTF_TEMPLATES"):
+            values["template_dirs"] = _split(env["DTF_TEMPLATES"].replace(os.pathsep, ","))
+        password = _read_secret(env, "DTF_REDIS_PASSWORD")
+        if password:
+            values["redis_password"] = password
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)

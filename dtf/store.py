@@ -1,0 +1,414 @@
+"""The results database: DuckDB schema and named migrations, Arrow-backed batch writes,
+fencing, and the queries behind status, results and reports.
+
+One process owns the file read-write (the leader coordinator, or the embedded run), and
+it keeps one connection open: connect-per-batch is about 7x slower. Every write goes
+through a registered Arrow table, never one INSERT per row, and every result is keyed
+(run_id, test_id, attempt) so a redelivered result is a no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+
+import duckdb
+import pyarrow as pa
+
+from .errors import FencingError, StoreError
+from .model import RenderedTest, TestResult
+
+__all__ = ["Store", "MIGRATIONS", "TestUpdate"]
+
+MIGRATIONS: tuple[tuple[str, str], ...] = (
+    (
+        "0001_initial",
+        """
+        CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+        CREATE TABLE IF NOT EXISTS runs (
+            run_id VARCHAR PRIMARY KEY, suite_name VARCHAR, suite_hash VARCHAR,
+            submitted_at DOUBLE, git_sha VARCHAR, branch VARCHAR, ci_url VARCHAR,
+            status VARCHAR, finished_at DOUBLE, total INTEGER, info JSON);
+        CREATE TABLE IF NOT EXISTS tests (
+            run_id VARCHAR, test_id VARCHAR, model VARCHAR, family VARCHAR, hardware VARCHAR,
+            batch_size INTEGER, precision VARCHAR, template VARCHAR, template_hash VARCHAR,
+            priority INTEGER, memory_gb DOUBLE, depends_on VARCHAR[], timeout_s DOUBLE,
+            retries INTEGER, status VARCHAR, attempts INTEGER, reason VARCHAR,
+            queued_at DOUBLE, finished_at DOUBLE, spec JSON, source VARCHAR,
+            PRIMARY KEY (run_id, test_id));
+        CREATE TABLE IF NOT EXISTS results (
+            run_id VARCHAR, test_id VARCHAR, attempt INTEGER, worker_id VARCHAR,
+            hostname VARCHAR, hardware VARCHAR, status VARCHAR, duration_s DOUBLE,
+            peak_memory_mb DOUBLE, metrics JSON, error VARCHAR, stderr_tail VARCHAR,
+            started_at DOUBLE, finished_at DOUBLE, ingested_at DOUBLE, token BIGINT,
+            PRIMARY KEY (run_id, test_id, attempt));
+        CREATE TABLE IF NOT EXISTS workers (
+            worker_id VARCHAR PRIMARY KEY, hostname VARCHAR, platform VARCHAR,
+            hardware JSON, queues VARCHAR[], state VARCHAR, health JSON,
+            first_seen DOUBLE, last_seen DOUBLE);
+        """,
+    ),
+)
+
+_RESULT_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()), ("test_id", pa.string()), ("attempt", pa.int32()),
+        ("worker_id", pa.string()), ("hostname", pa.string()), ("hardware", pa.string()),
+        ("status", pa.string()), ("duration_s", pa.float64()), ("peak_memory_mb", pa.float64()),
+        ("metrics", pa.string()), ("error", pa.string()), ("stderr_tail", pa.string()),
+        ("started_at", pa.float64()), ("finished_at", pa.float64()),
+        ("ingested_at", pa.float64()), ("token", pa.int64()),
+    ]
+)
+
+_TEST_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()), ("test_id", pa.string()), ("model", pa.string()),
+        ("family", pa.string()), ("hardware", pa.string()), ("batch_size", pa.int32()),
+        ("precision", pa.string()), ("template", pa.string()), ("template_hash", pa.string()),
+        ("priority", pa.int32()), ("memory_gb", pa.float64()), ("depends_on", pa.list_(pa.string())),
+        ("timeout_s", pa.float64()), ("retries", pa.int32()), ("status", pa.string()),
+        ("attempts", pa.int32()), ("reason", pa.string()), ("queued_at", pa.float64()),
+        ("finished_at", pa.float64()), ("spec", pa.string()), ("source", pa.string()),
+    ]
+)
+
+_UPDATE_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()), ("test_id", pa.string()), ("status", pa.string()),
+        ("attempts", pa.int32()), ("reason", pa.string()), ("queued_at", pa.float64()),
+        ("finished_at", pa.float64()),
+    ]
+)
+
+TestUpdate = Mapping[str, Any]  # keys of _UPDATE_SCHEMA
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities are not JSON; store them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _table(rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
+    columns = {name: [row.get(name) for row in rows] for name in schema.names}
+    return pa.Table.from_pydict(columns, schema=schema)
+
+
+class Store:
+    """A DuckDB file opened read-write by this process, with one persistent connection."""
+
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
+        self.path = str(path)
+        try:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self._con = duckdb.connect(self.path, read_only=read_only)
+        except (duckdb.Error, OSError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise StoreError(f"cannot open results database {self.path}: {first}") from None
+        self._lock = threading.RLock()
+        if not read_only:
+            self.migrate()
+
+    # -- plumbing -------------------------------------------------------------------
+    def close(self) -> None:
+        with self._lock:
+            self._con.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self._lock:
+            self._con.execute("BEGIN TRANSACTION")
+            try:
+                yield self._con
+            except BaseException:
+                self._con.execute("ROLLBACK")
+                raise
+            self._con.execute("COMMIT")
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Run a parameterised read query and return rows as dicts."""
+        with self._lock:
+            cur = self._con.execute(sql, list(params))
+            names = [d[0] for d in cur.description or ()]
+            return [dict(zip(names, row)) for row in cur.fetchall()]
+
+    def migrate(self) -> list[str]:
+        """Apply the named migrations not yet recorded; return the ones applied."""
+        applied: list[str] = []
+        with self._transaction() as con:
+            con.execute(
+                "CREATE TABLE IF NOT EXISTS migrations (name VARCHAR PRIMARY KEY, applied_at DOUBLE)"
+            )
+            done = {row[0] for row in con.execute("SELECT name FROM migrations").fetchall()}
+            for name, sql in MIGRATIONS:
+                if name in done:
+                    continue
+                con.execute(sql)
+                con.execute("INSERT INTO migrations VALUES (?, ?)", [name, time.time()])
+                applied.append(name)
+        return applied
+
+    # -- fencing ----------------------------------------------------------------------
+    def max_token(self) -> int:
+        rows = self.query("SELECT value FROM meta WHERE key = 'max_token'")
+        return int(rows[0]["value"]) if rows else 0
+
+    def _fence(self, con: duckdb.DuckDBPyConnection, token: int) -> None:
+        rows = con.execute("SELECT value FROM meta WHERE key = 'max_token'").fetchall()
+        current = int(rows[0][0]) if rows else 0
+        if token < current:
+            raise FencingError(f"write with fencing token {token} refused: database has seen {current}")
+        if token > current:
+            con.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('max_token', ?)", [str(token)]
+            )
+
+    # -- writes -----------------------------------------------------------------------
+    def insert_run(
+        self,
+        run: Mapping[str, Any],
+        tests: Sequence[RenderedTest],
+        *,
+        token: int = 0,
+    ) -> None:
+        """Record a run and its tests (status pending) in one transaction; idempotent."""
+        now = time.time()
+        rows = [_test_row(run["run_id"], t, now) for t in tests]
+        table = _table(rows, _TEST_SCHEMA)
+        with self._transaction() as con:
+            self._fence(con, token)
+            con.execute(
+                "INSERT INTO runs (run_id, suite_name, suite_hash, submitted_at, git_sha, branch,"
+                " ci_url, status, finished_at, total, info) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)"
+                " ON CONFLICT DO NOTHING",
+                [
+                    run["run_id"], run.get("suite_name"), run.get("suite_hash"),
+                    run.get("submitted_at", now), run.get("git_sha"), run.get("branch"),
+                    run.get("ci_url"), "running", len(tests), json.dumps(run.get("info") or {}),
+                ],
+            )
+            con.register("new_tests", table)
+            try:
+                con.execute("INSERT INTO tests SELECT * FROM new_tests ON CONFLICT DO NOTHING")
+            finally:
+                con.unregister("new_tests")
+
+    def known_result_keys(self, keys: Iterable[tuple[str, str, int]]) -> set[tuple[str, str, int]]:
+        """Which of these (run_id, test_id, attempt) keys are already stored."""
+        keys = list(keys)
+        if not keys:
+            return set()
+        table = pa.table(
+            {
+                "run_id": [k[0] for k in keys],
+                "test_id": [k[1] for k in keys],
+                "attempt": pa.array([k[2] for k in keys], pa.int32()),
+            }
+        )
+        with self._lock:
+            self._con.register("probe_keys", table)
+            try:
+                found = self._con.execute(
+                    "SELECT r.run_id, r.test_id, r.attempt FROM results r"
+                    " JOIN probe_keys p USING (run_id, test_id, attempt)"
+                ).fetchall()
+            finally:
+                self._con.unregister("probe_keys")
+        return {(a, b, int(c)) for a, b, c in found}
+
+    def commit_batch(
+        self,
+        results: Sequence[TestResult],
+        updates: Sequence[TestUpdate] = (),
+        *,
+        finished_runs: Sequence[tuple[str, str]] = (),
+        token: int = 0,
+    ) -> int:
+        """One transaction: insert results (duplicates ignored), apply test status updates,
+        close finished runs. Returns the number of result rows now stored by this call."""
+        now = time.time()
+        result_rows = [_result_row(r, now, token) for r in results]
+        with self._transaction() as con:
+            self._fence(con, token)
+            before = con.execute("SELECT count(*) FROM results").fetchall()[0][0]
+            if result_rows:
+                con.register("batch_results", _table(result_rows, _RESULT_SCHEMA))
+                try:
+                    con.execute(
+                        "INSERT INTO results SELECT * FROM batch_results ON CONFLICT DO NOTHING"
+                    )
+                finally:
+                    con.unregister("batch_results")
+            if updates:
+                self._apply_updates(con, updates)
+            for run_id, status in finished_runs:
+                con.execute(
+                    "UPDATE runs SET status = ?, finished_at = ? WHERE run_id = ?",
+                    [status, now, run_id],
+                )
+            after = con.execute("SELECT count(*) FROM results").fetchall()[0][0]
+        return int(after - before)
+
+    def update_tests(self, updates: Sequence[TestUpdate], *, token: int = 0) -> None:
+        if not updates:
+            return
+        with self._transaction() as con:
+            self._fence(con, token)
+            self._apply_updates(con, updates)
+
+    @staticmethod
+    def _apply_updates(con: duckdb.DuckDBPyConnection, updates: Sequence[TestUpdate]) -> None:
+        # The last update for a test wins; UPDATE ... FROM needs one source row per target.
+        latest: dict[tuple[str, str], TestUpdate] = {}
+        for u in updates:
+            latest[(u["run_id"], u["test_id"])] = u
+        con.register("test_updates", _table(list(latest.values()), _UPDATE_SCHEMA))
+        try:
+            con.execute(
+                "UPDATE tests SET status = u.status, attempts = coalesce(u.attempts, tests.attempts),"
+                " reason = coalesce(u.reason, tests.reason),"
+                " queued_at = coalesce(u.queued_at, tests.queued_at),"
+                " finished_at = coalesce(u.finished_at, tests.finished_at)"
+                " FROM test_updates u WHERE tests.run_id = u.run_id AND tests.test_id = u.test_id"
+            )
+        finally:
+            con.unregister("test_updates")
+
+    def upsert_worker(self, info: Mapping[str, Any], *, token: int = 0) -> None:
+        now = time.time()
+        with self._transaction() as con:
+            self._fence(con, token)
+            con.execute(
+                "INSERT INTO workers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (worker_id) DO UPDATE"
+                " SET hostname = excluded.hostname, platform = excluded.platform,"
+                " hardware = excluded.hardware, queues = excluded.queues, state = excluded.state,"
+                " health = excluded.health, last_seen = excluded.last_seen",
+                [
+                    info["worker_id"], info.get("hostname"), info.get("platform"),
+                    json.dumps(_json_safe(info.get("hardware") or {})), list(info.get("queues") or []),
+                    info.get("state", "online"), json.dumps(_json_safe(info.get("health") or {})),
+                    now, info.get("last_seen", now),
+                ],
+            )
+
+    def mark_workers(self, worker_ids: Sequence[str], state: str) -> None:
+        if not worker_ids:
+            return
+        with self._transaction() as con:
+            con.execute(
+                "UPDATE workers SET state = ? WHERE list_contains(?, worker_id)",
+                [state, list(worker_ids)],
+            )
+
+    # -- reads ------------------------------------------------------------------------
+    def run(self, run_id: str) -> dict[str, Any] | None:
+        rows = self.query("SELECT * FROM runs WHERE run_id = ?", [run_id])
+        return rows[0] if rows else None
+
+    def runs(self, limit: int = 20) -> list[dict[str, Any]]:
+        return self.query("SELECT * FROM runs ORDER BY submitted_at DESC LIMIT ?", [limit])
+
+    def tests(self, run_id: str, *, with_source: bool = False) -> list[dict[str, Any]]:
+        cols = "*" if with_source else "* EXCLUDE (source)"
+        return self.query(f"SELECT {cols} FROM tests WHERE run_id = ? ORDER BY test_id", [run_id])
+
+    def results(self, run_id: str) -> list[dict[str, Any]]:
+        """Every attempt's result for a run."""
+        rows = self.query(
+            "SELECT * FROM results WHERE run_id = ? ORDER BY test_id, attempt", [run_id]
+        )
+        for row in rows:
+            row["metrics"] = json.loads(row["metrics"]) if row["metrics"] else {}
+        return rows
+
+    def final_results(self, run_id: str) -> list[dict[str, Any]]:
+        """One row per test: the test's final state joined with its last attempt's result."""
+        rows = self.query(
+            """
+            SELECT t.run_id, t.test_id, t.model, t.family, t.hardware, t.batch_size, t.precision,
+                   t.template, t.template_hash, t.priority, t.memory_gb, t.depends_on,
+                   t.status, t.attempts, t.reason, t.queued_at, t.finished_at AS test_finished_at,
+                   r.attempt, r.worker_id, r.hostname, r.duration_s, r.peak_memory_mb, r.metrics,
+                   r.error, r.stderr_tail, r.started_at, r.finished_at
+            FROM tests t
+            LEFT JOIN (
+                SELECT * FROM results QUALIFY row_number() OVER
+                    (PARTITION BY run_id, test_id ORDER BY attempt DESC) = 1
+            ) r USING (run_id, test_id)
+            WHERE t.run_id = ?
+            ORDER BY t.model, t.hardware, t.precision, t.batch_size
+            """,
+            [run_id],
+        )
+        for row in rows:
+            row["metrics"] = json.loads(row["metrics"]) if row["metrics"] else {}
+        return rows
+
+    def status_counts(self, run_id: str) -> dict[str, dict[str, int]]:
+        """{hardware: {status: count}} for a run."""
+        counts: dict[str, dict[str, int]] = {}
+        for row in self.query(
+            "SELECT hardware, status, count(*) AS n FROM tests WHERE run_id = ? GROUP BY ALL",
+            [run_id],
+        ):
+            counts.setdefault(row["hardware"], {})[row["status"]] = int(row["n"])
+        return counts
+
+    def latest_run_id(self, suite_name: str | None = None) -> str | None:
+        if suite_name:
+            rows = self.query(
+                "SELECT run_id FROM runs WHERE suite_name = ? ORDER BY submitted_at DESC LIMIT 1",
+                [suite_name],
+            )
+        else:
+            rows = self.query("SELECT run_id FROM runs ORDER BY submitted_at DESC LIMIT 1")
+        return rows[0]["run_id"] if rows else None
+
+    def workers(self) -> list[dict[str, Any]]:
+        rows = self.query("SELECT * FROM workers ORDER BY worker_id")
+        for row in rows:
+            row["hardware"] = json.loads(row["hardware"]) if row["hardware"] else {}
+            row["health"] = json.loads(row["health"]) if row["health"] else {}
+        return rows
+
+
+def _test_row(run_id: str, test: RenderedTest, now: float) -> dict[str, Any]:
+    s = test.spec
+    return {
+        "run_id": run_id, "test_id": s.test_id, "model": s.model, "family": s.family,
+        "hardware": s.hardware, "batch_size": s.batch_size, "precision": s.precision,
+        "template": s.template, "template_hash": test.template_hash, "priority": s.priority,
+        "memory_gb": s.memory_gb, "depends_on": list(s.depends_on), "timeout_s": s.timeout_s,
+        "retries": s.retries, "status": "pending", "attempts": 0, "reason": None,
+        "queued_at": None, "finished_at": None, "spec": json.dumps(_json_safe(s.to_dict())),
+        "source": test.source,
+    }
+
+
+def _result_row(r: TestResult, now: float, token: int) -> dict[str, Any]:
+    return {
+        "run_id": r.run_id, "test_id": r.test_id, "attempt": r.attempt, "worker_id": r.worker_id,
+        "hostname": r.hostname, "hardware": r.hardware, "status": r.status,
+        "duration_s": r.duration_s, "peak_memory_mb": r.peak_memory_mb,
+        "metrics": json.dumps(_json_safe(dict(r.metrics))), "error": r.error,
+        "stderr_tail": r.stderr_tail, "started_at": r.started_at, "finished_at": r.finished_at,
+        "ingested_at": now, "token": token,
+    }
