@@ -114,6 +114,8 @@ PLATFORM_FILES: Mapping[str, tuple[tuple[str, str], ...]] = {
     "kubernetes": (("worker-deployment.yaml", "kubernetes/worker-deployment.yaml.j2"),),
 }
 PLATFORMS: tuple[str, ...] = tuple(PLATFORM_FILES)
+# Platforms where the worker runs from an install folder on the host (not an image).
+_HOST_PLATFORMS = frozenset({"linux", "macos", "windows"})
 
 DEFAULT_PREFIX: Mapping[str, str] = {
     "linux": "/opt/dtf",
@@ -221,7 +223,7 @@ class DeployOptions:
         if self.sentinels:
             env["DTF_SENTINELS"] = ",".join(self.sentinels)
             env["DTF_SENTINEL_MASTER"] = self.sentinel_master or "mymaster"
-        if self.password_file:
+        if self.password_file and self.platform in _HOST_PLATFORMS:
             env["DTF_REDIS_PASSWORD_FILE"] = self.password_file
         optional = {
             "DTF_WORKER_NAME": self.name,
@@ -466,6 +468,7 @@ def _environment(root: Path, output_name: str) -> SandboxedEnvironment:
 
 def _context(options: DeployOptions) -> dict[str, Any]:
     vendor = options.gpu
+    k8s_kind = "DaemonSet" if vendor else "Deployment"
     return {
         "o": options,
         "env": options.environment(),
@@ -473,13 +476,23 @@ def _context(options: DeployOptions) -> dict[str, Any]:
         "path": options.path,
         "password_needed": options.password_needed,
         "password_file_default": options.password_file or options.path("secrets", "redis-password"),
+        "public_names": [var.name for var in ENV_VARS if not var.secret],
         "gpu_resource": _GPU_RESOURCE.get(vendor or ""),
         "gpu_node_label": _GPU_NODE_LABEL.get(vendor or ""),
         "base_image": _BASE_IMAGE[vendor],
         "torch_index": _TORCH_INDEX[vendor],
+        "k8s_kind": k8s_kind,
         "k8s_name": _k8s_name(options.name),
-        "secret_names": sorted(_SECRET_NAMES),
+        "k8s_worker_name": _k8s_worker_name(options.name, k8s_kind),
     }
+
+
+def _k8s_worker_name(name: str | None, kind: str) -> Quoted | None:
+    """Worker names must be unique: one pod per node (DaemonSet) or per pod (Deployment)."""
+    if name is None:
+        return None
+    suffix = "-$(NODE_NAME)" if kind == "DaemonSet" else "-$(POD_NAME)"
+    return Quoted(json.dumps(name.replace("$", "$$") + suffix, ensure_ascii=False), "yaml")
 
 
 def _k8s_name(name: str | None) -> str:

@@ -93,9 +93,20 @@ class Harness:
         self.metrics["latencies_ms"] = [round(x, 4) for x in self.latencies_ms]
 
 
+def _json_default(value: Any) -> Any:
+    # numpy/torch arrays and scalars have tolist(); float() alone raised on arrays, which lost
+    # the whole outcome of a test that recorded one as a metric.
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
 def _write(payload: dict[str, Any]) -> None:
     path = os.environ.get(RESULT_FILE_ENV)
-    text = json.dumps(payload, default=float, allow_nan=True)
+    text = json.dumps(payload, default=_json_default, allow_nan=True)
     if path:
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(text)

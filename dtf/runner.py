@@ -155,6 +155,14 @@ def run_source(
         return _classify(proc.returncode, _read_outcome(outcome_file), duration, peak_mb, stderr_tail, started, finished)
 
 
+def _signal_name(signum: int) -> str:
+    # Real-time signals between SIGRTMIN and SIGRTMAX have no Signals member.
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return str(signum)
+
+
 def _classify(
     returncode: int,
     outcome: dict[str, object] | None,
@@ -176,7 +184,7 @@ def _classify(
     elif returncode == 0:
         status = "passed"
     elif returncode < 0:
-        status, error = "error", f"killed by signal {signal.Signals(-returncode).name}"
+        status, error = "error", f"killed by signal {_signal_name(-returncode)}"
     else:
         status, error = "error", f"exited with code {returncode} without reporting an outcome"
     tail = stderr_tail if status != Status.PASSED.value else None

@@ -53,7 +53,7 @@ class RunGraph:
         self.order = {s.test_id: i for i, s in enumerate(specs)}
         self.tests: dict[str, TestState] = {s.test_id: TestState(s) for s in specs}
         for spec in specs:
-            for parent in spec.depends_on:
+            for parent in dict.fromkeys(spec.depends_on):  # a repeated parent must not dispatch twice
                 if parent in self.tests:
                     self.tests[parent].dependants.append(spec.test_id)
         # Ready tests in dispatch order; kept incrementally so a 100k-test run is not rescanned.
@@ -146,12 +146,15 @@ class RunGraph:
     def skip(self, test_ids: Iterable[str], reason: str) -> list[Update]:
         """Skip tests that cannot run (e.g. no worker serves their hardware), and their dependants."""
         updates: list[Update] = []
-        for test_id in test_ids:
+        skipped = []
+        for test_id in test_ids:  # all of them first, so each carries the real reason
             t = self.tests[test_id]
             if t.final:
                 continue
             t.status, t.reason = Status.SKIPPED.value, reason
             updates.append(Update(test_id, t.status, t.attempts, reason))
+            skipped.append(test_id)
+        for test_id in skipped:
             updates += self._skip_dependants(test_id, f"dependency {test_id} skipped")
         return updates
 

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .errors import DtfError
 
@@ -24,16 +24,28 @@ ENV_PREFIX = "DTF_"
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by ***, safe to log."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    """The URL with any password replaced by ***, safe to log.
+
+    Handles kombu's ``;``-separated failover lists (``sentinel://:pw@h1;sentinel://:pw@h2``),
+    bracketed IPv6 hosts and a ``password=`` query parameter; never raises.
+    """
+    if ";" in url:
+        return ";".join(redact_url(part) for part in url.split(";"))
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "***"  # unparseable: show nothing rather than a secret
+    netloc = parts.netloc
+    userinfo, at, hostinfo = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.partition(':')[0]}:***@{hostinfo}"
+    query = parts.query
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if any(k.lower() == "password" for k, _ in pairs):
+        query = urlencode([(k, "***" if k.lower() == "password" else v) for k, v in pairs], safe="*")
+    if netloc == parts.netloc and query == parts.query:
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    netloc = f"{user}:***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def _split(value: str | None) -> tuple[str, ...]:
@@ -74,6 +86,15 @@ class Settings:
     result_batch_ms: int = 200
     max_payload_bytes: int = 1 << 20
     log_level: str = "WARNING"
+
+    def __repr__(self) -> str:
+        # The dataclass repr would show a password written into broker_url.
+        shown = ", ".join(
+            f"{f.name}={redact_url(self.broker_url) if f.name == 'broker_url' else getattr(self, f.name)!r}"
+            for f in dataclasses.fields(self)
+            if f.repr
+        )
+        return f"Settings({shown})"
 
     @property
     def embedded(self) -> bool:

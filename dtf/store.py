@@ -89,19 +89,41 @@ _UPDATE_SCHEMA = pa.schema(
 TestUpdate = Mapping[str, Any]  # keys of _UPDATE_SCHEMA
 
 
+def _utf8(value: Any) -> Any:
+    """A str that UTF-8 can encode. Lone surrogates (say, from surrogateescape-decoded file
+    names in an error message) make Arrow and DuckDB's JSON reject the whole batch, so they
+    are stored as their backslash escapes instead."""
+    if not isinstance(value, str):
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
 def _json_safe(value: Any) -> Any:
     """NaN and infinities are not JSON; store them as null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, str):
+        return _utf8(value)
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {_utf8(str(k)): _json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_json_safe(v) for v in value]
     return value
 
 
 def _table(rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
-    columns = {name: [row.get(name) for row in rows] for name in schema.names}
+    columns: dict[str, list[Any]] = {}
+    for f in schema:
+        values = [row.get(f.name) for row in rows]
+        if pa.types.is_string(f.type):
+            values = [_utf8(v) for v in values]
+        elif pa.types.is_list(f.type):
+            values = [None if v is None else [_utf8(x) for x in v] for v in values]
+        columns[f.name] = values
     return pa.Table.from_pydict(columns, schema=schema)
 
 
@@ -118,6 +140,7 @@ class Store:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise StoreError(f"cannot open results database {self.path}: {first}") from None
         self._lock = threading.RLock()
+        self._stale_views: list[str] = []
         if not read_only:
             self.migrate()
 
@@ -134,14 +157,43 @@ class Store:
 
     @contextmanager
     def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """BEGIN ... COMMIT; on any error ROLLBACK, and a DuckDB error becomes a StoreError."""
         with self._lock:
             self._con.execute("BEGIN TRANSACTION")
             try:
                 yield self._con
-            except BaseException:
-                self._con.execute("ROLLBACK")
+                self._con.execute("COMMIT")
+            except BaseException as exc:
+                self._rollback()
+                if isinstance(exc, duckdb.Error):
+                    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                    raise StoreError(f"cannot write results database {self.path}: {first}") from exc
                 raise
-            self._con.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        try:
+            self._con.execute("ROLLBACK")
+        except duckdb.Error:
+            pass  # a failed COMMIT has already ended the transaction
+        while self._stale_views:
+            try:
+                self._con.unregister(self._stale_views.pop())
+            except duckdb.Error:
+                pass
+
+    @contextmanager
+    def _arrow_view(self, con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> Iterator[None]:
+        """``table`` visible to SQL as ``name`` for the duration of the block."""
+        con.register(name, table)
+        try:
+            yield
+        finally:
+            try:
+                con.unregister(name)
+            except duckdb.Error:
+                # An aborted transaction refuses even this; unregistering here would hide the
+                # error that aborted it. _rollback unregisters after the ROLLBACK instead.
+                self._stale_views.append(name)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         """Run a parameterised read query and return rows as dicts."""
@@ -205,11 +257,8 @@ class Store:
                     run.get("ci_url"), "running", len(tests), json.dumps(run.get("info") or {}),
                 ],
             )
-            con.register("new_tests", table)
-            try:
+            with self._arrow_view(con, "new_tests", table):
                 con.execute("INSERT INTO tests SELECT * FROM new_tests ON CONFLICT DO NOTHING")
-            finally:
-                con.unregister("new_tests")
 
     def known_result_keys(self, keys: Iterable[tuple[str, str, int]]) -> set[tuple[str, str, int]]:
         """Which of these (run_id, test_id, attempt) keys are already stored."""
@@ -218,8 +267,8 @@ class Store:
             return set()
         table = pa.table(
             {
-                "run_id": [k[0] for k in keys],
-                "test_id": [k[1] for k in keys],
+                "run_id": [_utf8(k[0]) for k in keys],
+                "test_id": [_utf8(k[1]) for k in keys],
                 "attempt": pa.array([k[2] for k in keys], pa.int32()),
             }
         )
@@ -250,13 +299,10 @@ class Store:
             self._fence(con, token)
             before = con.execute("SELECT count(*) FROM results").fetchall()[0][0]
             if result_rows:
-                con.register("batch_results", _table(result_rows, _RESULT_SCHEMA))
-                try:
+                with self._arrow_view(con, "batch_results", _table(result_rows, _RESULT_SCHEMA)):
                     con.execute(
                         "INSERT INTO results SELECT * FROM batch_results ON CONFLICT DO NOTHING"
                     )
-                finally:
-                    con.unregister("batch_results")
             if updates:
                 self._apply_updates(con, updates)
             for run_id, status in finished_runs:
@@ -274,14 +320,12 @@ class Store:
             self._fence(con, token)
             self._apply_updates(con, updates)
 
-    @staticmethod
-    def _apply_updates(con: duckdb.DuckDBPyConnection, updates: Sequence[TestUpdate]) -> None:
+    def _apply_updates(self, con: duckdb.DuckDBPyConnection, updates: Sequence[TestUpdate]) -> None:
         # The last update for a test wins; UPDATE ... FROM needs one source row per target.
         latest: dict[tuple[str, str], TestUpdate] = {}
         for u in updates:
             latest[(u["run_id"], u["test_id"])] = u
-        con.register("test_updates", _table(list(latest.values()), _UPDATE_SCHEMA))
-        try:
+        with self._arrow_view(con, "test_updates", _table(list(latest.values()), _UPDATE_SCHEMA)):
             con.execute(
                 "UPDATE tests SET status = u.status, attempts = coalesce(u.attempts, tests.attempts),"
                 " reason = coalesce(u.reason, tests.reason),"
@@ -289,8 +333,6 @@ class Store:
                 " finished_at = coalesce(u.finished_at, tests.finished_at)"
                 " FROM test_updates u WHERE tests.run_id = u.run_id AND tests.test_id = u.test_id"
             )
-        finally:
-            con.unregister("test_updates")
 
     def upsert_worker(self, info: Mapping[str, Any], *, token: int = 0) -> None:
         now = time.time()

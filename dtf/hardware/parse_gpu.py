@@ -31,12 +31,18 @@ __all__ = [
 
 # The columns detect() asks nvidia-smi for, in order; rows without a header follow it.
 NVIDIA_QUERY_FIELDS: tuple[str, ...] = (
-    "index", "name", "uuid", "memory.total", "memory.used",
-    "utilization.gpu", "driver_version", "compute_cap",
+    "index",
+    "name",
+    "uuid",
+    "memory.total",
+    "memory.used",
+    "utilization.gpu",
+    "driver_version",
+    "compute_cap",
 )
 # Older drivers and other tools name some columns differently.
-_NVIDIA_ALIASES: Mapping[str, str] = {"gpu_uuid": "uuid", "gpu_name": "name", "count": "count"}
-_UNIT_FACTORS_TO_MIB: Mapping[str, float] = {"": 1.0, "mib": 1.0, "gib": 1024.0, "kib": 1 / 1024, "b": 1 / 2**20}
+_NVIDIA_ALIASES: Mapping[str, str] = {"gpu_uuid": "uuid", "gpu_name": "name"}
+_UNIT_FACTORS_TO_MIB: Mapping[str, float] = {"mib": 1.0, "gib": 1024.0, "kib": 1 / 1024}
 _MIB = 2**20
 
 
@@ -72,7 +78,7 @@ def _index(value: str | None) -> int | None:
 def _nvidia_header(cells: Sequence[str]) -> list[str] | None:
     """Field names if this row is a header ("memory.total [MiB]" -> "memory.total")."""
     names = [re.sub(r"\s*\[[^\]]*\]$", "", c.strip()) for c in cells]
-    if not all(re.fullmatch(r"[a-z_][a-z0-9_.]*", n) for n in names):
+    if not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", n) for n in names):
         return None
     names = [_NVIDIA_ALIASES.get(n, n) for n in names]
     return names if set(names) & set(NVIDIA_QUERY_FIELDS) else None
@@ -102,7 +108,7 @@ def parse_nvidia_smi_csv(text: str, fields: Sequence[str] = NVIDIA_QUERY_FIELDS)
     suffixes are dropped); otherwise columns follow `fields`. Rows with the wrong number
     of columns (error messages, warnings) are skipped.
     """
-    columns = list(fields)
+    columns = [_NVIDIA_ALIASES.get(f, f) for f in fields]
     gpus: list[GpuInfo] = []
     for cells in csv.reader(text.splitlines(), skipinitialspace=True):
         if not cells or not any(c.strip() for c in cells):
@@ -113,7 +119,7 @@ def parse_nvidia_smi_csv(text: str, fields: Sequence[str] = NVIDIA_QUERY_FIELDS)
             continue
         if len(cells) != len(columns):
             continue
-        gpu = _nvidia_gpu(dict(zip(columns, cells)))
+        gpu = _nvidia_gpu(dict(zip(columns, cells, strict=True)))
         if gpu is not None:
             gpus.append(gpu)
     return gpus
@@ -159,10 +165,17 @@ def merge_mig_devices(gpus: Sequence[GpuInfo], listed: Sequence[GpuInfo]) -> lis
             merged.append(gpu)
             continue
         for m in instances:
-            merged.append(GpuInfo(
-                "nvidia", m.name, driver=gpu.driver, compute_capability=gpu.compute_capability,
-                index=gpu.index, uuid=m.uuid, mig=True,
-            ))
+            merged.append(
+                GpuInfo(
+                    "nvidia",
+                    m.name,
+                    driver=gpu.driver,
+                    compute_capability=gpu.compute_capability,
+                    index=gpu.index,
+                    uuid=m.uuid,
+                    mig=True,
+                )
+            )
     return merged
 
 
@@ -216,7 +229,9 @@ def parse_rocm_smi_json(text: str) -> list[GpuInfo]:
     if not isinstance(data, dict):
         return []
     system = data.get("system")
-    driver = _clean(str(system.get("Driver version"))) if isinstance(system, dict) and "Driver version" in system else None
+    driver = None
+    if isinstance(system, dict) and "Driver version" in system:
+        driver = _clean(str(system["Driver version"]))
     gpus = []
     for card, fields in data.items():
         if isinstance(card, str) and re.fullmatch(r"card\d+", card) and isinstance(fields, dict):
@@ -234,9 +249,9 @@ def parse_rocm_smi_csv(text: str) -> list[GpuInfo]:
         return []
     names = rows[header]
     gpus = []
-    for row in rows[header + 1:]:
+    for row in rows[header + 1 :]:
         if len(row) == len(names) and row[0].startswith("card"):
-            gpu = _rocm_gpu(row[0], dict(zip(names, row)), None)
+            gpu = _rocm_gpu(row[0], dict(zip(names, row, strict=True)), None)
             if gpu is not None:
                 gpus.append(gpu)
     return gpus
@@ -245,7 +260,11 @@ def parse_rocm_smi_csv(text: str) -> list[GpuInfo]:
 # --- macOS system_profiler ---------------------------------------------------------------
 
 _VENDOR_WORDS: tuple[tuple[str, str], ...] = (
-    ("apple", "apple"), ("amd", "amd"), ("ati", "amd"), ("nvidia", "nvidia"), ("intel", "intel"),
+    ("apple", "apple"),
+    ("amd", "amd"),
+    ("ati", "amd"),
+    ("nvidia", "nvidia"),
+    ("intel", "intel"),
 )
 
 
@@ -341,7 +360,7 @@ def _lspci_name(desc: str) -> str:
     ids = re.search(r"\[([0-9a-f]{4}:[0-9a-f]{4})\]", desc)
     text = re.sub(r"\s*\(rev [0-9a-f]+\)\s*$", "", desc)
     text = re.sub(r"\s*\[[0-9a-f]{4}:[0-9a-f]{4}\]", "", text)
-    brackets = re.findall(r"\[([^\]]+)\]", text)
+    brackets: list[str] = re.findall(r"\[([^\]]+)\]", text)
     # The last bracket holds the marketing name ("GH100 [H200 SXM 141GB]"); "[AMD/ATI]"
     # is part of AMD's vendor string, not a model.
     if brackets and brackets[-1] != "AMD/ATI":

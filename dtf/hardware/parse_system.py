@@ -83,18 +83,41 @@ def _to_float(text: str | None) -> float | None:
 # found in servers and common boards (Graviton2 = Neoverse-N1, Graviton3 = Neoverse-V1,
 # Graviton4 and Grace = Neoverse-V2).
 _ARM_IMPLEMENTERS: Mapping[int, str] = {
-    0x41: "ARM", 0x42: "Broadcom", 0x43: "Cavium", 0x46: "Fujitsu", 0x48: "HiSilicon",
-    0x4E: "NVIDIA", 0x50: "APM", 0x51: "Qualcomm", 0x61: "Apple", 0xC0: "Ampere",
+    0x41: "ARM",
+    0x42: "Broadcom",
+    0x43: "Cavium",
+    0x46: "Fujitsu",
+    0x48: "HiSilicon",
+    0x4E: "NVIDIA",
+    0x50: "APM",
+    0x51: "Qualcomm",
+    0x61: "Apple",
+    0xC0: "Ampere",
 }
 _ARM_PARTS: Mapping[tuple[int, int], str] = {
-    (0x41, 0xD03): "Cortex-A53", (0x41, 0xD04): "Cortex-A35", (0x41, 0xD05): "Cortex-A55",
-    (0x41, 0xD07): "Cortex-A57", (0x41, 0xD08): "Cortex-A72", (0x41, 0xD09): "Cortex-A73",
-    (0x41, 0xD0A): "Cortex-A75", (0x41, 0xD0B): "Cortex-A76", (0x41, 0xD0C): "Neoverse-N1",
-    (0x41, 0xD0D): "Cortex-A77", (0x41, 0xD40): "Neoverse-V1", (0x41, 0xD41): "Cortex-A78",
-    (0x41, 0xD44): "Cortex-X1", (0x41, 0xD49): "Neoverse-N2", (0x41, 0xD4A): "Neoverse-E1",
-    (0x41, 0xD4F): "Neoverse-V2", (0x41, 0xD84): "Neoverse-V3", (0x41, 0xD8E): "Neoverse-N3",
-    (0x46, 0x001): "A64FX", (0x48, 0xD01): "Kunpeng-920", (0x4E, 0x004): "Carmel",
-    (0xC0, 0xAC3): "Ampere-1", (0xC0, 0xAC4): "Ampere-1a",
+    (0x41, 0xD03): "Cortex-A53",
+    (0x41, 0xD04): "Cortex-A35",
+    (0x41, 0xD05): "Cortex-A55",
+    (0x41, 0xD07): "Cortex-A57",
+    (0x41, 0xD08): "Cortex-A72",
+    (0x41, 0xD09): "Cortex-A73",
+    (0x41, 0xD0A): "Cortex-A75",
+    (0x41, 0xD0B): "Cortex-A76",
+    (0x41, 0xD0C): "Neoverse-N1",
+    (0x41, 0xD0D): "Cortex-A77",
+    (0x41, 0xD40): "Neoverse-V1",
+    (0x41, 0xD41): "Cortex-A78",
+    (0x41, 0xD44): "Cortex-X1",
+    (0x41, 0xD49): "Neoverse-N2",
+    (0x41, 0xD4A): "Neoverse-E1",
+    (0x41, 0xD4F): "Neoverse-V2",
+    (0x41, 0xD84): "Neoverse-V3",
+    (0x41, 0xD8E): "Neoverse-N3",
+    (0x46, 0x001): "A64FX",
+    (0x48, 0xD01): "Kunpeng-920",
+    (0x4E, 0x004): "Carmel",
+    (0xC0, 0xAC3): "Ampere-1",
+    (0xC0, 0xAC4): "Ampere-1a",
 }
 
 
@@ -130,11 +153,7 @@ def _cpuinfo_model(blocks: list[dict[str, str]]) -> str:
         for block in blocks:
             if block.get(key):
                 return _squash(block[key])
-    names = [
-        arm_cpu_name(b["CPU implementer"], b.get("CPU part", ""))
-        for b in blocks
-        if "CPU implementer" in b
-    ]
+    names = [arm_cpu_name(b["CPU implementer"], b.get("CPU part", "")) for b in blocks if "CPU implementer" in b]
     # big.LITTLE boards have two core types; name both, most common first.
     return " + ".join(name for name, _ in Counter(n for n in names if n).most_common())
 
@@ -302,7 +321,7 @@ def is_apple_silicon(values: Mapping[str, str]) -> bool:
 
 
 def parse_sw_vers(text: str) -> str:
-    """"macOS 14.5 (23F79)" from `sw_vers` output."""
+    """ "macOS 14.5 (23F79)" from `sw_vers` output."""
     values = parse_sysctl(text)
     name = " ".join(v for v in (values.get("ProductName"), values.get("ProductVersion")) if v)
     build = values.get("BuildVersion")

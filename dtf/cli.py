@@ -1,0 +1,528 @@
+"""The dtf command line: parse arguments, build settings, call the library, print.
+
+The only module that prints and sets exit codes: 0 all passed, 1 a test failed, errored
+or timed out, 2 bad input or an infrastructure failure (one line on stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional, Sequence, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .errors import DtfError
+from .model import RenderedTest
+from .settings import EMBEDDED_BROKER, Settings
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="dtf",
+    help="Distributed testing framework for AI models on heterogeneous hardware.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+templates_app = typer.Typer(help="Inspect the test templates.", no_args_is_help=True)
+app.add_typer(templates_app, name="templates")
+
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
+
+BrokerOpt = Annotated[Optional[str], typer.Option("--broker", envvar="DTF_BROKER_URL", help="Broker URL, e.g. redis://127.0.0.1:6379/0.")]
+TemplatesOpt = Annotated[Optional[list[Path]], typer.Option("--templates", help="Extra template folder (repeatable).")]
+DbOpt = Annotated[Optional[str], typer.Option("--db", envvar="DTF_DB", help="DuckDB results file.")]
+
+
+def _errors(fn: F) -> F:
+    """Turn DtfError into one line on stderr and exit 2; Ctrl-C into exit 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except DtfError as exc:
+            err.print(f"[red]error:[/red] {exc}", markup=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.WARNING),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _settings(**overrides: Any) -> Settings:
+    settings = Settings.from_env(**overrides)
+    _setup_logging(settings.log_level)
+    return settings
+
+
+# -- preparing a suite ---------------------------------------------------------------------
+def _registry(settings: Settings, templates: Sequence[Path] | None) -> Any:
+    from .templates import TemplateRegistry
+
+    roots = [Path(p) for p in settings.template_dirs] + list(templates or [])
+    return TemplateRegistry(roots)
+
+
+def _prepare(suite_path: Path, settings: Settings, templates: Sequence[Path] | None) -> tuple[Any, list[RenderedTest]]:
+    """Load, validate, expand and render a suite: every bad-input error surfaces here,
+    before anything reaches a broker."""
+    from .suite import expand_suite, load_suite
+
+    registry = _registry(settings, templates)
+    suite = load_suite(suite_path)
+    specs = expand_suite(suite, resolve_template=registry.resolve)
+    return suite, [registry.render(spec) for spec in specs]
+
+
+def _run_meta(suite: Any) -> dict[str, Any]:
+    from .provenance import provenance
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    prov = provenance()
+    return {
+        "run_id": f"{suite.name}-{stamp}-{uuid.uuid4().hex[:6]}",
+        "suite_name": suite.name,
+        "suite_hash": suite.source_hash,
+        "submitted_at": time.time(),
+        "git_sha": prov["git_sha"],
+        "branch": prov["branch"],
+        "ci_url": prov["ci_url"],
+        "info": {"ci_provider": prov["ci_provider"], "suite_path": str(suite.path)},
+    }
+
+
+# -- progress and summaries ------------------------------------------------------------------
+def _totals(counts: dict[str, dict[str, int]]) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for per in counts.values():
+        for status, n in per.items():
+            totals[status] = totals.get(status, 0) + n
+    return totals
+
+
+def _progress_line(status: dict[str, Any]) -> str:
+    totals = _totals(status["counts"])
+    parts = [f"{k} {totals[k]}" for k in ("passed", "failed", "error", "timeout", "skipped", "running", "queued", "pending") if totals.get(k)]
+    per_hw = "; ".join(
+        f"{hw}: " + " ".join(f"{k}={v}" for k, v in sorted(per.items())) for hw, per in sorted(status["counts"].items())
+    )
+    return f"{status['run']['run_id']}: {', '.join(parts)}  [{per_hw}]"
+
+
+def _wait(client: Any, run_id: str, timeout_s: float | None, *, interval_s: float = 1.0) -> dict[str, Any]:
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    last_line = ""
+    warned: set[str] = set()
+    last_print = 0.0
+    while True:
+        status = client.call("status", run_id=run_id)
+        line = _progress_line(status)
+        now = time.monotonic()
+        if line != last_line and now - last_print >= 5.0 or status["finished"]:
+            if line != last_line:
+                err.print(line)
+            last_line, last_print = line, now
+        for queue in status.get("idle_queues", []):
+            if queue not in warned:
+                warned.add(queue)
+                err.print(f"warning: no worker consumes {queue}; its tests wait until one starts")
+        if status["finished"]:
+            return status
+        if deadline is not None and now >= deadline:
+            totals = _totals(status["counts"])
+            left = sum(totals.get(k, 0) for k in ("pending", "queued", "running"))
+            raise DtfError(f"timed out after {timeout_s:g} s waiting for run {run_id}: {left} tests never finished"
+                           f" (resume with `dtf status {run_id} --wait`)")
+        time.sleep(interval_s)
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+_STATUS_STYLE = {"passed": "green", "failed": "red", "error": "red", "timeout": "magenta", "skipped": "yellow"}
+
+
+def _print_results(data: dict[str, Any]) -> None:
+    table = Table(title=f"run {data['run']['run_id']} ({data['run']['suite_name']})")
+    for col in ("test", "status", "time s", "peak MB", "p50 ms", "items/s", "reason"):
+        table.add_column(col, overflow="fold")
+    for row in data["tests"]:
+        m = row.get("metrics") or {}
+        style = _STATUS_STYLE.get(row["status"], "")
+        table.add_row(
+            row["test_id"], f"[{style}]{row['status']}[/{style}]" if style else row["status"],
+            _fmt(row.get("duration_s")), _fmt(row.get("peak_memory_mb"), 1), _fmt(m.get("latency_p50_ms")),
+            _fmt(m.get("throughput_items_s"), 1), (row.get("reason") or "")[:120],
+        )
+    out.print(table)
+    totals: dict[str, int] = {}
+    for row in data["tests"]:
+        totals[row["status"]] = totals.get(row["status"], 0) + 1
+    out.print("totals: " + ", ".join(f"{k} {v}" for k, v in sorted(totals.items())))
+
+
+def _exit_code(data: dict[str, Any]) -> int:
+    failing = {"failed", "error", "timeout"}
+    return EXIT_FAILED if any(row["status"] in failing for row in data["tests"]) else EXIT_OK
+
+
+def _emit(data: dict[str, Any], fmt: str) -> None:
+    if fmt == "json":
+        out.print_json(json.dumps(data, default=str))
+    else:
+        _print_results(data)
+
+
+# -- commands --------------------------------------------------------------------------------
+@app.command()
+@_errors
+def run(
+    suite: Annotated[Path, typer.Argument(help="Suite YAML file.")],
+    db: DbOpt = None,
+    workers: Annotated[int, typer.Option("--workers", "-w", help="Tests run at the same time.")] = 2,
+    templates: TemplatesOpt = None,
+    fmt: Annotated[str, typer.Option("--format", help="table or json")] = "table",
+    timeout: Annotated[Optional[float], typer.Option(help="Give up after this many seconds.")] = None,
+) -> None:
+    """Run a suite here, embedded: in-process broker, coordinator and worker, local DuckDB.
+
+    Example: dtf run examples/smoke.yaml --db results.duckdb
+    """
+    from .app import make_app
+    from .coordinator import CoordinatorClient
+    from .embedded import EmbeddedCluster
+    from .hardware import detect, select_queues
+
+    settings = _settings(broker_url=EMBEDDED_BROKER, db_path=db)
+    settings = settings.with_overrides(broker_url=EMBEDDED_BROKER, sentinels=())
+    parsed, tests = _prepare(suite, settings, templates)
+    profile = detect()
+    queues = select_queues(profile)
+    celery_app = make_app(settings)
+    started = time.perf_counter()
+    with EmbeddedCluster(celery_app, queues=queues, workers=workers, profile=profile) as cluster:
+        client = CoordinatorClient(celery_app)
+        run_id = client.submit(_run_meta(parsed), tests)
+        err.print(f"run {run_id}: {len(tests)} tests, {workers} workers, queues {', '.join(queues)}, db {settings.db_path}")
+        _wait(client, run_id, timeout, interval_s=0.2)
+        data = client.call("results", run_id=run_id)
+        if cluster.error is not None:
+            raise DtfError(f"embedded coordinator failed: {cluster.error}")
+    _emit(data, fmt)
+    err.print(f"wall time {time.perf_counter() - started:.1f} s; results in {settings.db_path} (run {run_id})")
+    raise typer.Exit(_exit_code(data))
+
+
+@app.command()
+@_errors
+def submit(
+    suite: Annotated[Path, typer.Argument(help="Suite YAML file.")],
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the run to finish; exit 1 on failures.")] = False,
+    timeout: Annotated[Optional[float], typer.Option(help="With --wait: give up after S seconds (exit 2).")] = None,
+    broker: BrokerOpt = None,
+    templates: TemplatesOpt = None,
+    fmt: Annotated[str, typer.Option("--format", help="table or json (with --wait)")] = "table",
+) -> None:
+    """Submit a suite to the coordinator through the broker.
+
+    Example: DTF_BROKER_URL=redis://127.0.0.1:6379/0 dtf submit examples/smoke.yaml --wait
+    """
+    from .app import make_app
+    from .coordinator import CoordinatorClient
+
+    settings = _settings(broker_url=broker)
+    if settings.embedded:
+        raise DtfError("no broker configured: set DTF_BROKER_URL or --broker (or use `dtf run` for the embedded mode)")
+    parsed, tests = _prepare(suite, settings, templates)
+    client = CoordinatorClient(make_app(settings))
+    run_id = client.submit(_run_meta(parsed), tests)
+    out.print(run_id)
+    if not wait:
+        return
+    try:
+        _wait(client, run_id, timeout)
+    except KeyboardInterrupt:
+        err.print(f"stopped watching; the run goes on. Resume with: dtf status {run_id} --wait")
+        raise typer.Exit(130) from None
+    data = client.call("results", run_id=run_id)
+    _emit(data, fmt)
+    raise typer.Exit(_exit_code(data))
+
+
+@app.command()
+@_errors
+def status(
+    run_id: Annotated[str, typer.Argument(help="Run id printed by submit.")],
+    wait: Annotated[bool, typer.Option("--wait", help="Wait until the run finishes.")] = False,
+    timeout: Annotated[Optional[float], typer.Option(help="With --wait: give up after S seconds.")] = None,
+    broker: BrokerOpt = None,
+) -> None:
+    """Show a run's progress per hardware.
+
+    Example: dtf status smoke-20261129-180000-abc123 --wait
+    """
+    from .app import make_app
+    from .coordinator import CoordinatorClient
+
+    client = CoordinatorClient(make_app(_settings(broker_url=broker)))
+    st = _wait(client, run_id, timeout) if wait else client.call("status", run_id=run_id)
+    out.print(_progress_line(st))
+    out.print(f"state: {st['run']['status']}")
+    if st["finished"]:
+        raise typer.Exit(EXIT_FAILED if st["run"]["status"] == "failed" else EXIT_OK)
+
+
+@app.command()
+@_errors
+def results(
+    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    fmt: Annotated[str, typer.Option("--format", help="table or json")] = "table",
+    broker: BrokerOpt = None,
+    db: Annotated[Optional[str], typer.Option("--db", help="Read this DuckDB file directly instead of asking the coordinator.")] = None,
+) -> None:
+    """Show one row per test of a run, from the coordinator or straight from a DuckDB file.
+
+    Example: dtf results RUN_ID --format json
+    """
+    if db:
+        from .store import Store
+
+        with Store(db, read_only=True) as store:
+            run_row = store.run(run_id)
+            if run_row is None:
+                raise DtfError(f"unknown run {run_id!r} in {db}")
+            data = {"run": run_row, "tests": store.final_results(run_id)}
+    else:
+        from .app import make_app
+        from .coordinator import CoordinatorClient
+
+        data = CoordinatorClient(make_app(_settings(broker_url=broker))).call("results", run_id=run_id)
+    _emit(data, fmt)
+    raise typer.Exit(_exit_code(data))
+
+
+@app.command()
+@_errors
+def coordinator(
+    db: DbOpt = None,
+    broker: BrokerOpt = None,
+) -> None:
+    """Run the coordinator: owns the DuckDB file, ingests results, dispatches tests.
+
+    Example: DTF_BROKER_URL=redis://127.0.0.1:6379/0 dtf coordinator --db /var/lib/dtf/dtf.duckdb
+    """
+    from .app import make_app
+    from .coordinator import Coordinator
+    from .store import Store
+
+    settings = _settings(broker_url=broker, db_path=db)
+    if settings.embedded:
+        raise DtfError("no broker configured: set DTF_BROKER_URL or --broker")
+    celery_app = make_app(settings)
+    stop = threading.Event()
+    with Store(settings.db_path) as store:
+        err.print(f"dtf coordinator: broker {settings.safe_broker}, db {settings.db_path}")
+        _serve_until_signal(lambda: Coordinator(celery_app, store).serve(stop), stop)
+
+
+def _serve_until_signal(serve: Callable[[], None], stop: threading.Event) -> None:
+    import signal
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        serve()
+    except DtfError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - broker errors from kombu/redis
+        raise DtfError(f"coordinator stopped: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+
+
+@app.command()
+@_errors
+def worker(
+    broker: BrokerOpt = None,
+    queues: Annotated[Optional[str], typer.Option("--queues", "-Q", envvar="DTF_QUEUES", help="Comma list: replaces the detected queues.")] = None,
+    tags: Annotated[Optional[str], typer.Option("--tags", envvar="DTF_TAGS", help="Comma list of extra tags/queues, e.g. gpu,cuda.")] = None,
+    no_cpu: Annotated[bool, typer.Option("--no-cpu", help="Do not consume dtf.cpu.")] = False,
+    name: Annotated[Optional[str], typer.Option("--name", "-n", envvar="DTF_WORKER_NAME", help="Worker name (default dtf-<kinds>@<host>).")] = None,
+    concurrency: Annotated[Optional[int], typer.Option("--concurrency", "-c", envvar="DTF_CONCURRENCY", help="Tests at the same time.")] = None,
+    profile: Annotated[str, typer.Option("--profile", envvar="DTF_PROFILE", help="benchmark, test or light.")] = "test",
+    pool: Annotated[str, typer.Option("--pool", help="Celery pool: threads (default) or prefork.")] = "threads",
+    loglevel: Annotated[str, typer.Option("--loglevel", "-l", envvar="DTF_LOG_LEVEL")] = "INFO",
+) -> None:
+    """Run a worker that consumes the queues this machine's hardware can serve.
+
+    Example: DTF_BROKER_URL=redis://127.0.0.1:6379/0 dtf worker --tags gpu,cuda --concurrency 2
+    """
+    from .app import make_app
+    from .hardware import detect, select_queues, worker_name
+    from .worker import WorkerRuntime
+
+    settings = _settings(broker_url=broker, log_level=loglevel)
+    if settings.embedded:
+        raise DtfError("no broker configured: set DTF_BROKER_URL or --broker (or use `dtf run` for the embedded mode)")
+    hw = detect()
+    queue_list = select_queues(hw, queues=_split(queues) or None, tags=_split(tags), no_cpu=no_cpu)
+    if not queue_list:
+        raise DtfError("no queues to consume (check --queues/--tags/--no-cpu)")
+    worker_id = worker_name(hw, name)
+    concurrency = concurrency or _PROFILES.get(profile, _PROFILES["test"])
+    extra = tuple(q for q in queue_list if not q.startswith("dtf.") or q.count(".") > 1)
+    celery_app = make_app(settings, extra_queues=extra)
+    runtime = WorkerRuntime(celery_app, worker_id=worker_id, queues=queue_list, profile=hw)
+    runtime.install()
+    replayed = runtime.replay_spool()
+    err.print(f"{worker_id}: queues {', '.join(queue_list)}; broker {settings.safe_broker}"
+              + (f"; replayed {replayed} spooled results" if replayed else ""))
+    stop = threading.Event()
+    threading.Thread(target=runtime.heartbeat_forever, args=(stop,), daemon=True, name="dtf-heartbeat").start()
+    try:
+        celery_app.Worker(
+            hostname=worker_id, queues=queue_list, concurrency=concurrency, pool=pool,
+            loglevel=loglevel, without_mingle=True, without_gossip=True, quiet=True,
+        ).start()
+    finally:
+        stop.set()
+
+
+_PROFILES = {"benchmark": 1, "test": 2, "light": 8}
+
+
+def _split(value: Optional[str]) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+@app.command()
+@_errors
+def detect(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Detect this machine's platform and hardware and the queues a worker here would serve.
+
+    Example: dtf detect --json
+    """
+    from .hardware import detect as detect_hw, format_profile, select_queues
+
+    profile = detect_hw()
+    if as_json:
+        out.print_json(json.dumps({**profile.to_dict(), "queues": select_queues(profile)}))
+        return
+    table = Table(title="dtf detect", show_header=False)
+    table.add_column("what")
+    table.add_column("value", overflow="fold")
+    for label, value in format_profile(profile):
+        table.add_row(label, value)
+    table.add_row("queues", ", ".join(select_queues(profile)))
+    out.print(table)
+
+
+@app.command("workers")
+@_errors
+def workers_cmd(broker: BrokerOpt = None, fmt: Annotated[str, typer.Option("--format")] = "table") -> None:
+    """List the workers the coordinator knows: hardware, queues, last heartbeat, state.
+
+    Example: dtf workers
+    """
+    from .app import make_app
+    from .coordinator import CoordinatorClient
+
+    rows = CoordinatorClient(make_app(_settings(broker_url=broker))).call("workers")
+    if fmt == "json":
+        out.print_json(json.dumps(rows, default=str))
+        return
+    table = Table(title="workers")
+    for col in ("worker", "host", "platform", "queues", "state", "last seen"):
+        table.add_column(col)
+    for w in rows:
+        seen = datetime.fromtimestamp(w["last_seen"]).strftime("%H:%M:%S") if w.get("last_seen") else "-"
+        table.add_row(w["worker_id"], w.get("hostname") or "", w.get("platform") or "",
+                      ", ".join(w.get("queues") or []), w.get("state") or "", seen)
+    out.print(table)
+
+
+@templates_app.command("list")
+@_errors
+def templates_list(templates: TemplatesOpt = None) -> None:
+    """List templates with their families, hardware and parameters.
+
+    Example: dtf templates list
+    """
+    registry = _registry(_settings(), templates)
+    table = Table(title="templates")
+    for col in ("name", "families", "hardware", "parameters", "description"):
+        table.add_column(col, overflow="fold")
+    for info in registry.list():
+        table.add_row(info.name, ", ".join(info.families), ", ".join(info.hardware),
+                      ", ".join(f"{k}={v.get('default') if isinstance(v, dict) else v}" for k, v in info.parameters.items()),
+                      info.description)
+    out.print(table)
+
+
+@templates_app.command("render")
+@_errors
+def templates_render(
+    name: Annotated[str, typer.Argument(help="Template name, e.g. text_embedding/cpu.")],
+    model: Annotated[str, typer.Option("--model")] = "example-model",
+    hardware: Annotated[str, typer.Option("--hardware")] = "cpu",
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 1,
+    precision: Annotated[str, typer.Option("--precision")] = "fp32",
+    templates: TemplatesOpt = None,
+) -> None:
+    """Render one template to stdout as the worker would run it.
+
+    Example: dtf templates render text_embedding/cpu --model bert-base-uncased --batch-size 4
+    """
+    from .model import HARDWARE_KINDS, TestSpec
+    from .suite import detect_family
+
+    if hardware not in HARDWARE_KINDS:
+        raise DtfError(f"--hardware: unknown hardware {hardware!r} (expected one of {', '.join(HARDWARE_KINDS)})")
+    registry = _registry(_settings(), templates)
+    spec = TestSpec(test_id=f"{model}/{hardware}/bs{batch_size}/{precision}", model=model,
+                    family=detect_family(model), hardware=hardware, batch_size=batch_size,
+                    precision=precision, template=name)
+    sys.stdout.write(registry.render(spec).source)
+
+
+@app.command()
+def version() -> None:
+    """Print the dtf version."""
+    out.print(__version__)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

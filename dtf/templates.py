@@ -1,0 +1,586 @@
+"""Template registry and sandboxed rendering of test templates.
+
+A template is the file ``<root>/<family>/<variant>.py.j2``, named ``family/variant``; the
+metadata of a folder's variants (description, families, hardware, parameters) lives in
+``<root>/<family>/template.yaml`` and is read without rendering. Roots are searched in
+order, extra roots first, so a user template overrides a built-in one of the same name.
+A file or folder whose name starts with ``_`` is a partial: templates may ``{% include %}``
+it, but it is never listed, resolved or rendered on its own.
+
+Rendering runs in Jinja's immutable sandbox with StrictUndefined and a loader that only
+loads validated names from inside the roots. Every ``{{ }}`` must pass through the
+``pyrepr`` filter, which writes a Python literal of plain data only, so no value (a model
+name with quotes, say) can add code to a rendered test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import jinja2
+import jinja2.meta
+import yaml
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+
+from dtf.errors import HardwareError, TemplateError, TemplateNotFound
+from dtf.model import HARDWARE_KINDS, RenderedTest, TestSpec
+
+__all__ = [
+    "DEFAULT_TEMPLATE",
+    "HASH_HEX_CHARS",
+    "MAX_OUTPUT_BYTES",
+    "PySource",
+    "TemplateInfo",
+    "TemplateParameter",
+    "TemplateRegistry",
+    "builtin_root",
+    "pyrepr",
+    "render_context",
+]
+
+TEMPLATE_SUFFIX = ".py.j2"
+METADATA_FILE = "template.yaml"
+GENERIC_FAMILY = "generic"
+DEFAULT_TEMPLATE = "generic/default"
+#: content_hash is the first HASH_HEX_CHARS hex digits of a sha256.
+HASH_HEX_CHARS = 16
+#: a rendered test larger than this (UTF-8 bytes) is refused.
+MAX_OUTPUT_BYTES = 1 << 20
+_MAX_LITERAL_DEPTH = 32
+_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
+# Filters a template may use; the rest of Jinja's set adds nothing to writing Python
+# literals and some (center, indent, wordwrap, attr) are gadgets for abuse.
+_ALLOWED_FILTERS = (
+    "abs", "count", "d", "default", "dictsort", "first", "float", "int", "items",
+    "last", "length", "list", "lower", "max", "min", "round", "sort", "upper",
+)  # fmt: skip
+# str methods that build a string of any size from a small call, and str.format, whose
+# field syntax is the classic sandbox escape route.
+_UNSAFE_METHODS = frozenset({"center", "expandtabs", "format", "format_map", "ljust", "rjust", "zfill"})
+
+
+def builtin_root() -> Path:
+    """The folder holding the built-in templates (the repository's ``templates/``)."""
+    repo_templates = Path(__file__).resolve().parent.parent / "templates"
+    if repo_templates.is_dir():
+        return repo_templates
+    # A wheel cannot ship a top-level folder, so a packaged build copies the templates
+    # to dtf/_templates.
+    return Path(__file__).resolve().parent / "_templates"
+
+
+@dataclass(frozen=True)
+class TemplateParameter:
+    """One knob a template offers a suite, with its default."""
+
+    name: str
+    default: Any
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class TemplateInfo:
+    """What a template is for, read from its folder's template.yaml, and its content hash.
+
+    ``content_hash`` is the first 16 hex digits of the sha256 of the template's source
+    followed by the sources of the templates it includes, so editing a partial changes
+    the hash of every template that uses it.
+    """
+
+    name: str
+    description: str
+    families: tuple[str, ...]
+    hardware: tuple[str, ...]
+    parameters: Mapping[str, TemplateParameter]
+    path: Path
+    content_hash: str
+
+    def defaults(self) -> dict[str, Any]:
+        """Parameter name -> default value."""
+        return {p.name: p.default for p in self.parameters.values()}
+
+    def supports(self, family: str, hardware: str) -> bool:
+        return family in self.families and hardware in self.hardware
+
+
+@dataclass(frozen=True)
+class _Metadata:
+    description: str = ""
+    families: tuple[str, ...] = ()
+    hardware: tuple[str, ...] = ()
+    parameters: Mapping[str, TemplateParameter] = field(default_factory=dict)
+
+
+# --- pyrepr: the only way a value enters rendered source -----------------------------
+
+
+class PySource(str):
+    """Text that ``pyrepr`` produced: a Python literal, safe to place in source."""
+
+    __slots__ = ()
+
+
+def pyrepr(value: Any) -> PySource:
+    """The Python literal for plain data: str, int, float, bool, None, and lists, tuples
+    and dicts of those. Anything else raises TemplateError, so objects with a custom
+    ``__repr__`` (or str subclasses) can never write code."""
+    return PySource(_literal(value, 0))
+
+
+def _literal(value: Any, depth: int) -> str:
+    if isinstance(value, jinja2.Undefined):
+        value._fail_with_undefined_error()
+    if depth > _MAX_LITERAL_DEPTH:
+        raise TemplateError("pyrepr: value is nested too deeply")
+    kind = type(value)
+    if value is None or kind in (str, int, bool):
+        return repr(value)
+    if kind is float:
+        return repr(value) if math.isfinite(value) else f"float({str(value)!r})"
+    if kind is list:
+        return "[" + ", ".join(_literal(v, depth + 1) for v in value) + "]"
+    if kind is tuple:
+        items = [_literal(v, depth + 1) for v in value]
+        return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+    if kind is dict:
+        pairs = (f"{_literal(k, depth + 1)}: {_literal(v, depth + 1)}" for k, v in value.items())
+        return "{" + ", ".join(pairs) + "}"
+    raise TemplateError(f"pyrepr writes only str, int, float, bool, None, list, tuple and dict, not {kind.__name__}")
+
+
+def _require_pyrepr(value: Any) -> PySource:
+    """Jinja finalize hook: every ``{{ }}`` output must come from ``pyrepr``."""
+    if isinstance(value, jinja2.Undefined):
+        value._fail_with_undefined_error()
+    if type(value) is not PySource:
+        raise TemplateError("a value placed in the source must pass through |pyrepr")
+    return value
+
+
+# --- the sandbox ---------------------------------------------------------------------
+
+
+class _TestSandbox(ImmutableSandboxedEnvironment):
+    """Jinja's immutable sandbox, also bounding the sizes that ``*`` and ``**`` build."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+        if isinstance(obj, str) and attr in _UNSAFE_METHODS:
+            return False
+        return super().is_safe_attribute(obj, attr, value)
+
+    def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            _check_repeat(left, right)
+            _check_repeat(right, left)
+        elif operator == "**":
+            _check_power(left, right)
+        return super().call_binop(context, operator, left, right)
+
+
+def _check_repeat(sequence: Any, times: Any) -> None:
+    if isinstance(sequence, (str, list, tuple)) and isinstance(times, int):
+        if len(sequence) * times > MAX_OUTPUT_BYTES:
+            raise SecurityError("sequence repetition is too large")
+
+
+def _check_power(base: Any, exponent: Any) -> None:
+    if isinstance(base, int) and isinstance(exponent, int) and abs(base) > 1:
+        if exponent * math.log2(abs(base)) > 4096:
+            raise SecurityError("power is too large")
+
+
+class _RootsLoader(jinja2.BaseLoader):
+    """Loads a template by validated name through the registry, never by raw path."""
+
+    def __init__(self, registry: "TemplateRegistry") -> None:
+        self._registry = registry
+
+    def get_source(
+        self, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str, Callable[[], bool]]:
+        try:
+            path = self._registry._locate(template)
+        except TemplateNotFound as exc:
+            raise jinja2.TemplateNotFound(str(exc)) from None
+        source, stamp = path.read_text(encoding="utf-8"), _stamp(path)
+
+        def uptodate() -> bool:
+            try:  # stale when another root now wins the name or the file changed
+                found = self._registry._locate(template)
+                return found == path and _stamp(found) == stamp
+            except (OSError, TemplateNotFound):
+                return False
+
+        return source, str(path), uptodate
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_mtime_ns, st.st_size
+
+
+def _make_environment(registry: "TemplateRegistry") -> _TestSandbox:
+    env = _TestSandbox(
+        loader=_RootsLoader(registry),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        finalize=_require_pyrepr,
+        keep_trailing_newline=True,
+        auto_reload=True,
+        cache_size=400,
+    )
+    env.filters = {name: env.filters[name] for name in _ALLOWED_FILTERS}
+    env.filters["pyrepr"] = pyrepr
+    env.globals = {name: env.globals[name] for name in ("range", "dict", "namespace")}
+    return env
+
+
+# --- names and paths -----------------------------------------------------------------
+
+
+def _printable(name: object) -> str:
+    text = str(name)
+    return text if text.isprintable() else repr(text)
+
+
+def _not_found(name: object, why: str = "") -> TemplateNotFound:
+    return TemplateNotFound(f"template not found: {_printable(name)}" + (f" ({why})" if why else ""))
+
+
+def _split_name(name: object) -> tuple[str, str]:
+    """``family/variant`` of plain segments; this refuses ``..``, absolute paths,
+    backslashes and NUL bytes because none of them can match a segment."""
+    parts = name.split("/") if isinstance(name, str) else []
+    if len(parts) != 2 or not all(_SEGMENT.fullmatch(p) for p in parts):
+        raise _not_found(name)
+    return parts[0], parts[1]
+
+
+def _is_partial(name: str) -> bool:
+    return any(part.startswith("_") for part in name.split("/"))
+
+
+def _inside(path: Path, root: Path) -> Path | None:
+    """The real path of ``path`` if it exists and resolves (symlinks too) inside root."""
+    try:
+        real = path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return None
+    return real if real.is_relative_to(root) else None
+
+
+# --- metadata ------------------------------------------------------------------------
+
+
+def _string_list(value: Any, what: str, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TemplateError(f"{where}: {what} must be a list of strings")
+    return tuple(value)
+
+
+def _parse_parameters(raw: Any, where: str) -> dict[str, TemplateParameter]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise TemplateError(f"{where}: parameters must be a mapping of name -> {{default, description}}")
+    params = {}
+    for name, spec in raw.items():
+        if not isinstance(spec, dict) or "default" not in spec:
+            raise TemplateError(f"{where}: parameter {name} needs a default")
+        params[str(name)] = TemplateParameter(str(name), spec["default"], str(spec.get("description", "")))
+    return params
+
+
+def _parse_variant(raw: Any, where: str) -> _Metadata:
+    if not isinstance(raw, dict):
+        raise TemplateError(f"{where}: must be a mapping")
+    hardware = _string_list(raw.get("hardware", []), "hardware", where)
+    unknown = sorted(set(hardware) - set(HARDWARE_KINDS))
+    if unknown:
+        raise TemplateError(f"{where}: unknown hardware {unknown}; known: {list(HARDWARE_KINDS)}")
+    return _Metadata(
+        description=str(raw.get("description", "")),
+        families=_string_list(raw.get("families", []), "families", where),
+        hardware=hardware,
+        parameters=_parse_parameters(raw.get("parameters"), where),
+    )
+
+
+def _parse_metadata_file(path: Path) -> dict[str, _Metadata]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise TemplateError(f"{path}: cannot read template metadata: {exc}") from exc
+    variants = data.get("variants", {}) if isinstance(data, dict) else None
+    if not isinstance(variants, dict):
+        raise TemplateError(f"{path}: expected a mapping 'variants: {{name: {{...}}}}'")
+    return {str(k): _parse_variant(v, f"{path}: variants.{k}") for k, v in variants.items()}
+
+
+# --- render errors -------------------------------------------------------------------
+
+
+def _template_line(tb: TracebackType | None, names: Mapping[str, str]) -> tuple[str, int] | None:
+    """The innermost template frame of a traceback Jinja rewrote: (template name, line)."""
+    found = None
+    while tb is not None:
+        name = names.get(tb.tb_frame.f_code.co_filename)
+        if name is not None:
+            found = (name, tb.tb_lineno)
+        tb = tb.tb_next
+    return found
+
+
+def _render_error(name: str, exc: BaseException, names: Mapping[str, str]) -> TemplateError:
+    if isinstance(exc, jinja2.TemplateSyntaxError):
+        where = names.get(exc.filename or "", exc.name or name)
+        return TemplateError(f"template {where} line {exc.lineno}: {exc.message}")
+    located = _template_line(exc.__traceback__, names)
+    message = str(exc) or type(exc).__name__
+    if isinstance(exc, jinja2.TemplateNotFound):
+        message = exc.message or f"template not found: {exc.name}"
+    if located is None:
+        return TemplateError(f"template {name}: {message}")
+    inner, line = located
+    suffix = "" if inner == name else f" (included by {name})"
+    return TemplateError(f"template {inner} line {line}{suffix}: {message}")
+
+
+def _join_capped(chunks: Iterable[str], name: str, cap: int) -> str:
+    out: list[str] = []
+    size = 0
+    for chunk in chunks:
+        size += len(chunk.encode("utf-8"))
+        if size > cap:
+            raise TemplateError(f"template {name}: rendered test is over the {cap}-byte cap")
+        out.append(chunk)
+    return "".join(out)
+
+
+# --- the registry --------------------------------------------------------------------
+
+
+class TemplateRegistry:
+    """The templates under a list of roots: listing, resolution and sandboxed rendering.
+
+        registry = TemplateRegistry([Path("my_templates")])
+        name = registry.resolve("text_embedding", "cuda")   # "text_embedding/torch"
+        rendered = registry.render(spec)
+    """
+
+    def __init__(
+        self,
+        extra_roots: Sequence[Path] = (),
+        *,
+        include_builtin: bool = True,
+        max_output_bytes: int = MAX_OUTPUT_BYTES,
+    ) -> None:
+        roots = [Path(r) for r in extra_roots]
+        for root in roots:
+            if not root.is_dir():
+                raise TemplateError(f"template root {root} is not a directory")
+        if include_builtin and builtin_root().is_dir():
+            roots.append(builtin_root())
+        self.roots: tuple[Path, ...] = tuple(r.resolve() for r in roots)
+        self.max_output_bytes = max_output_bytes
+        self._env = _make_environment(self)
+        self._file_cache: dict[tuple[str, Path], tuple[tuple[int, int], Any]] = {}
+
+    # -- finding templates
+
+    def _find(self, name: str) -> tuple[Path, Path]:
+        """(real path, root) of the first root holding ``name``; partials included."""
+        family, variant = _split_name(name)
+        for root in self.roots:
+            candidate = root / family / (variant + TEMPLATE_SUFFIX)
+            if not (candidate.exists() or candidate.is_symlink()):
+                continue
+            real = _inside(candidate, root)
+            if real is None or not real.is_file():
+                raise _not_found(name, f"{candidate} resolves outside its root")
+            return real, root
+        raise _not_found(name)
+
+    def _locate(self, name: str) -> Path:
+        return self._find(name)[0]
+
+    def _find_public(self, name: str) -> tuple[Path, Path]:
+        if isinstance(name, str) and _is_partial(name):
+            _split_name(name)
+            raise _not_found(name, "partials can only be included")
+        return self._find(name)
+
+    def names(self) -> list[str]:
+        """Every public template name under the roots, sorted."""
+        found: set[str] = set()
+        for root in self.roots:
+            for path in root.glob(f"*/*{TEMPLATE_SUFFIX}"):
+                name = f"{path.parent.name}/{path.name[: -len(TEMPLATE_SUFFIX)]}"
+                if not _is_partial(name) and all(_SEGMENT.fullmatch(p) for p in name.split("/")):
+                    found.add(name)
+        return sorted(found)
+
+    # -- metadata and hashes
+
+    def _cached(self, kind: str, path: Path, compute: Callable[[Path], Any]) -> Any:
+        key, stamp = (kind, path), _stamp(path)
+        hit = self._file_cache.get(key)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        value = compute(path)
+        self._file_cache[key] = (stamp, value)
+        return value
+
+    def _metadata(self, name: str, from_root: Path) -> _Metadata:
+        """The first entry for ``name`` in a template.yaml, from the root that holds the
+        template onwards: an override without metadata keeps the overridden one's."""
+        family, variant = name.split("/")
+        for root in self.roots[self.roots.index(from_root) :]:
+            path = _inside(root / family / METADATA_FILE, root)
+            if path is None:
+                continue
+            entry = self._cached("meta", path, _parse_metadata_file).get(variant)
+            if entry is not None:
+                return entry
+        return _Metadata(description="(no metadata)", families=(family,))
+
+    def _references(self, path: Path) -> list[str]:
+        def parse(p: Path) -> list[str]:
+            try:
+                ast = self._env.parse(p.read_text(encoding="utf-8"))
+            except jinja2.TemplateSyntaxError:
+                return []  # rendering reports it, with its line
+            return [n for n in jinja2.meta.find_referenced_templates(ast) if n is not None]
+
+        result: list[str] = self._cached("refs", path, parse)
+        return result
+
+    def _content_hash(self, name: str) -> str:
+        digest = hashlib.sha256()
+        seen: set[Path] = set()
+        pending = [self._locate(name)]
+        while pending:
+            path = pending.pop(0)
+            if path in seen:
+                continue
+            seen.add(path)
+            digest.update(path.read_bytes())
+            for ref in self._references(path):
+                try:
+                    pending.append(self._locate(ref))
+                except TemplateNotFound:
+                    digest.update(f"<missing {ref}>".encode())
+        return digest.hexdigest()[:HASH_HEX_CHARS]
+
+    # -- public queries
+
+    def info(self, name: str) -> TemplateInfo:
+        """Metadata and content hash of one template; TemplateNotFound if there is none."""
+        path, root = self._find_public(name)
+        meta = self._metadata(name, root)
+        return TemplateInfo(
+            name=name,
+            description=meta.description,
+            families=meta.families,
+            hardware=meta.hardware,
+            parameters=dict(meta.parameters),
+            path=path,
+            content_hash=self._content_hash(name),
+        )
+
+    def list(self) -> list[TemplateInfo]:
+        """Every public template, sorted by name."""
+        return [self.info(name) for name in self.names()]
+
+    def resolve(self, family: str, hardware: str, explicit: str | None = None) -> str:
+        """The template to use: ``explicit`` when given (it must exist), else the best
+        one for the family on that hardware, else the best generic one, else
+        generic/default. Best = named ``<family>/<hardware>``, then in the family's own
+        folder, then the one supporting the fewest hardware kinds, then by name."""
+        if explicit:
+            self._find_public(explicit)
+            return explicit
+        if hardware not in HARDWARE_KINDS:
+            raise HardwareError(f"unknown hardware kind {hardware!r}; known: {', '.join(HARDWARE_KINDS)}")
+        infos = self.list()
+        for wanted in dict.fromkeys((family, GENERIC_FAMILY)):
+            best = _best_fit(infos, wanted, hardware)
+            if best is not None:
+                return best
+        if any(i.name == DEFAULT_TEMPLATE for i in infos):
+            return DEFAULT_TEMPLATE
+        raise _not_found(DEFAULT_TEMPLATE, f"no template serves family {family!r} on {hardware!r}")
+
+    # -- rendering
+
+    def render(self, spec: TestSpec) -> RenderedTest:
+        """Render the spec's template (resolved from family and hardware when the spec
+        names none) into a self-contained Python test script."""
+        name = spec.template or self.resolve(spec.family, spec.hardware)
+        info = self.info(name)
+        source = self.render_source(name, render_context(spec, info))
+        return RenderedTest(dataclasses.replace(spec, template=name), source, info.content_hash)
+
+    def render_source(self, name: str, context: Mapping[str, Any]) -> str:
+        """Render one public template with a context; every failure is a TemplateError
+        naming the template and, where known, the line."""
+        self._find_public(name)
+        names = self._filenames()
+        try:
+            template = self._env.get_template(name)
+            return _join_capped(template.generate(dict(context)), name, self.max_output_bytes)
+        except TemplateNotFound:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure inside a template is the template's
+            raise _render_error(name, exc, names) from exc
+
+    def _filenames(self) -> dict[str, str]:
+        """Real file path -> template name, to name the template in a traceback frame."""
+        mapping: dict[str, str] = {}
+        for root in reversed(self.roots):  # earlier roots win
+            for path in root.glob(f"*/*{TEMPLATE_SUFFIX}"):
+                real = _inside(path, root)
+                if real is not None:
+                    mapping[str(real)] = f"{path.parent.name}/{path.name[: -len(TEMPLATE_SUFFIX)]}"
+        return mapping
+
+
+def _best_fit(infos: Iterable[TemplateInfo], family: str, hardware: str) -> str | None:
+    fitting = [i for i in infos if i.supports(family, hardware)]
+    if not fitting:
+        return None
+
+    def rank(info: TemplateInfo) -> tuple[bool, bool, int, str]:
+        folder = info.name.split("/")[0]
+        return (info.name != f"{family}/{hardware}", folder != family, len(info.hardware), info.name)
+
+    return min(fitting, key=rank).name
+
+
+def render_context(spec: TestSpec, info: TemplateInfo) -> dict[str, Any]:
+    """What a template sees: the spec as a dict, its main fields at top level, and
+    ``params``: the spec's parameters merged over the template's defaults."""
+    return {
+        "spec": spec.to_dict(),
+        "template": info.name,
+        "test_id": spec.test_id,
+        "model": spec.model,
+        "family": spec.family,
+        "hardware": spec.hardware,
+        "batch_size": spec.batch_size,
+        "precision": spec.precision,
+        "iterations": spec.iterations,
+        "warmup": spec.warmup,
+        "timeout_s": spec.timeout_s,
+        "params": {**info.defaults(), **dict(spec.params)},
+    }
+
