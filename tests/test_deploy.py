@@ -19,7 +19,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import need_binary
+from .conftest import need_binary
 from dtf.deploy import (
     DEFAULT_PREFIX,
     ENV_VAR_NAMES,

@@ -10,12 +10,12 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 import yaml
 
-from conftest import REPO, free_port, need_binary, wait_for_port
+from .conftest import REPO, free_port, need_binary, wait_for_port
 from dtf.deploy import ENV_VAR_NAMES, ENV_VARS
 
 DOCKER = REPO / "docker"
@@ -234,6 +234,20 @@ def nodes(tmp_path: Path) -> Iterator[list[Node]]:
         node.stop()
 
 
+def eventually(action: Callable[[], object], timeout_s: float) -> object:
+    """The first result of `action` that does not raise a Redis error, retried until the timeout."""
+    import redis
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return action()
+        except redis.RedisError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 @pytest.mark.redis
 def test_redis_and_sentinel_start_from_the_configs_with_the_password(tmp_path: Path, nodes: list[Node]) -> None:
     import redis
@@ -246,10 +260,7 @@ def test_redis_and_sentinel_start_from_the_configs_with_the_password(tmp_path: P
     with pytest.raises(redis.ResponseError, match="NOREPLICAS"):
         client.set("k", "v")  # no replica in sync yet: writes are refused
     nodes.append(Node(tmp_path, "replica", "--appendonly", "no", "--replicaof", "127.0.0.1", str(master.port)))
-    deadline = time.monotonic() + 15
-    while client.info("replication")["connected_slaves"] < 1 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert client.set("k", "v")
+    assert eventually(lambda: client.set("k", "v"), timeout_s=15)  # once the replica is in sync
 
     template = tmp_path / "sentinel.conf"
     text = (DOCKER / "sentinel" / "sentinel.conf").read_text()

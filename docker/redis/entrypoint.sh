@@ -36,24 +36,23 @@ case "$role" in
         ;;
 esac
 
+# printf, not echo: dash's echo would eat the backslashes of an escaped password.
 write_config() {
     cat "$template"
-    echo
-    echo "# Added by entrypoint.sh on the first start."
+    printf '\n# Added by entrypoint.sh on the first start.\ndir %s\n' "$data_dir"
     if [ "$role" = sentinel ]; then
-        echo "sentinel announce-ip $announce"
+        printf 'sentinel announce-ip %s\n' "$announce"
         if [ -n "$password" ]; then
-            echo "sentinel auth-pass mymaster \"$quoted\""
+            printf 'sentinel auth-pass mymaster "%s"\n' "$quoted"
         fi
         return 0
     fi
-    echo "replica-announce-ip $announce"
+    printf 'replica-announce-ip %s\n' "$announce"
     if [ "$role" = replica ]; then
-        echo "replicaof ${MASTER_HOST:-redis-master} 6379"
+        printf 'replicaof %s 6379\n' "${MASTER_HOST:-redis-master}"
     fi
     if [ -n "$password" ]; then
-        echo "requirepass \"$quoted\""
-        echo "masterauth \"$quoted\""
+        printf 'requirepass "%s"\nmasterauth "%s"\n' "$quoted" "$quoted"
     fi
 }
 
