@@ -249,8 +249,8 @@ def _load_yaml(raw: bytes, shown: str) -> object:
         raise SuiteError(shown, None, f"invalid YAML: {exc}") from None
     except RecursionError:
         raise SuiteError(shown, None, "invalid YAML: nested too deeply") from None
-    except ValueError as exc:  # e.g. an integer over Python's digit limit
-        raise SuiteError(shown, None, f"invalid YAML: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - PyYAML's constructors raise anything on bad tagged scalars
+        raise SuiteError(shown, None, f"invalid YAML: {type(exc).__name__}: {exc}") from None
     if data is None:
         raise SuiteError(shown, None, "file holds no YAML document (only comments or blank lines)")
     return data

@@ -355,13 +355,17 @@ def _render_error(name: str, exc: BaseException, names: Mapping[str, str]) -> Te
     return TemplateError(f"template {inner} line {line}{suffix}: {message}")
 
 
+class _OutputTooLarge(TemplateError):
+    """The rendered text passed the size cap (already names the template)."""
+
+
 def _join_capped(chunks: Iterable[str], name: str, cap: int) -> str:
     out: list[str] = []
     size = 0
     for chunk in chunks:
         size += len(chunk.encode("utf-8"))
         if size > cap:
-            raise TemplateError(f"template {name}: rendered test is over the {cap}-byte cap")
+            raise _OutputTooLarge(f"template {name}: rendered test is over the {cap}-byte cap")
         out.append(chunk)
     return "".join(out)
 
@@ -527,6 +531,7 @@ class TemplateRegistry:
         names none) into a self-contained Python test script."""
         name = spec.template or self.resolve(spec.family, spec.hardware)
         info = self.info(name)
+        _check_parameter_types(info, spec.params)
         source = self.render_source(name, render_context(spec, info))
         return RenderedTest(dataclasses.replace(spec, template=name), source, info.content_hash)
 
@@ -538,7 +543,7 @@ class TemplateRegistry:
         try:
             template = self._env.get_template(name)
             return _join_capped(template.generate(dict(context)), name, self.max_output_bytes)
-        except TemplateNotFound:
+        except (TemplateNotFound, _OutputTooLarge):
             raise
         except Exception as exc:  # noqa: BLE001 - any failure inside a template is the template's
             raise _render_error(name, exc, names) from exc
@@ -564,6 +569,27 @@ def _best_fit(infos: Iterable[TemplateInfo], family: str, hardware: str) -> str 
         return (info.name != f"{family}/{hardware}", folder != family, len(info.hardware), info.name)
 
     return min(fitting, key=rank).name
+
+
+def _same_kind(default: Any, value: Any) -> bool:
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))
+
+
+def _check_parameter_types(info: TemplateInfo, params: Mapping[str, Any]) -> None:
+    """A suite's value must have its default's type (an int may stand for a float), so a
+    typo fails at render time rather than inside a worker. Unknown names pass through."""
+    for key, value in params.items():
+        declared = info.parameters.get(key)
+        if declared is None or declared.default is None or _same_kind(declared.default, value):
+            continue
+        kind = type(declared.default).__name__
+        raise TemplateError(
+            f"template {info.name}: parameter {key} must be a {kind} like its default {declared.default!r}, got {value!r}"
+        )
 
 
 def render_context(spec: TestSpec, info: TemplateInfo) -> dict[str, Any]:
