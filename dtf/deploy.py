@@ -81,6 +81,14 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("DTF_SPOOL_DIR", "Directory where a worker keeps results until they are published."),
     EnvVar("DTF_FLOWER_BASIC_AUTH", "Flower basic auth user:password; prefer the _FILE form.", secret=True),
     EnvVar("DTF_FLOWER_BASIC_AUTH_FILE", "File holding Flower basic auth user:password."),
+    EnvVar("DTF_TLS_CA", "CA bundle that verifies the Redis server (rediss://)."),
+    EnvVar("DTF_TLS_CERT", "Client certificate for Redis TLS."),
+    EnvVar("DTF_TLS_KEY", "Client key for Redis TLS (a path, not the key)."),
+    EnvVar("DTF_TEMPLATES", "Extra test template folders (comma or path-separator list)."),
+    EnvVar("DTF_VISIBILITY_TIMEOUT", "Seconds before an unacknowledged test is redelivered."),
+    EnvVar("DTF_RESULT_BATCH_SIZE", "Results the coordinator writes per batch at most."),
+    EnvVar("DTF_RESULT_BATCH_MS", "Milliseconds the coordinator waits to fill a batch."),
+    EnvVar("DTF_MAX_PAYLOAD_BYTES", "Largest message dtf publishes."),
 )
 ENV_VAR_NAMES: frozenset[str] = frozenset(var.name for var in ENV_VARS)
 _SECRET_NAMES: frozenset[str] = frozenset(var.name for var in ENV_VARS if var.secret)

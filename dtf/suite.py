@@ -597,7 +597,9 @@ def _show(value: object) -> str:
         return "a mapping"
     if isinstance(value, (list, tuple)):
         return "a list"
-    return f"a {type(value).__name__}"
+    if isinstance(value, bytes):
+        return "binary data"
+    return f"a {type(value).__name__}"  # date, datetime, set: what other YAML tags give
 
 
 # -- family detection ---------------------------------------------------------------------

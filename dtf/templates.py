@@ -429,7 +429,9 @@ class TemplateRegistry:
         for root in self.roots:
             for path in root.glob(f"*/*{TEMPLATE_SUFFIX}"):
                 name = f"{path.parent.name}/{path.name[: -len(TEMPLATE_SUFFIX)]}"
-                if not _is_partial(name) and all(_SEGMENT.fullmatch(p) for p in name.split("/")):
+                if _is_partial(name) or not all(_SEGMENT.fullmatch(p) for p in name.split("/")):
+                    continue
+                if _inside(path, root) is not None:  # a symlink out of the root is not there
                     found.add(name)
         return sorted(found)
 

@@ -96,12 +96,19 @@ def test_an_unknown_platform_is_refused(tmp_path: Path) -> None:
         render("amiga", tmp_path)
 
 
-def test_env_vars_are_the_ones_the_cli_reads() -> None:
+def test_env_vars_hold_every_variable_of_the_cli_contract() -> None:
     names = [var.name for var in ENV_VARS]
-    assert len(names) == len(set(names))
-    assert set(names) == CLI_ENV_NAMES == ENV_VAR_NAMES
+    assert len(names) == len(set(names)) and set(names) == ENV_VAR_NAMES
+    assert CLI_ENV_NAMES <= ENV_VAR_NAMES
     assert {var.name for var in ENV_VARS if var.secret} == {"DTF_REDIS_PASSWORD", "DTF_FLOWER_BASIC_AUTH"}
     assert all(var.description.endswith(".") for var in ENV_VARS)
+
+
+def test_every_dtf_variable_the_code_reads_is_listed_in_env_vars() -> None:
+    package = Path(__file__).resolve().parent.parent / "dtf"
+    for module in package.glob("*.py"):
+        used = set(re.findall(r"\bDTF_[A-Z0-9_]+", module.read_text(encoding="utf-8")))
+        assert used <= ENV_VAR_NAMES, (module.name, sorted(used - ENV_VAR_NAMES))
 
 
 @pytest.mark.parametrize("platform", PLATFORMS)

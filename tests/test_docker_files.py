@@ -253,7 +253,7 @@ def test_redis_and_sentinel_start_from_the_configs_with_the_password(tmp_path: P
     import redis
 
     (tmp_path / "password").write_text('pa"ss\\word')
-    master = Node(tmp_path, "master", "--appendonly", "no")
+    master = Node(tmp_path, "master", "--appendonly", "no", "--repl-diskless-sync-delay", "0")
     nodes.append(master)
     client = redis.Redis(port=master.port, password='pa"ss\\word')
     assert client.config_get("min-replicas-to-write") == {"min-replicas-to-write": "1"}
@@ -267,9 +267,15 @@ def test_redis_and_sentinel_start_from_the_configs_with_the_password(tmp_path: P
     template.write_text(text.replace("redis-master 6379", f"127.0.0.1 {master.port}"))
     sentinel = Node(tmp_path, "sentinel", template=template)
     nodes.append(sentinel)
-    info = redis.Redis(port=sentinel.port, decode_responses=True).sentinel_master("mymaster")
+    sentinel_client = redis.Redis(port=sentinel.port, decode_responses=True)
+    info = sentinel_client.sentinel_master("mymaster")
     assert info["down-after-milliseconds"] == 2000 and info["parallel-syncs"] == 1
     assert info["is_master"] and not info["is_sdown"]
+    # The replica is learnt from the master's INFO, which only answers with the password.
+    deadline = time.monotonic() + 15
+    while sentinel_client.sentinel_master("mymaster")["num-slaves"] < 1:
+        assert time.monotonic() < deadline, "the sentinel never authenticated to the master"
+        time.sleep(0.1)
 
 
 def test_the_readme_names_every_file_it_describes() -> None:

@@ -77,7 +77,7 @@ fi
 
 if [ "$role" = sentinel ]; then
     # shellcheck disable=SC2086  # $as_redis is empty or two words on purpose
-    exec $as_redis redis-sentinel "$conf" "$@"
+    exec $as_redis redis-server "$conf" --sentinel "$@"
 fi
 # shellcheck disable=SC2086
 exec $as_redis redis-server "$conf" "$@"
