@@ -47,6 +47,8 @@ def _with_credentials(url: str, settings: Settings) -> str:
         return url
     user = quote(settings.redis_username or "", safe="")
     host = parts.hostname or "localhost"
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
     if parts.port:
         host = f"{host}:{parts.port}"
     netloc = f"{user}:{quote(settings.redis_password, safe='')}@{host}"
@@ -125,7 +127,15 @@ def make_app(settings: Settings, *, extra_queues: tuple[str, ...] = ()) -> Celer
     app.dtf_settings = settings  # type: ignore[attr-defined]
     app.dtf_handler = None  # type: ignore[attr-defined]
 
-    @app.task(name=RUN_TEST, bind=True, acks_late=True, reject_on_worker_lost=True)
+    if settings.sentinels and settings.redis_password:
+        # kombu takes the master's password from the URL or broker_password, never from
+        # transport options; sentinel URLs mangle passwords, so set it here.
+        app.conf.broker_password = settings.redis_password
+        if settings.redis_username:
+            app.conf.broker_user = settings.redis_username
+
+    # shared=False: every app made in this process keeps its own task and handler.
+    @app.task(name=RUN_TEST, bind=True, acks_late=True, reject_on_worker_lost=True, shared=False)
     def run_test(self: Task, payload: Mapping[str, Any]) -> None:
         # The closure's app, not self.app: tasks of a non-current app may resolve to the default.
         handler: TestHandler | None = getattr(app, "dtf_handler", None)

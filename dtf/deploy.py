@@ -52,6 +52,11 @@ __all__ = [
     "templates_root",
     "profiles_root",
     "read_env_file",
+    "Quoted",
+    "quote_sh",
+    "quote_ps",
+    "quote_xml",
+    "quote_yaml",
 ]
 
 
@@ -345,9 +350,17 @@ def deploy_options(
         install_source=_check_text("install source", install_source, max_len=2048),
         gpu=vendor,
         image=image,
-        password_file=_check_text("password file", password_file) if password_file else None,
+        password_file=_check_password_file(platform, password_file),
         stop_timeout_s=stop_timeout_s,
     )
+
+
+def _check_password_file(platform: str, path: str | None) -> str | None:
+    """The password file as the target reads it (for docker: the compose secret's source)."""
+    if path is None:
+        return None
+    _check_text("password file", path)
+    return to_windows(path) if platform == "windows" else path
 
 
 # --- quoting ---------------------------------------------------------------------------

@@ -76,11 +76,6 @@ def test_the_run_test_task_refuses_to_run_outside_a_worker(app: celery.Celery) -
         app.tasks[RUN_TEST].run({"run_id": "r"})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app.py: @app.task is shared by default, so every app made in a process gets the run_test "
-           "closure of one of them and calls that app's handler; pass shared=False",
-)
 def test_each_app_calls_its_own_worker_handler() -> None:
     apps = [make_app(Settings(broker_url="redis://127.0.0.1:6379/0")) for _ in range(3)]
     called: list[int] = []
@@ -159,7 +154,6 @@ def test_plain_redis_uses_no_tls() -> None:
     assert make_app(Settings(broker_url="redis://redis/0")).conf.broker_use_ssl is None
 
 
-@pytest.mark.xfail(strict=True, reason="app.py: _with_credentials drops the brackets of an IPv6 host")
 def test_credentials_injected_into_an_ipv6_url_keep_the_brackets() -> None:
     url, _ = broker_connection_args(Settings(broker_url="redis://[::1]:6379/0", redis_password="pw"))
     assert urlsplit(url).hostname == "::1" and urlsplit(url).port == 6379
@@ -236,11 +230,6 @@ def test_the_injected_password_authenticates_to_a_real_redis(redis_with_password
 
 
 @pytest.mark.redis
-@pytest.mark.xfail(
-    strict=True, raises=kombu.exceptions.OperationalError,
-    reason="app.py: with sentinels the password reaches only the Sentinels; kombu takes the master's "
-           "password from the URL or conf.broker_password, and the 'password' transport option is ignored",
-)
 def test_the_password_authenticates_through_a_real_sentinel_to_its_master(redis_with_password: tuple[int, int]) -> None:
     _, sentinel_port = redis_with_password
     settings = Settings(sentinels=(f"127.0.0.1:{sentinel_port}",), sentinel_master="dtf-master", redis_password=PASSWORD)

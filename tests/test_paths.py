@@ -93,7 +93,7 @@ def test_convert_path_refuses_an_unknown_platform() -> None:
 
 # Names that are valid on both systems: no separators, no ':', not '.' (which both drop).
 _NAME = st.text(
-    alphabet=st.characters(blacklist_characters="/\\:\x00", blacklist_categories=("Cs",)),
+    alphabet=st.characters(exclude_characters="/\\:\x00"),
     min_size=1,
     max_size=12,
 ).filter(lambda name: name != ".")

@@ -11,6 +11,7 @@ import ast
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -232,6 +233,24 @@ def test_webgpu_template_skips_with_a_reason_when_no_browser_is_found(
     outcome = run_rendered(source, tmp_path / "run", env={"PATH": str(empty), "DTF_CHROMIUM": ""})
     assert outcome["outcome"] == "skipped"
     assert "Chromium" in outcome["error"]
+
+
+def find_chromium() -> str | None:
+    explicit = os.environ.get("DTF_CHROMIUM")
+    names = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+    return explicit or next((shutil.which(n) for n in names if shutil.which(n)), None)
+
+
+@pytest.mark.skipif(find_chromium() is None, reason="no Chromium here (set DTF_CHROMIUM to try one)")
+def test_webgpu_template_runs_a_shader_in_headless_chromium_or_skips_without_an_adapter(
+    registry: TemplateRegistry, tmp_path: Path
+) -> None:
+    spec = make_spec("generic/webgpu", "webgpu", params={"browser_timeout_s": 60})
+    outcome = run_rendered(registry.render(spec).source, tmp_path, env={"DTF_CHROMIUM": str(find_chromium())})
+    if outcome["outcome"] == "skipped":
+        assert "adapter" in outcome["error"] or "navigator.gpu" in outcome["error"]
+    else:
+        assert_passed_with_latency(outcome)
 
 
 def test_webgpu_template_skips_precisions_other_than_fp32(registry: TemplateRegistry, tmp_path: Path) -> None:
