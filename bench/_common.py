@@ -139,7 +139,7 @@ def trivial_suite(path: Path, n: int, *, name: str = "bench") -> Path:
     """A suite of exactly ``n`` trivial tests with no dependencies: one model per test id
     block, batch sizes 1..k, fp32 on cpu."""
     per_model = min(n, 100)
-    lines = [f"name: {name}", "chain_batch_sizes: false", "hardware: [cpu]", "precisions: [fp32]",
+    lines = [f"name: {name}", "chain_batch_sizes: false", "hardware: [cpu]", "batch_sizes: [1]", "precisions: [fp32]",
              "defaults: {timeout_s: 60, retries: 0, iterations: 1, warmup: 0}", "models:"]
     left, i = n, 0
     while left > 0:

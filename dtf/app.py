@@ -74,21 +74,32 @@ def broker_connection_args(settings: Settings) -> tuple[str, dict[str, Any]]:
     if settings.embedded:
         # The in-memory transport polls; 1 s default would add up to a second per message.
         return "memory://localhost/", {"polling_interval": 0.005}
+    # A killed worker's unacked tasks come back after the visibility timeout plus one sweep;
+    # kombu sweeps only every interval x throttle (10 x 10 s by default), so sweep every 5 s.
+    options["unacked_restore_interval"] = 5.0
+    options["unacked_restore_throttle"] = 1
     if settings.sentinels:
         url = ";".join(f"sentinel://{hostport}" for hostport in settings.sentinels)
         options["master_name"] = settings.sentinel_master
+        # With several Sentinels, one alone must not name the master: a partitioned or stale
+        # one would win. A single configured Sentinel has no peers to agree with.
+        options["min_other_sentinels"] = 1 if len(settings.sentinels) > 1 else 0
+        options["socket_timeout"] = settings.redis_socket_timeout_s
+        options["socket_connect_timeout"] = settings.redis_socket_timeout_s
         sentinel_kwargs: dict[str, Any] = {}
+        sentinel_password = settings.sentinel_password or settings.redis_password
         if settings.redis_password:
             # Passwords go in kwargs, not the URL: sentinel URL parsing mangles them (kombu#1007).
             options["password"] = settings.redis_password
-            sentinel_kwargs["password"] = settings.redis_password
             if settings.redis_username:
                 options["username"] = settings.redis_username
+        if sentinel_password:
+            sentinel_kwargs["password"] = sentinel_password
+            if settings.redis_username:
                 sentinel_kwargs["username"] = settings.redis_username
         if sentinel_kwargs:
             options["sentinel_kwargs"] = sentinel_kwargs
         return url, options
-    options["unacked_restore_interval"] = 5.0
     return _with_credentials(settings.broker_url, settings), options
 
 

@@ -334,23 +334,35 @@ def results(
 def coordinator(
     db: DbOpt = None,
     broker: BrokerOpt = None,
+    standalone: Annotated[bool, typer.Option("--standalone", help="Lead at once, without the leader lock (one coordinator only).")] = False,
+    node_id: Annotated[Optional[str], typer.Option("--node-id", envvar="DTF_NODE_ID", help="Name in the leader lock (default host-pid-random).")] = None,
+    lease_ttl_ms: Annotated[Optional[int], typer.Option("--lease-ttl-ms", envvar="DTF_LEADER_TTL_MS", help="Leader lease ttl; renewed every ttl/3.")] = None,
 ) -> None:
-    """Run the coordinator: owns the DuckDB file, ingests results, dispatches tests.
+    """Run a coordinator: stands by until it holds the leader lock, then owns the DuckDB file,
+    ingests results and dispatches tests. Run two on the host that holds the file for HA.
 
-    Example: DTF_BROKER_URL=redis://127.0.0.1:6379/0 dtf coordinator --db /var/lib/dtf/dtf.duckdb
+    Example: DTF_SENTINELS=s1:26379,s2:26379,s3:26379 dtf coordinator --db /var/lib/dtf/dtf.duckdb
     """
     from .app import make_app
-    from .coordinator import Coordinator
+    from .coordinator import Candidate, Coordinator
+    from .ha import LeaderLock, redis_from_settings
     from .store import Store
 
-    settings = _settings(broker_url=broker, db_path=db)
+    settings = _settings(broker_url=broker, db_path=db, leader_ttl_ms=lease_ttl_ms)
     if settings.embedded:
         raise DtfError("no broker configured: set DTF_BROKER_URL or --broker")
     celery_app = make_app(settings)
     stop = threading.Event()
-    with Store(settings.db_path) as store:
-        err.print(f"dtf coordinator: broker {settings.safe_broker}, db {settings.db_path}")
-        _serve_until_signal(lambda: Coordinator(celery_app, store).serve(stop), stop)
+    if standalone:
+        with Store(settings.db_path) as store:
+            token = store.max_token() + 1
+            err.print(f"dtf coordinator (standalone, token {token}): broker {settings.safe_broker}, db {settings.db_path}")
+            _serve_until_signal(lambda: Coordinator(celery_app, store, token=lambda: token).serve(stop), stop)
+        return
+    lock = LeaderLock(lambda: redis_from_settings(settings), node_id=node_id, ttl_ms=settings.leader_ttl_ms)
+    err.print(f"dtf coordinator {lock.node_id}: candidate (lease ttl {lock.ttl_ms} ms), "
+              f"broker {settings.safe_broker}, db {settings.db_path}")
+    _serve_until_signal(lambda: Candidate(celery_app, lock, settings.db_path).run(stop), stop)
 
 
 def _serve_until_signal(serve: Callable[[], None], stop: threading.Event) -> None:
@@ -377,37 +389,61 @@ def worker(
     tags: Annotated[Optional[str], typer.Option("--tags", envvar="DTF_TAGS", help="Comma list of extra tags/queues, e.g. gpu,cuda.")] = None,
     no_cpu: Annotated[bool, typer.Option("--no-cpu", help="Do not consume dtf.cpu.")] = False,
     name: Annotated[Optional[str], typer.Option("--name", "-n", envvar="DTF_WORKER_NAME", help="Worker name (default dtf-<kinds>@<host>).")] = None,
-    concurrency: Annotated[Optional[int], typer.Option("--concurrency", "-c", envvar="DTF_CONCURRENCY", help="Tests at the same time.")] = None,
-    profile: Annotated[str, typer.Option("--profile", envvar="DTF_PROFILE", help="benchmark, test or light.")] = "test",
+    concurrency: Annotated[Optional[int], typer.Option("--concurrency", "-c", envvar="DTF_CONCURRENCY", help="Tests at the same time (default: from --profile).")] = None,
+    profile: Annotated[str, typer.Option("--profile", envvar="DTF_PROFILE", help="benchmark (one test per device), test, or light (many short tests).")] = "test",
+    max_cpu: Annotated[Optional[float], typer.Option("--max-cpu-percent", envvar="DTF_MAX_CPU_PERCENT", help="Take no new tests while CPU use is above this.")] = None,
+    max_memory: Annotated[Optional[float], typer.Option("--max-memory-percent", envvar="DTF_MAX_MEMORY_PERCENT", help="Take no new tests while memory use is above this.")] = None,
+    max_gpu_memory: Annotated[Optional[float], typer.Option("--max-gpu-memory-percent", envvar="DTF_MAX_GPU_MEMORY_PERCENT", help="Take no new tests while any GPU's memory use is above this.")] = None,
+    cooldown: Annotated[float, typer.Option("--guard-cooldown", envvar="DTF_GUARD_COOLDOWN", help="Seconds below every limit before taking tests again.")] = 30.0,
+    max_rejections: Annotated[int, typer.Option("--max-rejections", envvar="DTF_MAX_REJECTIONS", help="A test too big for the workers that take it fails after this many hand-backs.")] = 5,
+    heartbeat: Annotated[float, typer.Option("--heartbeat-interval", envvar="DTF_HEARTBEAT_INTERVAL", help="Seconds between heartbeats to the coordinator.")] = 10.0,
     pool: Annotated[str, typer.Option("--pool", help="Celery pool: threads (default) or prefork.")] = "threads",
     loglevel: Annotated[str, typer.Option("--loglevel", "-l", envvar="DTF_LOG_LEVEL")] = "INFO",
 ) -> None:
     """Run a worker that consumes the queues this machine's hardware can serve.
 
-    Example: DTF_BROKER_URL=redis://127.0.0.1:6379/0 dtf worker --tags gpu,cuda --concurrency 2
+    Example: DTF_BROKER_URL=redis://127.0.0.1:6379/0 dtf worker --tags gpu,cuda --profile benchmark --max-memory-percent 90
     """
     from .app import make_app
+    from .guard import GuardLimits
     from .hardware import detect, select_queues, worker_name
-    from .worker import WorkerRuntime
+    from .worker import PROFILES, WorkerRuntime
 
     settings = _settings(broker_url=broker, log_level=loglevel)
     if settings.embedded:
         raise DtfError("no broker configured: set DTF_BROKER_URL or --broker (or use `dtf run` for the embedded mode)")
+    if profile not in PROFILES:
+        raise DtfError(f"--profile: unknown profile {profile!r} (expected one of {', '.join(PROFILES)})")
+    for flag, value in (("--max-cpu-percent", max_cpu), ("--max-memory-percent", max_memory), ("--max-gpu-memory-percent", max_gpu_memory)):
+        if value is not None and not 0 < value <= 100:
+            raise DtfError(f"{flag}: expected a percentage in (0, 100], got {value:g}")
+    if heartbeat <= 0 or cooldown < 0 or max_rejections < 1:
+        raise DtfError("--heartbeat-interval must be positive, --guard-cooldown not negative, --max-rejections at least 1")
     hw = detect()
     queue_list = select_queues(hw, queues=_split(queues) or None, tags=_split(tags), no_cpu=no_cpu)
     if not queue_list:
         raise DtfError("no queues to consume (check --queues/--tags/--no-cpu)")
     worker_id = worker_name(hw, name)
-    concurrency = concurrency or _PROFILES.get(profile, _PROFILES["test"])
     extra = tuple(q for q in queue_list if not q.startswith("dtf.") or q.count(".") > 1)
     celery_app = make_app(settings, extra_queues=extra)
-    runtime = WorkerRuntime(celery_app, worker_id=worker_id, queues=queue_list, profile=hw)
+    execution = PROFILES[profile]
+    celery_app.conf.worker_prefetch_multiplier = execution.prefetch_multiplier
+    limits = GuardLimits(max_cpu, max_memory, max_gpu_memory, cooldown)
+    runtime = WorkerRuntime(celery_app, worker_id=worker_id, queues=queue_list, profile=hw, execution=execution,
+                            limits=limits, max_rejections=max_rejections, heartbeat_interval_s=heartbeat)
     runtime.install()
+    if limits.active:
+        celery_app.steps["consumer"].add(runtime.consumer_step())
     replayed = runtime.replay_spool()
-    err.print(f"{worker_id}: queues {', '.join(queue_list)}; broker {settings.safe_broker}"
-              + (f"; replayed {replayed} spooled results" if replayed else ""))
+    concurrency = concurrency or runtime.concurrency
+    runtime.concurrency = concurrency
+    guard = ", ".join(f"{k.removeprefix('max_').replace('_', ' ')} <= {v:g}" for k, v in limits.to_dict().items() if k.startswith("max_") and v is not None)
+    err.print(f"{worker_id}: queues {', '.join(queue_list)}; profile {profile}, concurrency {concurrency}"
+              + (f"; guard {guard} (cool-down {cooldown:g} s)" if guard else "")
+              + f"; broker {settings.safe_broker}" + (f"; replayed {replayed} spooled results" if replayed else ""))
     stop = threading.Event()
-    threading.Thread(target=runtime.heartbeat_forever, args=(stop,), daemon=True, name="dtf-heartbeat").start()
+    beats = threading.Thread(target=runtime.heartbeat_forever, args=(stop,), daemon=True, name="dtf-heartbeat")
+    beats.start()
     try:
         celery_app.Worker(
             hostname=worker_id, queues=queue_list, concurrency=concurrency, pool=pool,
@@ -415,9 +451,7 @@ def worker(
         ).start()
     finally:
         stop.set()
-
-
-_PROFILES = {"benchmark": 1, "test": 2, "light": 8}
+        beats.join(timeout=5)  # lets the last heartbeat say "offline"
 
 
 def _split(value: Optional[str]) -> list[str]:
@@ -468,6 +502,42 @@ def workers_cmd(broker: BrokerOpt = None, fmt: Annotated[str, typer.Option("--fo
         table.add_row(w["worker_id"], w.get("hostname") or "", w.get("platform") or "",
                       ", ".join(w.get("queues") or []), w.get("state") or "", seen)
     out.print(table)
+
+
+@app.command("deploy-script")
+@_errors
+def deploy_script(
+    platform: Annotated[str, typer.Option("--platform", help="linux, macos, windows, docker or kubernetes.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write the files into.")],
+    broker: BrokerOpt = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Worker name.")] = None,
+    tags: Annotated[Optional[str], typer.Option("--tags", help="Comma list of extra tags.")] = None,
+    queues: Annotated[Optional[str], typer.Option("--queues", help="Comma list replacing the detected queues.")] = None,
+    gpu: Annotated[Optional[str], typer.Option("--gpu", help="cuda or rocm: GPU resources for kubernetes/docker.")] = None,
+    concurrency: Annotated[Optional[int], typer.Option("--concurrency")] = None,
+    profile: Annotated[Optional[str], typer.Option("--profile", help="benchmark, test or light.")] = None,
+    host_profile: Annotated[Optional[Path], typer.Option("--host-profile", help="A workers/profiles/*.yaml file.")] = None,
+    prefix: Annotated[Optional[str], typer.Option("--prefix", help="Install folder on the target.")] = None,
+    install_source: Annotated[str, typer.Option("--install-source", help="What pip installs: a git URL, wheel or path.")] = "dtf",
+) -> None:
+    """Write the scripts that install and start a worker on a platform (no secrets in clear).
+
+    Example: dtf deploy-script --platform linux --out ./deploy --broker redis://redis.internal:6379/0 --tags gpu,cuda
+    """
+    from .deploy import load_host_profile, render_deploy, render_profile, split_broker_url
+
+    settings = _settings()
+    if broker and split_broker_url(broker).had_password:
+        err.print("note: the password in the broker URL was not written; put it in the file named by DTF_REDIS_PASSWORD_FILE")
+    if host_profile:
+        files = render_profile(load_host_profile(host_profile), out_dir, broker=broker, platform=platform,
+                               sentinels=settings.sentinels, prefix=prefix, install_source=install_source)
+    else:
+        files = render_deploy(platform, out_dir, broker=broker, name=name, tags=_split(tags), queues=_split(queues),
+                              gpu=gpu, sentinels=settings.sentinels, concurrency=concurrency, profile=profile,
+                              prefix=prefix, install_source=install_source)
+    for path in files:
+        out.print(str(path))
 
 
 @templates_app.command("list")

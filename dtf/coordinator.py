@@ -6,6 +6,13 @@ batches: up to N messages or T ms, one DuckDB transaction, then every message of
 batch is acked, so a crash before the ack redelivers and the (run, test, attempt) key
 makes the second write a no-op. After each batch it publishes the tests whose
 dependencies have now passed, a bounded window per hardware queue at a time.
+
+In a high-availability group every `dtf coordinator` is a ``Candidate``: it stands by until
+it holds the leader lease (dtf.ha.LeaderLock), and only then opens the DuckDB file
+read-write and consumes the two queues. A new leader restores the running runs from DuckDB
+and reconciles: ready tests that were never published are published, and tests that went
+silent are published again. On losing the lease, or on a write refused by the fence, it
+stops consuming, closes the file and stands by again.
 """
 
 from __future__ import annotations
@@ -20,19 +27,41 @@ from typing import Any, Callable, Mapping, Sequence
 
 from celery import Celery
 from kombu import Connection, Consumer, Message, Producer, Queue
+from kombu.exceptions import ChannelError
 
 from .app import CONTROL_QUEUE, RESULTS_QUEUE, RUN_TEST, task_id_for
-from .errors import BrokerError, DtfError, FencingError, PayloadTooLarge
+from .errors import BrokerError, DtfError, FencingError, PayloadTooLarge, StoreError
 from .model import RenderedTest, Status, TestResult, TestSpec, queue_for
 from .schedule import RunGraph, Update
+from .ha import LeaderLock, NotLeader
 from .store import Store
 
-__all__ = ["Coordinator", "CoordinatorClient", "control_queue", "results_queue"]
+__all__ = ["Candidate", "Coordinator", "CoordinatorClient", "control_queue", "results_queue",
+           "control_transport_options"]
 
 log = logging.getLogger("dtf.coordinator")
 
 WORKER_OFFLINE_AFTER_S = 45.0
 RUNNING_GRACE_S = 60.0
+RECONCILE_EVERY_S = 5.0
+RESEND_QUERY_AFTER_S = 4.0
+# The coordinator queues keep their own unacked bookkeeping, so that what a dead leader had
+# taken comes back after a short visibility timeout without touching the workers' tasks
+# (whose visibility timeout must outlast the longest test).
+CONTROL_UNACKED_KEY = "dtf.coordinator.unacked"
+
+
+def control_transport_options(settings: Any) -> dict[str, Any]:
+    """Transport options for the leader's own connection (none for the in-memory broker)."""
+    if settings.embedded:
+        return {}
+    return {
+        "unacked_key": CONTROL_UNACKED_KEY,
+        "unacked_index_key": f"{CONTROL_UNACKED_KEY}_index",
+        "unacked_mutex_key": f"{CONTROL_UNACKED_KEY}_mutex",
+        "visibility_timeout": settings.control_visibility_timeout_s,
+        "unacked_restore_throttle": 10,  # the sync loop sweeps on every empty poll otherwise
+    }
 
 
 def control_queue() -> Queue:
@@ -54,6 +83,8 @@ class _PendingSubmit:
 class _WorkerSeen:
     queues: tuple[str, ...]
     last_seen: float
+    running: tuple[tuple[str, str, int], ...] = ()  # (run, test, attempt) in its last heartbeat
+    offline_after_s: float = WORKER_OFFLINE_AFTER_S
 
 
 class Coordinator:
@@ -69,6 +100,7 @@ class Coordinator:
         window: int = 1000,
         batch_size: int | None = None,
         batch_ms: int | None = None,
+        grace_s: float | None = None,
     ) -> None:
         settings = app.dtf_settings  # type: ignore[attr-defined]
         self.app = app
@@ -79,9 +111,11 @@ class Coordinator:
         self.batch_size = batch_size or settings.result_batch_size
         self.batch_s = (batch_ms if batch_ms is not None else settings.result_batch_ms) / 1000.0
         self.max_payload = settings.max_payload_bytes
+        self.grace_s = float(grace_s if grace_s is not None else getattr(settings, "reconcile_grace_s", RUNNING_GRACE_S))
         self.runs: dict[str, RunGraph] = {}
         self.workers: dict[str, _WorkerSeen] = {}
-        self._running_since: dict[tuple[str, str], float] = {}
+        # Wall time of the last sign of life of each published test (published or started).
+        self._silent_since: dict[tuple[str, str], float] = {}
         self._submits: dict[str, _PendingSubmit] = {}
         self._results: list[tuple[TestResult, Message]] = []
         self._started: list[tuple[str, Update]] = []
@@ -91,26 +125,40 @@ class Coordinator:
         self.ingested = 0
 
     # -- life cycle -----------------------------------------------------------------------
-    def serve(self, stop: threading.Event, ready: threading.Event | None = None, poll_s: float = 0.05) -> None:
-        """Run until ``stop`` is set. Raises FencingError if another leader has written since."""
-        with self.app.connection_for_write() as conn:
+    def serve(
+        self,
+        stop: threading.Event,
+        ready: threading.Event | None = None,
+        poll_s: float = 0.05,
+        leading: Callable[[], bool] | None = None,
+    ) -> None:
+        """Run until ``stop`` is set or ``leading()`` turns false.
+
+        Raises FencingError if a write is refused (another leader, or this one's lease lapsed).
+        Losing the lease ends the loop without acking what is unflushed: closing the channel
+        gives those messages back, or the next leader's sweep does."""
+        leading = leading or (lambda: True)
+        settings = self.app.dtf_settings  # type: ignore[attr-defined]
+        with self.app.connection_for_write(transport_options=control_transport_options(settings)) as conn:
             conn.ensure_connection(max_retries=3)
-            self._restore_active_runs()
             ctrl = Consumer(conn.channel(), [control_queue()], callbacks=[self._on_control],
                             accept=["json"], prefetch_count=0)
             res = Consumer(conn.channel(), [results_queue()], callbacks=[self._on_result_message],
                            accept=["json"], prefetch_count=self.batch_size)
             self._producer = Producer(conn.channel(), serializer="json")
+            self._restore_active_runs()
+            self.reconcile_on_election()
             with ctrl, res:
                 if ready is not None:
                     ready.set()
-                while not stop.is_set():
+                while not stop.is_set() and leading():
                     try:
                         conn.drain_events(timeout=poll_s)
                     except socket.timeout:
                         pass
                     self.tick()
-                self._flush_results()
+                if leading():
+                    self._flush_results()
 
     def tick(self, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
@@ -118,7 +166,7 @@ class Coordinator:
             self._flush_results()
         elif self._started and not self._results:
             self._flush_results()
-        if now - self._last_reconcile >= 5.0:
+        if now - self._last_reconcile >= RECONCILE_EVERY_S:
             self._last_reconcile = now
             self._reconcile(time.time())
 
@@ -130,6 +178,26 @@ class Coordinator:
             graph = RunGraph.restore(run["run_id"], specs, {row["test_id"]: row for row in rows})
             self.runs[run["run_id"]] = graph
             log.info("restored run %s (%d tests)", run["run_id"], len(specs))
+        now = time.time()
+        for row in self.store.workers():
+            if row.get("state") != "offline" and now - float(row.get("last_seen") or 0) < WORKER_OFFLINE_AFTER_S:
+                self.workers[str(row["worker_id"])] = _WorkerSeen(tuple(row.get("queues") or ()), now)
+
+    def reconcile_on_election(self) -> None:
+        """What a new leader does before consuming: close runs that are done, give every
+        in-flight test a fresh silence clock, publish what is ready and was never published.
+
+        In-flight tests are not re-published at once: their tasks are most likely still in
+        the queues or running, and the started notices and results the old leader had taken
+        come back after the control visibility timeout. ``_reconcile`` re-publishes those
+        still silent after the grace period (queued) or their timeout plus grace (running)."""
+        now = time.time()
+        for graph in list(self.runs.values()):
+            for test_id, t in graph.tests.items():
+                if t.status in (Status.QUEUED.value, Status.RUNNING.value):
+                    self._silent_since[(graph.run_id, test_id)] = now
+            self._finish_if_done(graph)
+        self._dispatch()
 
     # -- control messages -------------------------------------------------------------------
     def _on_control(self, body: Any, message: Message) -> None:
@@ -199,10 +267,24 @@ class Coordinator:
         return run_id
 
     def _on_heartbeat(self, body: Mapping[str, Any]) -> None:
+        """Store the worker's latest state and health, and append the health to its history.
+
+        last_seen is this coordinator's clock, not the worker's: clocks across hosts differ.
+        A worker silent for WORKER_OFFLINE_AFTER_S (or three of its heartbeat intervals, if
+        longer) is marked offline by _reconcile; a worker that stops cleanly says so itself."""
         info = dict(body["worker"])
-        self.workers[str(info["worker_id"])] = _WorkerSeen(tuple(info.get("queues") or ()), time.time())
-        info["state"] = info.get("state") or "online"
+        worker_id = str(info["worker_id"])
+        health = info.get("health") if isinstance(info.get("health"), dict) else {}
+        now = time.time()
+        info.update(state=str(info.get("state") or "online"), last_seen=now, health=health)
+        if info["state"] == "offline":
+            self.workers.pop(worker_id, None)
+        else:
+            interval = _float(health.get("heartbeat_interval_s"))
+            self.workers[worker_id] = _WorkerSeen(tuple(info.get("queues") or ()), now, _running_keys(health),
+                                                  max(WORKER_OFFLINE_AFTER_S, 3 * interval))
         self.store.upsert_worker(info, token=self.token())
+        self.store.record_worker_health(worker_id, now, info["state"], health, token=self.token())
 
     def _on_started(self, body: Mapping[str, Any]) -> None:
         graph = self.runs.get(str(body["run_id"]))
@@ -210,7 +292,7 @@ class Coordinator:
             return
         update = graph.mark_running(str(body["test_id"]), int(body["attempt"]))
         if update is not None:
-            self._running_since[(graph.run_id, update.test_id)] = time.time()
+            self._silent_since[(graph.run_id, update.test_id)] = time.time()
             self._started.append((graph.run_id, update))
 
     # -- results ----------------------------------------------------------------------------
@@ -245,7 +327,7 @@ class Coordinator:
             if graph is None:
                 continue
             touched[graph.run_id] = graph
-            self._running_since.pop((result.run_id, result.test_id), None)
+            self._silent_since.pop((result.run_id, result.test_id), None)
             for u in graph.apply_result(result):
                 updates.append(_update_row(graph.run_id, u))
                 if u.requeue:
@@ -305,6 +387,7 @@ class Coordinator:
 
     def _publish(self, run_id: str, items: Sequence[tuple[str, int]]) -> None:
         """Publish run_test tasks; the source comes from the store, not from memory."""
+        self._mark_published(run_id, items)
         sources = self._sources(run_id, [tid for tid, _ in items])
         for test_id, attempt in items:
             rendered = sources[test_id]
@@ -328,27 +411,66 @@ class Coordinator:
         }
 
     # -- reconciliation ---------------------------------------------------------------------------
-    def _reconcile(self, now: float) -> None:
-        """Re-publish tests that started but went silent for longer than their timeout plus grace.
+    def _mark_published(self, run_id: str, items: Sequence[tuple[str, int]]) -> None:
+        now = time.time()
+        for test_id, _ in items:
+            self._silent_since[(run_id, test_id)] = now
 
-        Same attempt number: if the first run does report after all, its result has the same
-        key as the re-run's and the second write is a no-op.
+    def _reconcile(self, now: float) -> None:
+        """Re-publish tests that went silent: running ones for longer than their timeout plus
+        grace (the worker died or the result was lost), queued ones for longer than the grace
+        while their queue is empty (the task was lost with a Redis master or never sent).
+
+        Same attempt number, same task id: the coordinator cannot tell a lost task from a slow
+        one, and if both run, both results have the key (run, test, attempt) and the second
+        write is a no-op. A new attempt number would store both and spend a retry.
         """
-        for (run_id, test_id), since in list(self._running_since.items()):
+        depth: dict[str, int | None] = {}
+        for (run_id, test_id), since in list(self._silent_since.items()):
             graph = self.runs.get(run_id)
-            if graph is None or graph.tests[test_id].final:
-                self._running_since.pop((run_id, test_id), None)
+            t = graph.tests.get(test_id) if graph is not None else None
+            if t is None or t.final or t.status not in (Status.QUEUED.value, Status.RUNNING.value):
+                self._silent_since.pop((run_id, test_id), None)
                 continue
-            t = graph.tests[test_id]
-            if now - since > t.spec.timeout_s + RUNNING_GRACE_S:
-                log.warning("test %s/%s silent for %.0f s; re-publishing attempt %d", run_id, test_id, now - since, t.attempts)
-                self._running_since[(run_id, test_id)] = now
-                self._publish(run_id, [(test_id, t.attempts)])
-        stale = [w for w, seen in self.workers.items() if now - seen.last_seen > WORKER_OFFLINE_AFTER_S]
+            if t.status == Status.RUNNING.value:
+                if now - since <= t.spec.timeout_s + self.grace_s:
+                    continue
+            else:
+                queue = queue_for(t.spec.hardware)
+                if queue not in depth:
+                    depth[queue] = self._queue_depth(queue)
+                if now - since <= self.grace_s or depth[queue] != 0:
+                    continue
+            log.warning("test %s/%s %s and silent for %.0f s; re-publishing attempt %d",
+                        run_id, test_id, t.status, now - since, t.attempts)
+            self._publish(run_id, [(test_id, t.attempts)])
+        # Workers silent too long are offline, including ones only the database remembers
+        # (seen by an earlier leader). Tests a dead worker was running are published again
+        # now rather than after their timeout: same attempt, so a late result is a no-op.
+        stale = [w for w, seen in self.workers.items() if now - seen.last_seen > seen.offline_after_s]
+        self.store.mark_silent_workers(now, WORKER_OFFLINE_AFTER_S, token=self.token())
         if stale:
             self.store.mark_workers(stale, "offline")
-            for w in stale:
-                self.workers.pop(w, None)
+        for w in stale:
+            for run_id, test_id, attempt in self.workers.pop(w).running:
+                graph = self.runs.get(run_id)
+                t = graph.tests.get(test_id) if graph is not None else None
+                if t is not None and t.status == Status.RUNNING.value and t.attempts == attempt:
+                    log.warning("worker %s went silent while running %s/%s; re-publishing attempt %d",
+                                w, run_id, test_id, attempt)
+                    self._publish(run_id, [(test_id, attempt)])
+
+    def _queue_depth(self, queue: str) -> int | None:
+        """Messages waiting in a queue; 0 when Redis has no such list; None when unknown."""
+        if self._producer is None:
+            return None
+        try:
+            return int(self._producer.channel.queue_declare(queue=queue, passive=True).message_count)
+        except ChannelError:
+            return 0
+        except Exception as exc:  # noqa: BLE001 - a broker hiccup: decide next time
+            log.info("cannot size queue %s: %s", queue, _first_line(exc))
+            return None
 
     # -- queries -------------------------------------------------------------------------------------
     def idle_queues(self, run_id: str) -> list[str]:
@@ -370,6 +492,97 @@ class Coordinator:
         counts = self.store.status_counts(run_id)
         return {"run": run, "counts": counts, "idle_queues": self.idle_queues(run_id),
                 "finished": run["status"] != "running", "ingested": self.ingested}
+
+
+class Candidate:
+    """One `dtf coordinator` of a high-availability group: stands by until the leader lock is
+    granted, then leads (opens the DuckDB file, consumes, dispatches) until the lease is lost
+    or a write is fenced, then stands by again.
+
+    The lock runs in its own thread; the serve loop checks ``lock.is_leader()`` on every
+    poll, and every write asks for the token through ``fenced_token``, which refuses it once
+    the lease deadline has passed, before Redis or the database has said anything."""
+
+    def __init__(
+        self,
+        app: Celery,
+        lock: LeaderLock,
+        db_path: str,
+        *,
+        open_store: Callable[[str], Store] = Store,
+        retry_s: float = 0.2,
+    ) -> None:
+        self.app = app
+        self.lock = lock
+        self.db_path = db_path
+        self.open_store = open_store
+        self.retry_s = retry_s
+        self.terms: list[int] = []  # fencing tokens of the terms this process led, in order
+
+    def run(self, stop: threading.Event) -> None:
+        """Until ``stop``: stand by, lead while leader. Releases the lease on the way out."""
+        lock_stop = threading.Event()
+        lock_thread = threading.Thread(target=self.lock.run, args=(lock_stop,), name="dtf-leader-lock", daemon=True)
+        lock_thread.start()
+        try:
+            while not stop.is_set():
+                if self.lock.is_leader():
+                    self._lead(stop)
+                else:
+                    stop.wait(0.05)
+        finally:
+            lock_stop.set()
+            lock_thread.join(timeout=10)
+
+    def fenced_token(self) -> int:
+        """The token for a write, or FencingError once this node's lease has lapsed."""
+        token = self.lock.token()
+        if token is None:
+            raise FencingError(f"{self.lock.node_id}: leader lease lapsed; write refused")
+        return token
+
+    def _lead(self, stop: threading.Event) -> None:
+        store = self._open_store(stop)
+        if store is None:
+            return
+        try:
+            token = self.lock.raise_token(store.max_token() + 1)
+            self.terms.append(token)
+            log.warning("%s: leading with fencing token %d, db %s", self.lock.node_id, token, self.db_path)
+            while not stop.is_set() and self.lock.is_leader():
+                self._serve_term(store, stop)
+        except FencingError as exc:
+            log.error("%s: %s; stepping down", self.lock.node_id, exc)
+            self.lock.step_down("a write was fenced")
+        except NotLeader:
+            pass  # the lease lapsed between opening the file and claiming the token
+        finally:
+            store.close()
+            log.warning("%s: standing by (results database closed)", self.lock.node_id)
+
+    def _serve_term(self, store: Store, stop: threading.Event) -> None:
+        """One serve loop; a broker failure (say, a Redis failover) restarts it from the database."""
+        coordinator = Coordinator(self.app, store, token=self.fenced_token)
+        try:
+            coordinator.serve(stop, leading=self.lock.is_leader)
+        except (StoreError, NotLeader):  # FencingError included: the caller steps down
+            raise
+        except Exception as exc:  # noqa: BLE001 - kombu and redis raise many kinds
+            log.warning("%s: broker connection lost (%s); reconnecting", self.lock.node_id, _first_line(exc))
+            stop.wait(1.0)
+
+    def _open_store(self, stop: threading.Event) -> Store | None:
+        """Open the file read-write; it stays locked while a previous leader still has it open."""
+        warned = False
+        while not stop.is_set() and self.lock.is_leader():
+            try:
+                return self.open_store(self.db_path)
+            except StoreError as exc:
+                if not warned:
+                    log.warning("%s: elected, waiting for the results database: %s", self.lock.node_id, exc)
+                    warned = True
+                stop.wait(self.retry_s)
+        return None
 
 
 def _status_op(c: Coordinator, body: Mapping[str, Any]) -> Any:
@@ -395,12 +608,53 @@ def _ping_op(c: Coordinator, body: Mapping[str, Any]) -> Any:
     return {"pong": True, "runs": len(c.runs), "token": c.token()}
 
 
+def _worker_health_op(c: Coordinator, body: Mapping[str, Any]) -> Any:
+    return c.store.worker_health(str(body["worker_id"]), int(body.get("limit", 360)))
+
+
+def _run_progress_op(c: Coordinator, body: Mapping[str, Any]) -> Any:
+    return c.store.run_progress(int(body.get("limit", 20)))
+
+
+def _run_matrix_op(c: Coordinator, body: Mapping[str, Any]) -> Any:
+    run_id = str(body["run_id"])
+    if c.store.run(run_id) is None:
+        raise DtfError(f"unknown run {run_id!r}")
+    return c.store.run_matrix(run_id)
+
+
+def _metric_trends_op(c: Coordinator, body: Mapping[str, Any]) -> Any:
+    suite = body.get("suite_name")
+    return c.store.metric_trends(int(body.get("runs", 30)), suite_name=str(suite) if suite else None)
+
+
+def _running_keys(health: Mapping[str, Any]) -> tuple[tuple[str, str, int], ...]:
+    keys = []
+    for item in health.get("running_tests") or ():
+        try:
+            keys.append((str(item["run_id"]), str(item["test_id"]), int(item["attempt"])))
+        except (KeyError, TypeError, ValueError):
+            continue  # an older or foreign worker's heartbeat
+    return tuple(keys)
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
+
+
 _QUERIES: dict[str, Callable[[Coordinator, Mapping[str, Any]], Any]] = {
     "status": _status_op,
     "results": _results_op,
     "runs": _runs_op,
     "workers": _workers_op,
     "ping": _ping_op,
+    "worker_health": _worker_health_op,
+    "run_progress": _run_progress_op,
+    "run_matrix": _run_matrix_op,
+    "metric_trends": _metric_trends_op,
 }
 
 
@@ -469,17 +723,24 @@ class CoordinatorClient:
             queue = Queue(reply_name, auto_delete=True, durable=False)
             with Consumer(conn.channel(), [queue], callbacks=[on_reply], accept=["json"]):
                 producer = Producer(conn.channel(), serializer="json")
-                for i, body in enumerate(bodies):
-                    body = dict(body)
-                    if i == 0:
-                        body.update(reply_to=reply_name, correlation_id=correlation)
+                outgoing = [dict(b) for b in bodies]
+                outgoing[0].update(reply_to=reply_name, correlation_id=correlation)
+                for body in outgoing:
                     size = len(_dumps(body))
                     if size > self.max_payload * 8:
                         raise PayloadTooLarge(f"message is {size} bytes, over the cap")
                     producer.publish(body, exchange="", routing_key=CONTROL_QUEUE,
                                      declare=[control_queue()], retry=True)
                 deadline = time.monotonic() + timeout
+                # A query taken by a leader that then died would wait for the control
+                # visibility timeout; asking again reaches the next leader sooner.
+                resend = len(outgoing) == 1 and outgoing[0].get("op") in _QUERIES
+                resend_at = time.monotonic() + RESEND_QUERY_AFTER_S
                 while not got.is_set():
+                    if resend and time.monotonic() >= resend_at:
+                        producer.publish(outgoing[0], exchange="", routing_key=CONTROL_QUEUE,
+                                         declare=[control_queue()], retry=True)
+                        resend_at = time.monotonic() + RESEND_QUERY_AFTER_S
                     left = deadline - time.monotonic()
                     if left <= 0:
                         raise BrokerError(

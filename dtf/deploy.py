@@ -47,6 +47,7 @@ __all__ = [
     "deploy_options",
     "render_deploy",
     "render_options",
+    "render_texts",
     "load_host_profile",
     "render_profile",
     "templates_root",
@@ -94,6 +95,20 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("DTF_RESULT_BATCH_SIZE", "Results the coordinator writes per batch at most."),
     EnvVar("DTF_RESULT_BATCH_MS", "Milliseconds the coordinator waits to fill a batch."),
     EnvVar("DTF_MAX_PAYLOAD_BYTES", "Largest message dtf publishes."),
+    EnvVar("DTF_SENTINEL_PASSWORD", "Password of the Sentinels themselves; prefer the _FILE form.", secret=True),
+    EnvVar("DTF_SENTINEL_PASSWORD_FILE", "File holding the Sentinel password."),
+    EnvVar("DTF_REDIS_SOCKET_TIMEOUT", "Seconds a Redis call may block before it fails."),
+    EnvVar("DTF_LEADER_TTL_MS", "Lease of the leader coordinator, in milliseconds."),
+    EnvVar("DTF_CONTROL_VISIBILITY_TIMEOUT", "Seconds before an unacknowledged coordinator request is redelivered."),
+    EnvVar("DTF_RECONCILE_GRACE", "Seconds past its timeout before a silent test is published again."),
+    EnvVar("DTF_MAX_CPU_PERCENT", "Resource guard: a worker takes no new tests while CPU use is above this."),
+    EnvVar("DTF_MAX_MEMORY_PERCENT", "Resource guard: a worker takes no new tests while memory use is above this."),
+    EnvVar("DTF_MAX_GPU_MEMORY_PERCENT", "Resource guard: no new tests while any GPU's memory use is above this."),
+    EnvVar("DTF_GUARD_COOLDOWN", "Seconds below every guard limit before a worker takes tests again."),
+    EnvVar("DTF_MAX_REJECTIONS", "Hand-backs of a test too big for the workers that took it before it fails."),
+    EnvVar("DTF_HEARTBEAT_INTERVAL", "Seconds between a worker's heartbeats to the coordinator."),
+    EnvVar("DTF_DASHBOARD_BASIC_AUTH", "Dashboard basic auth user:password; prefer the _FILE form.", secret=True),
+    EnvVar("DTF_DASHBOARD_BASIC_AUTH_FILE", "File holding dashboard basic auth user:password."),
 )
 ENV_VAR_NAMES: frozenset[str] = frozenset(var.name for var in ENV_VARS)
 _SECRET_NAMES: frozenset[str] = frozenset(var.name for var in ENV_VARS if var.secret)
@@ -524,19 +539,28 @@ def _k8s_name(name: str | None) -> str:
     return f"dtf-worker-{slug}"[:63].rstrip("-") if slug else "dtf-worker"
 
 
-def render_options(options: DeployOptions, out_dir: Path, *, root: Path | None = None) -> list[Path]:
-    """Render every file of `options.platform` into `out_dir`; scripts are made executable."""
+def render_texts(options: DeployOptions, *, root: Path | None = None) -> dict[str, str]:
+    """The text of every file of `options.platform`, by output name, written nowhere."""
     root = root or templates_root()
     if not root.is_dir():
         raise DtfError(f"deployment templates not found at {root} (run from a dtf source checkout)")
-    out_dir.mkdir(parents=True, exist_ok=True)
     context = _context(options)
-    written: list[Path] = []
+    texts: dict[str, str] = {}
     for output_name, template_name in PLATFORM_FILES[options.platform]:
         try:
-            text = _environment(root, output_name).get_template(template_name).render(context)
+            texts[output_name] = _environment(root, output_name).get_template(template_name).render(context)
         except jinja2.TemplateError as exc:
             raise DtfError(f"{template_name}: {exc}") from exc
+    return texts
+
+
+def render_options(options: DeployOptions, out_dir: Path, *, root: Path | None = None) -> list[Path]:
+    """Render every file of `options.platform` into `out_dir` (all or nothing: nothing is
+    written when one template fails); scripts are made executable."""
+    texts = render_texts(options, root=root)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for output_name, text in texts.items():
         target = out_dir / output_name
         target.write_text(text, encoding="utf-8", newline="\r\n" if output_name.endswith(".bat") else "\n")
         if output_name.endswith(".sh"):

@@ -86,6 +86,11 @@ class Settings:
     result_batch_ms: int = 200
     max_payload_bytes: int = 1 << 20
     log_level: str = "WARNING"
+    sentinel_password: str | None = field(default=None, repr=False)  # when Sentinels have their own
+    redis_socket_timeout_s: float = 5.0  # every Redis call; a dead master must not hang a caller
+    leader_ttl_ms: int = 10_000  # the coordinator lease; keep it above the Sentinel failover time
+    control_visibility_timeout_s: int = 30  # coordinator queues: redelivery after a leader dies
+    reconcile_grace_s: int = 60  # silence allowed beyond a test's timeout before re-publishing
 
     def __repr__(self) -> str:
         # The dataclass repr would show a password written into broker_url.
@@ -133,12 +138,20 @@ class Settings:
             "result_batch_size": "DTF_RESULT_BATCH_SIZE",
             "result_batch_ms": "DTF_RESULT_BATCH_MS",
             "max_payload_bytes": "DTF_MAX_PAYLOAD_BYTES",
+            "leader_ttl_ms": "DTF_LEADER_TTL_MS",
+            "control_visibility_timeout_s": "DTF_CONTROL_VISIBILITY_TIMEOUT",
+            "reconcile_grace_s": "DTF_RECONCILE_GRACE",
         }.items():
             if env.get(var):
                 try:
                     values[attr] = int(env[var])
                 except ValueError:
                     raise DtfError(f"{var}: expected an integer, got {env[var]!r}") from None
+        if env.get("DTF_REDIS_SOCKET_TIMEOUT"):
+            try:
+                values["redis_socket_timeout_s"] = float(env["DTF_REDIS_SOCKET_TIMEOUT"])
+            except ValueError:
+                raise DtfError(f"DTF_REDIS_SOCKET_TIMEOUT: expected seconds, got {env['DTF_REDIS_SOCKET_TIMEOUT']!r}") from None
         if env.get("DTF_SENTINELS"):
             values["sentinels"] = _split(env["DTF_SENTINELS"])
         if env.get("DTF_TEMPLATES"):
@@ -146,5 +159,8 @@ class Settings:
         password = _read_secret(env, "DTF_REDIS_PASSWORD")
         if password:
             values["redis_password"] = password
+        sentinel_password = _read_secret(env, "DTF_SENTINEL_PASSWORD")
+        if sentinel_password:
+            values["sentinel_password"] = sentinel_password
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

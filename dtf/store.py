@@ -53,6 +53,15 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
             first_seen DOUBLE, last_seen DOUBLE);
         """,
     ),
+    (
+        "0002_worker_health",
+        # A bounded history of heartbeats per worker (record_worker_health prunes it).
+        """
+        CREATE TABLE IF NOT EXISTS worker_health (
+            worker_id VARCHAR, seen_at DOUBLE, state VARCHAR, health JSON,
+            PRIMARY KEY (worker_id, seen_at));
+        """,
+    ),
 )
 
 _RESULT_SCHEMA = pa.schema(
@@ -431,6 +440,109 @@ class Store:
             row["health"] = json.loads(row["health"]) if row["health"] else {}
         return rows
 
+    # -- worker health and the dashboard's views ---------------------------------------
+    def record_worker_health(
+        self, worker_id: str, seen_at: float, state: str, health: Mapping[str, Any], *, keep: int = 360, token: int = 0
+    ) -> None:
+        """Append one heartbeat's health to the worker's history, keeping its newest ``keep``."""
+        with self._transaction() as con:
+            self._fence(con, token)
+            con.execute(
+                "INSERT INTO worker_health VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [worker_id, seen_at, state, json.dumps(_json_safe(dict(health)))],
+            )
+            con.execute(
+                "DELETE FROM worker_health WHERE worker_id = ? AND seen_at < (SELECT min(seen_at) FROM"
+                " (SELECT seen_at FROM worker_health WHERE worker_id = ? ORDER BY seen_at DESC LIMIT ?))",
+                [worker_id, worker_id, keep],
+            )
+
+    def worker_health(self, worker_id: str, limit: int = 360) -> list[dict[str, Any]]:
+        """The newest ``limit`` health records of a worker, oldest first."""
+        rows = self.query(
+            "SELECT * FROM (SELECT * FROM worker_health WHERE worker_id = ? ORDER BY seen_at DESC LIMIT ?)"
+            " ORDER BY seen_at",
+            [worker_id, limit],
+        )
+        for row in rows:
+            row["health"] = json.loads(row["health"]) if row["health"] else {}
+        return rows
+
+    def mark_silent_workers(self, now: float, offline_after_s: float, *, token: int = 0) -> list[str]:
+        """Mark offline every worker silent for longer than ``offline_after_s`` (or three of
+        its own heartbeat intervals, if longer); returns their ids."""
+        with self._transaction() as con:
+            self._fence(con, token)
+            rows = con.execute(
+                "UPDATE workers SET state = 'offline' WHERE coalesce(state, '') <> 'offline' AND last_seen < ?"
+                " - greatest(?, 3 * coalesce(TRY_CAST(health->>'$.heartbeat_interval_s' AS DOUBLE), 0))"
+                " RETURNING worker_id",
+                [now, offline_after_s],
+            ).fetchall()
+        return sorted(str(r[0]) for r in rows)
+
+    def run_progress(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The newest runs, each with {status: count} of its tests."""
+        runs = self.runs(limit)
+        counts: dict[str, dict[str, int]] = {r["run_id"]: {} for r in runs}
+        if runs:
+            for row in self.query(
+                "SELECT run_id, status, count(*) AS n FROM tests WHERE list_contains(?, run_id) GROUP BY ALL",
+                [list(counts)],
+            ):
+                counts[row["run_id"]][row["status"]] = int(row["n"])
+        for run in runs:
+            run["info"] = json.loads(run["info"]) if isinstance(run.get("info"), str) else run.get("info")
+            run["counts"] = counts[run["run_id"]]
+        return runs
+
+    def run_matrix(self, run_id: str, *, failures_per_cell: int = 20) -> list[dict[str, Any]]:
+        """One cell per (model, hardware) of a run: {status: count} and its failing tests."""
+        cells: dict[tuple[str, str], dict[str, Any]] = {}
+        for row in self.query(
+            "SELECT t.model, t.hardware, t.test_id, t.status, coalesce(t.reason, r.error) AS reason"
+            " FROM tests t LEFT JOIN (SELECT run_id, test_id, error FROM results QUALIFY row_number() OVER"
+            " (PARTITION BY run_id, test_id ORDER BY attempt DESC) = 1) r USING (run_id, test_id)"
+            " WHERE t.run_id = ? ORDER BY t.model, t.hardware, t.test_id",
+            [run_id],
+        ):
+            cell = cells.setdefault((row["model"], row["hardware"]), {
+                "model": row["model"], "hardware": row["hardware"], "counts": {}, "failures": []})
+            cell["counts"][row["status"]] = cell["counts"].get(row["status"], 0) + 1
+            if row["status"] in ("failed", "error", "timeout") and len(cell["failures"]) < failures_per_cell:
+                reason = (row["reason"] or "").strip().splitlines()
+                cell["failures"].append({"test_id": row["test_id"], "status": row["status"],
+                                         "reason": reason[0][:200] if reason else ""})
+        return list(cells.values())
+
+    def metric_trends(self, runs: int = 30, *, suite_name: str | None = None) -> list[dict[str, Any]]:
+        """Latency p50 and throughput of passed tests over the newest ``runs`` runs, one
+        series per (model, hardware, batch size, precision), points oldest first."""
+        rows = self.query(
+            """
+            WITH recent AS (SELECT run_id, submitted_at FROM runs
+                            WHERE ? IS NULL OR suite_name = ? ORDER BY submitted_at DESC LIMIT ?),
+                 last AS (SELECT run_id, test_id, metrics FROM results QUALIFY row_number() OVER
+                          (PARTITION BY run_id, test_id ORDER BY attempt DESC) = 1)
+            SELECT t.model, t.hardware, t.batch_size, t.precision, t.run_id, recent.submitted_at,
+                   TRY_CAST(last.metrics->>'$.latency_p50_ms' AS DOUBLE) AS latency_p50_ms,
+                   TRY_CAST(last.metrics->>'$.throughput_items_s' AS DOUBLE) AS throughput_items_s
+            FROM tests t JOIN recent USING (run_id) JOIN last USING (run_id, test_id)
+            WHERE t.status = 'passed'
+            ORDER BY t.model, t.hardware, t.batch_size, t.precision, recent.submitted_at
+            """,
+            [suite_name, suite_name, runs],
+        )
+        series: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for row in rows:
+            key = (row["model"], row["hardware"], row["batch_size"], row["precision"])
+            entry = series.setdefault(key, {"model": key[0], "hardware": key[1], "batch_size": key[2],
+                                            "precision": key[3], "points": []})
+            entry["points"].append({"run_id": row["run_id"], "at": row["submitted_at"],
+                                    "latency_p50_ms": _finite(row["latency_p50_ms"]),
+                                    "throughput_items_s": _finite(row["throughput_items_s"])})
+        return list(series.values())
+
 
 def _test_row(run_id: str, test: RenderedTest, now: float) -> dict[str, Any]:
     s = test.spec
@@ -454,3 +566,7 @@ def _result_row(r: TestResult, now: float, token: int) -> dict[str, Any]:
         "stderr_tail": r.stderr_tail, "started_at": r.started_at, "finished_at": r.finished_at,
         "ingested_at": now, "token": token,
     }
+
+
+def _finite(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None

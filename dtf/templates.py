@@ -17,17 +17,20 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import jinja2
 import jinja2.meta
 import yaml
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from dtf.errors import HardwareError, TemplateError, TemplateNotFound
 from dtf.model import HARDWARE_KINDS, RenderedTest, TestSpec
@@ -89,9 +92,9 @@ class TemplateParameter:
 class TemplateInfo:
     """What a template is for, read from its folder's template.yaml, and its content hash.
 
-    ``content_hash`` is the first 16 hex digits of the sha256 of the template's source
-    followed by the sources of the templates it includes, so editing a partial changes
-    the hash of every template that uses it.
+    ``content_hash`` is the first 16 hex digits of a sha256 over the parameter defaults
+    (as sorted JSON), the template's source and the sources of the templates it includes,
+    so editing a default or a partial changes the hash of every template it affects.
     """
 
     name: str
@@ -187,21 +190,19 @@ class _TestSandbox(ImmutableSandboxedEnvironment):
 
 
 def _check_repeat(sequence: Any, times: Any) -> None:
-    if isinstance(sequence, (str, list, tuple)) and isinstance(times, int):
-        if len(sequence) * times > MAX_OUTPUT_BYTES:
-            raise SecurityError("sequence repetition is too large")
+    if isinstance(sequence, (str, list, tuple)) and isinstance(times, int) and len(sequence) * times > MAX_OUTPUT_BYTES:
+        raise SecurityError("sequence repetition is too large")
 
 
 def _check_power(base: Any, exponent: Any) -> None:
-    if isinstance(base, int) and isinstance(exponent, int) and abs(base) > 1:
-        if exponent * math.log2(abs(base)) > 4096:
-            raise SecurityError("power is too large")
+    if isinstance(base, int) and isinstance(exponent, int) and abs(base) > 1 and exponent * math.log2(abs(base)) > 4096:
+        raise SecurityError("power is too large")
 
 
 class _RootsLoader(jinja2.BaseLoader):
     """Loads a template by validated name through the registry, never by raw path."""
 
-    def __init__(self, registry: "TemplateRegistry") -> None:
+    def __init__(self, registry: TemplateRegistry) -> None:
         self._registry = registry
 
     def get_source(
@@ -228,7 +229,7 @@ def _stamp(path: Path) -> tuple[int, int]:
     return st.st_mtime_ns, st.st_size
 
 
-def _make_environment(registry: "TemplateRegistry") -> _TestSandbox:
+def _make_environment(registry: TemplateRegistry) -> _TestSandbox:
     env = _TestSandbox(
         loader=_RootsLoader(registry),
         undefined=jinja2.StrictUndefined,
@@ -410,7 +411,7 @@ class TemplateRegistry:
                 continue
             real = _inside(candidate, root)
             if real is None or not real.is_file():
-                raise _not_found(name, f"{candidate} resolves outside its root")
+                raise _not_found(name, f"{candidate} is not a file inside its root")
             return real, root
         raise _not_found(name)
 
@@ -454,7 +455,7 @@ class TemplateRegistry:
             path = _inside(root / family / METADATA_FILE, root)
             if path is None:
                 continue
-            entry = self._cached("meta", path, _parse_metadata_file).get(variant)
+            entry: _Metadata | None = self._cached("meta", path, _parse_metadata_file).get(variant)
             if entry is not None:
                 return entry
         return _Metadata(description="(no metadata)", families=(family,))
@@ -470,8 +471,8 @@ class TemplateRegistry:
         result: list[str] = self._cached("refs", path, parse)
         return result
 
-    def _content_hash(self, name: str) -> str:
-        digest = hashlib.sha256()
+    def _content_hash(self, name: str, defaults: Mapping[str, Any]) -> str:
+        digest = hashlib.sha256(json.dumps(defaults, sort_keys=True, default=repr).encode())
         seen: set[Path] = set()
         pending = [self._locate(name)]
         while pending:
@@ -479,7 +480,7 @@ class TemplateRegistry:
             if path in seen:
                 continue
             seen.add(path)
-            digest.update(path.read_bytes())
+            digest.update(self._cached("bytes", path, Path.read_bytes))
             for ref in self._references(path):
                 try:
                     pending.append(self._locate(ref))
@@ -500,7 +501,7 @@ class TemplateRegistry:
             hardware=meta.hardware,
             parameters=dict(meta.parameters),
             path=path,
-            content_hash=self._content_hash(name),
+            content_hash=self._content_hash(name, {p.name: p.default for p in meta.parameters.values()}),
         )
 
     def list(self) -> list[TemplateInfo]:
@@ -531,11 +532,12 @@ class TemplateRegistry:
     def render(self, spec: TestSpec) -> RenderedTest:
         """Render the spec's template (resolved from family and hardware when the spec
         names none) into a self-contained Python test script."""
-        name = spec.template or self.resolve(spec.family, spec.hardware)
-        info = self.info(name)
+        if not spec.template:
+            spec = dataclasses.replace(spec, template=self.resolve(spec.family, spec.hardware))
+        info = self.info(spec.template)
         _check_parameter_types(info, spec.params)
-        source = self.render_source(name, render_context(spec, info))
-        return RenderedTest(dataclasses.replace(spec, template=name), source, info.content_hash)
+        source = self.render_source(spec.template, render_context(spec, info))
+        return RenderedTest(spec, source, info.content_hash)
 
     def render_source(self, name: str, context: Mapping[str, Any]) -> str:
         """Render one public template with a context; every failure is a TemplateError
@@ -547,7 +549,7 @@ class TemplateRegistry:
             return _join_capped(template.generate(dict(context)), name, self.max_output_bytes)
         except (TemplateNotFound, _OutputTooLarge):
             raise
-        except Exception as exc:  # noqa: BLE001 - any failure inside a template is the template's
+        except Exception as exc:  # any failure inside a template is the template's
             raise _render_error(name, exc, names) from exc
 
     def _filenames(self) -> dict[str, str]:

@@ -1,15 +1,23 @@
 """The worker side: what `dtf worker` adds around a Celery worker.
 
-``WorkerRuntime.handle`` is the body of the run_test task: say the test started, run it
-in a subprocess, write the result to a local spool file, publish it to ``dtf.results``,
-then delete the spool file. If the broker is down when the result is ready, the spool
-keeps it and ``replay_spool`` publishes it at the next start, so a finished result is
-never lost. A heartbeat thread registers the worker's profile and queues with the
-coordinator.
+``WorkerRuntime.handle`` is the body of the run_test task: check the test fits this
+machine, say it started, run it in a subprocess, write the result to a local spool file,
+publish it to ``dtf.results``, then delete the spool file. If the broker is down when the
+result is ready, the spool keeps it and ``replay_spool`` publishes it at the next start,
+so a finished result is never lost.
+
+Around that: an execution profile (benchmark, test, light) sets concurrency, prefetch,
+default timeouts and whether each test gets a device to itself; a heartbeat thread
+samples the machine's health, feeds the resource guard and reports both to the
+coordinator; and a consumer bootstep cancels and restores the queue consumers as the
+guard says, so an overloaded worker takes no new tests while running ones finish.
+A test that needs more memory than this machine has goes back to its queue for a bigger
+worker, at most ``max_rejections`` times, then fails with the reason.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -17,26 +25,142 @@ import socket
 import threading
 import time
 import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
-from celery import Celery
-from kombu import Producer
+from celery import Celery, bootsteps
+from celery.exceptions import Reject
 
 from . import runner
-from .app import CONTROL_QUEUE, RESULTS_QUEUE, result_body
+from .app import CONTROL_QUEUE, RESULTS_QUEUE, RUN_TEST, result_body
 from .coordinator import control_queue, results_queue
-from .model import HardwareProfile, RenderedTest, TestResult
+from .guard import GuardLimits, GuardState, ResourceGuard
+from .hardware import cpu_capacity, memory_capacity_gb
+from .health import HealthSample, HealthSampler
+from .model import HARDWARE_KINDS, HardwareProfile, RenderedTest, TestResult, TestSpec, queue_for
 
-__all__ = ["WorkerRuntime"]
+__all__ = [
+    "WorkerRuntime",
+    "ExecutionProfile",
+    "PROFILES",
+    "DeviceSlots",
+    "devices_for",
+    "memory_capacity_for",
+    "DEFAULT_MAX_REJECTIONS",
+    "HEARTBEAT_INTERVAL_S",
+]
 
 log = logging.getLogger("dtf.worker")
 
 HEARTBEAT_INTERVAL_S = 10.0
+GUARD_SAMPLE_S = 2.0  # how often the guard looks at the machine when limits are set
+CONSUMER_SYNC_S = 0.5  # how often the consumer bootstep applies the guard's verdict
+DEFAULT_MAX_REJECTIONS = 5
+_BUILTIN_TIMEOUT_S = next(f.default for f in dataclasses.fields(TestSpec) if f.name == "timeout_s")
+_VISIBLE_DEVICES_ENV = {"cuda": "CUDA_VISIBLE_DEVICES", "rocm": "HIP_VISIBLE_DEVICES"}
+_GPU_VENDOR = {"cuda": "nvidia", "rocm": "amd"}
 
 
+# -- execution profiles --------------------------------------------------------------------
+@dataclass(frozen=True)
+class ExecutionProfile:
+    """How a worker runs tests: how many at once, how many it prefetches, default timeout."""
+
+    name: str
+    prefetch_multiplier: int
+    exclusive_devices: bool  # one test at a time per device (GPU, or the CPU as one device)
+    default_timeout_s: float | None  # replaces the built-in default; never lengthens a timeout
+    min_concurrency: int
+    per_core: float = 0.0  # extra concurrency per usable CPU core
+
+    def concurrency(self, hw: HardwareProfile | None, queues: Sequence[str]) -> int:
+        if self.exclusive_devices:
+            return max(1, sum(len(ids) for ids in devices_for(hw, queues).values()))
+        gpus = sum(len(ids) for kind, ids in devices_for(hw, queues).items() if kind != "cpu")
+        by_cores = int(self.per_core * cpu_capacity(hw)) if hw is not None else 0
+        return min(32, max(self.min_concurrency, gpus, by_cores))
+
+    def timeout_for(self, spec: TestSpec) -> float:
+        """The spec's timeout, or this profile's default when the suite left the built-in one.
+
+        Only ever shorter: the coordinator re-publishes a test silent past its spec's timeout.
+        """
+        if self.default_timeout_s is not None and spec.timeout_s == _BUILTIN_TIMEOUT_S:
+            return min(spec.timeout_s, self.default_timeout_s)
+        return spec.timeout_s
+
+
+PROFILES: Mapping[str, ExecutionProfile] = {
+    # Timing runs: nothing else on the device while a test measures it.
+    "benchmark": ExecutionProfile("benchmark", prefetch_multiplier=1, exclusive_devices=True,
+                                  default_timeout_s=None, min_concurrency=1),
+    # Correctness tests: a couple at a time, no prefetch beyond what runs.
+    "test": ExecutionProfile("test", prefetch_multiplier=1, exclusive_devices=False,
+                             default_timeout_s=None, min_concurrency=2),
+    # Many small tests: high concurrency, prefetch to hide broker round trips, short timeouts.
+    "light": ExecutionProfile("light", prefetch_multiplier=4, exclusive_devices=False,
+                              default_timeout_s=60.0, min_concurrency=4, per_core=2.0),
+}
+
+
+def devices_for(hw: HardwareProfile | None, queues: Sequence[str]) -> dict[str, list[str]]:
+    """Device ids per hardware kind this worker serves: "cpu" for the CPU, GPU indices
+    (MIG instance UUIDs where MIG is on) for cuda and rocm, one device for mps/webgpu."""
+    kinds = [k for k in HARDWARE_KINDS if queue_for(k) in queues]
+    devices: dict[str, list[str]] = {}
+    for kind in kinds:
+        vendor = _GPU_VENDOR.get(kind)
+        if vendor is None:
+            devices[kind] = [kind]
+            continue
+        gpus = [g for g in (hw.gpus if hw else ()) if g.vendor == vendor]
+        ids = [str(g.uuid if g.mig and g.uuid else g.index) for g in gpus if g.index is not None or g.mig]
+        devices[kind] = ids or [kind]
+    return devices
+
+
+class DeviceSlots:
+    """Hands each test a device of its kind, waiting while all are busy (benchmark profile)."""
+
+    def __init__(self, devices: Mapping[str, Sequence[str]]) -> None:
+        self._free = {kind: list(ids) for kind, ids in devices.items()}
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def hold(self, kind: str) -> Iterator[dict[str, str]]:
+        """Environment that pins the test to its device, e.g. {"CUDA_VISIBLE_DEVICES": "1"}."""
+        if kind not in self._free:
+            yield {}
+            return
+        with self._cond:
+            self._cond.wait_for(lambda: bool(self._free[kind]))
+            device = self._free[kind].pop(0)
+        try:
+            var = _VISIBLE_DEVICES_ENV.get(kind)
+            yield {var: device} if var and device != kind else {}
+        finally:
+            with self._cond:
+                self._free[kind].append(device)
+                self._cond.notify_all()
+
+
+def memory_capacity_for(kind: str, hw: HardwareProfile | None) -> float | None:
+    """GiB a test of this hardware kind may use here: the largest GPU's memory for cuda and
+    rocm (TestSpec.memory_gb is device memory there), host memory otherwise; None if unknown."""
+    if hw is None:
+        return None
+    vendor = _GPU_VENDOR.get(kind)
+    if vendor is None:
+        return memory_capacity_gb(hw)
+    sizes = [g.memory_mb for g in hw.gpus if g.vendor == vendor and g.memory_mb]
+    return max(sizes) / 1024 if sizes else None
+
+
+# -- the runtime ---------------------------------------------------------------------------
 class WorkerRuntime:
-    """Per-process worker state: identity, spool, and how results leave the machine."""
+    """Per-process worker state: identity, spool, health, guard, and how results leave the machine."""
 
     def __init__(
         self,
@@ -47,6 +171,11 @@ class WorkerRuntime:
         profile: HardwareProfile | None = None,
         spool_dir: str | Path | None = None,
         test_env: Mapping[str, str] | None = None,
+        execution: ExecutionProfile = PROFILES["test"],
+        limits: GuardLimits = GuardLimits(),
+        sampler: HealthSampler | None = None,
+        max_rejections: int = DEFAULT_MAX_REJECTIONS,
+        heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
     ) -> None:
         self.app = app
         self.worker_id = worker_id
@@ -57,13 +186,29 @@ class WorkerRuntime:
         self.spool = Path(spool_dir or settings.spool_dir) / _safe(worker_id)
         self.spool.mkdir(parents=True, exist_ok=True)
         self.test_env = dict(test_env) if test_env is not None else None
-        self.running = 0
-        self.state = "online"
+        self.execution = execution
+        self.concurrency = execution.concurrency(profile, self.queues)
+        self.slots = DeviceSlots(devices_for(profile, self.queues) if execution.exclusive_devices else {})
+        self.guard = ResourceGuard(limits)
+        self.sampler = sampler
+        self.max_rejections = max(1, max_rejections)
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.health: HealthSample | None = None
+        self.consuming = True  # whether the queue consumers are on (the bootstep keeps it true)
+        self._running: dict[tuple[str, str, int], float] = {}
         self._lock = threading.Lock()
 
     def install(self) -> None:
         """Make this runtime the handler of the app's run_test task."""
         self.app.dtf_handler = self.handle  # type: ignore[attr-defined]
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    @property
+    def state(self) -> str:
+        return "online" if self.guard.state.accepting else "constrained"
 
     # -- the task body ------------------------------------------------------------------
     def handle(self, payload: Mapping[str, Any], request: Any = None) -> None:
@@ -73,17 +218,70 @@ class WorkerRuntime:
         except (KeyError, TypeError, ValueError) as exc:
             log.error("dropping malformed run_test payload: %s", exc)
             return
-        self._send_control({"op": "started", "run_id": run_id, "test_id": test.spec.test_id,
-                            "attempt": attempt, "worker_id": self.worker_id})
-        with self._lock:
-            self.running += 1
-        try:
-            result = runner.execute(test, run_id=run_id, attempt=attempt, worker_id=self.worker_id,
-                                    hostname=self.hostname, env=self.test_env)
-        finally:
+        if not self.guard.state.accepting and not self.consuming:
+            # Prefetched before the guard cancelled intake: back to the queue, for a worker
+            # that still consumes it (this one no longer does, so it cannot come straight back).
+            raise Reject("resource guard: worker constrained", requeue=True)
+        if self._rejected_for_memory(payload, test, request):
+            return
+        self._run(test, run_id, attempt)
+
+    def _run(self, test: RenderedTest, run_id: str, attempt: int) -> None:
+        spec = test.spec
+        key = (run_id, spec.test_id, attempt)
+        with self.slots.hold(spec.hardware) as device_env:
+            self._send_control({"op": "started", "run_id": run_id, "test_id": spec.test_id,
+                                "attempt": attempt, "worker_id": self.worker_id})
+            timeout = self.execution.timeout_for(spec)
+            if timeout != spec.timeout_s:
+                test = dataclasses.replace(test, spec=dataclasses.replace(spec, timeout_s=timeout))
+            env = {**(self.test_env if self.test_env is not None else os.environ), **device_env} if device_env else self.test_env
             with self._lock:
-                self.running -= 1
+                self._running[key] = time.time()
+            try:
+                result = runner.execute(test, run_id=run_id, attempt=attempt, worker_id=self.worker_id,
+                                        hostname=self.hostname, env=env)
+            finally:
+                with self._lock:
+                    self._running.pop(key, None)
         self.publish_result(result)
+
+    # -- memory requirement ---------------------------------------------------------------
+    def _rejected_for_memory(self, payload: Mapping[str, Any], test: RenderedTest, request: Any) -> bool:
+        """True when the test needs more memory than this machine has: it then went back to
+        its queue for a bigger worker, or (after max_rejections) failed with the reason."""
+        spec = test.spec
+        capacity = memory_capacity_for(spec.hardware, self.profile)
+        if capacity is None or not spec.memory_gb or spec.memory_gb <= capacity:
+            return False
+        rejections = [*_rejections(payload), {"worker_id": self.worker_id, "capacity_gb": round(capacity, 2)}]
+        if len(rejections) >= self.max_rejections:
+            log.warning("test %s needs %.1f GB; failing it after %d rejections", spec.test_id, spec.memory_gb, len(rejections))
+            self.publish_result(self._too_big_result(payload, spec, rejections))
+        else:
+            log.info("test %s needs %.1f GB, this worker has %.1f GB: back to the queue (%d/%d)",
+                     spec.test_id, spec.memory_gb, capacity, len(rejections), self.max_rejections)
+            self._republish(dict(payload, rejections=rejections), spec, request)
+        return True
+
+    def _republish(self, payload: Mapping[str, Any], spec: TestSpec, request: Any) -> None:
+        delivery = getattr(request, "delivery_info", None) or {}
+        queue = str(delivery.get("routing_key") or queue_for(spec.hardware))
+        task_id = getattr(request, "id", None) or uuid.uuid4().hex
+        with self.app.producer_or_acquire() as producer:
+            self.app.send_task(RUN_TEST, args=[dict(payload)], queue=queue, task_id=task_id, producer=producer)
+
+    def _too_big_result(self, payload: Mapping[str, Any], spec: TestSpec, rejections: Sequence[Mapping[str, Any]]) -> TestResult:
+        what = "device memory" if spec.hardware in _GPU_VENDOR else "memory"
+        largest = max(float(r.get("capacity_gb") or 0.0) for r in rejections)
+        seen = ", ".join(dict.fromkeys(f"{r.get('worker_id')} ({r.get('capacity_gb')} GB)" for r in rejections))
+        now = time.time()
+        return TestResult(
+            run_id=str(payload["run_id"]), test_id=spec.test_id, attempt=int(payload["attempt"]), status="error",
+            error=(f"needs {spec.memory_gb:g} GB of {what} but no worker that took it has that much: rejected "
+                   f"{len(rejections)} times (limit {self.max_rejections}), largest {largest:g} GB; workers: {seen}"),
+            worker_id=self.worker_id, hostname=self.hostname, hardware=spec.hardware, started_at=now, finished_at=now,
+        )
 
     # -- results: spool first, then publish ------------------------------------------------
     def publish_result(self, result: TestResult) -> None:
@@ -112,6 +310,77 @@ class WorkerRuntime:
                 log.warning("cannot replay spooled result %s: %s", path.name, exc)
         return sent
 
+    # -- health, guard and heartbeats --------------------------------------------------------
+    def observe(self, sample: HealthSample, now: float) -> bool:
+        """Record a health sample and feed it to the guard; True when intake should change."""
+        before = self.guard.state.accepting
+        self.health = sample
+        state: GuardState = self.guard.observe(sample, now)
+        if state.accepting != before:
+            if state.accepting:
+                log.warning("%s: resources back below limits; taking tests again", self.worker_id)
+            else:
+                log.warning("%s: resource-constrained (%s); taking no new tests", self.worker_id, "; ".join(state.reasons))
+        return state.accepting != before
+
+    def heartbeat_body(self, *, state: str | None = None) -> dict[str, Any]:
+        profile = self.profile.to_dict() if self.profile else {}
+        return {"op": "heartbeat", "worker": {
+            "worker_id": self.worker_id, "hostname": self.hostname,
+            "platform": profile.get("platform"), "hardware": profile, "queues": list(self.queues),
+            "state": state or self.state, "health": self.health_report(), "last_seen": time.time(),
+        }}
+
+    def health_report(self) -> dict[str, Any]:
+        with self._lock:
+            running = [{"run_id": r, "test_id": t, "attempt": a, "since": s} for (r, t, a), s in self._running.items()]
+        return {
+            **(self.health.to_dict() if self.health else {}),
+            "running": len(running), "running_tests": running,
+            "guard": {**self.guard.state.to_dict(), "limits": self.guard.limits.to_dict(), "consuming": self.consuming},
+            "profile": self.execution.name, "concurrency": self.concurrency,
+            "heartbeat_interval_s": self.heartbeat_interval_s, "sent_at": time.time(),
+        }
+
+    def heartbeat_forever(self, stop: threading.Event) -> None:
+        """Sample health, judge it, and heartbeat: at once when the guard's verdict changes,
+        else every heartbeat interval. A last heartbeat says "offline" on a clean stop."""
+        sampler = self.sampler or HealthSampler(self.profile, disk_path=str(self.spool))
+        tick = min(GUARD_SAMPLE_S, self.heartbeat_interval_s) if self.guard.limits.active else self.heartbeat_interval_s
+        next_beat = 0.0
+        while not stop.is_set():
+            now = time.monotonic()
+            changed = self._observe_safely(sampler, now)
+            if changed or now >= next_beat:
+                self._send_control(self.heartbeat_body())
+                next_beat = now + self.heartbeat_interval_s
+            stop.wait(tick)
+        self._send_control(self.heartbeat_body(state="offline"))
+
+    def _observe_safely(self, sampler: HealthSampler, now: float) -> bool:
+        try:
+            return self.observe(sampler.sample(), now)
+        except Exception as exc:  # noqa: BLE001 - a failed sample must not stop heartbeats
+            log.warning("health sample failed: %s", exc)
+            return False
+
+    def sync_consumers(self, consumer: Any) -> None:
+        """Cancel or restore the queue consumers to match the guard (runs in the consumer's loop)."""
+        want = self.guard.state.accepting
+        if want == self.consuming or consumer.task_consumer is None:
+            return
+        for queue in self.queues:
+            if want:
+                consumer.add_task_queue(queue)
+            else:
+                consumer.cancel_task_queue(queue)
+        self.consuming = want
+
+    def consumer_step(self) -> type[bootsteps.StartStopStep]:
+        """A Celery consumer bootstep that applies the guard's verdict from the event loop,
+        where kombu consumers may be touched (`app.steps["consumer"].add(...)`)."""
+        return _guard_step(self)
+
     # -- coordinator messages ----------------------------------------------------------------
     def _send_control(self, body: Mapping[str, Any]) -> None:
         try:
@@ -121,18 +390,34 @@ class WorkerRuntime:
         except Exception as exc:  # noqa: BLE001 - a lost notice must not fail the test
             log.warning("cannot notify coordinator: %s", exc)
 
-    def heartbeat_body(self) -> dict[str, Any]:
-        profile = self.profile.to_dict() if self.profile else {}
-        return {"op": "heartbeat", "worker": {
-            "worker_id": self.worker_id, "hostname": self.hostname,
-            "platform": profile.get("platform"), "hardware": profile, "queues": list(self.queues),
-            "state": self.state, "health": {"running": self.running}, "last_seen": time.time(),
-        }}
 
-    def heartbeat_forever(self, stop: threading.Event, interval_s: float = HEARTBEAT_INTERVAL_S) -> None:
-        while not stop.is_set():
-            self._send_control(self.heartbeat_body())
-            stop.wait(interval_s)
+def _guard_step(runtime: WorkerRuntime) -> type[bootsteps.StartStopStep]:
+    class ResourceGuardStep(bootsteps.StartStopStep):
+        """Polls the runtime's guard verdict and cancels or restores the task consumers."""
+
+        requires = ("celery.worker.consumer.tasks:Tasks",)
+
+        def __init__(self, parent: Any, **kwargs: Any) -> None:
+            super().__init__(parent, **kwargs)
+            self.tref: Any = None
+
+        def start(self, c: Any) -> None:
+            # After a reconnect the consumer restarts from app.amqp.queues.consume_from,
+            # which cancel_task_queue edits too: the verdict survives the restart.
+            self.tref = c.timer.call_repeatedly(CONSUMER_SYNC_S, runtime.sync_consumers, (c,))
+
+        def stop(self, c: Any) -> None:
+            if self.tref is not None:
+                self.tref.cancel()
+                self.tref = None
+
+    ResourceGuardStep.name = "dtf.worker.ResourceGuardStep"
+    return ResourceGuardStep
+
+
+def _rejections(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
+    raw = payload.get("rejections")
+    return [dict(r) for r in raw if isinstance(r, Mapping)] if isinstance(raw, list) else []
 
 
 def _safe(name: str) -> str:

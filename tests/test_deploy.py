@@ -100,7 +100,9 @@ def test_env_vars_hold_every_variable_of_the_cli_contract() -> None:
     names = [var.name for var in ENV_VARS]
     assert len(names) == len(set(names)) and set(names) == ENV_VAR_NAMES
     assert CLI_ENV_NAMES <= ENV_VAR_NAMES
-    assert {var.name for var in ENV_VARS if var.secret} == {"DTF_REDIS_PASSWORD", "DTF_FLOWER_BASIC_AUTH"}
+    secrets = {var.name for var in ENV_VARS if var.secret}
+    assert {"DTF_REDIS_PASSWORD", "DTF_FLOWER_BASIC_AUTH"} <= secrets
+    assert all(f"{name}_FILE" in ENV_VAR_NAMES for name in secrets)
     assert all(var.description.endswith(".") for var in ENV_VARS)
 
 
@@ -629,6 +631,7 @@ def test_docker_files_build_the_worker_for_the_gpu(tmp_path: Path) -> None:
     assert worker["environment"]["DTF_WORKER_NAME"] == "gpu-$$USER"
     assert worker["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
     assert worker["stop_grace_period"] == f"{STOP_TIMEOUT_S}s"
+    assert worker["volumes"] == ["spool:/opt/dtf/spool"] and "spool" in compose["volumes"]
 
 
 def test_docker_files_for_rocm_pass_the_devices(tmp_path: Path) -> None:
@@ -691,6 +694,7 @@ def test_an_unquoted_value_in_a_template_is_a_render_error(tmp_path: Path) -> No
     options = deploy_options("linux", broker=None, name="box", tags=())
     with pytest.raises(DtfError, match="start-worker.sh: unquoted value 'box'"):
         render_options(options, tmp_path / "out", root=root)
+    assert not (tmp_path / "out").exists()  # nothing half-written
 
 
 def test_a_value_quoted_for_another_language_is_a_render_error(tmp_path: Path) -> None:

@@ -47,10 +47,10 @@ NASTY_MODEL_NAMES = [
 
 def make_spec(template: str = "", hardware: str = "cpu", **fields: Any) -> TestSpec:
     family = fields.pop("family", template.split("/")[0] if template else "text_embedding")
-    base: dict[str, Any] = dict(
-        test_id="t-0001", model="tiny/model", family=family, hardware=hardware,
-        batch_size=4, precision="fp32", template=template, iterations=10, warmup=2,
-    )  # fmt: skip
+    base: dict[str, Any] = {
+        "test_id": "t-0001", "model": "tiny/model", "family": family, "hardware": hardware,
+        "batch_size": 4, "precision": "fp32", "template": template, "iterations": 10, "warmup": 2,
+    }  # fmt: skip
     return TestSpec(**{**base, **fields})
 
 
@@ -60,7 +60,7 @@ def run_rendered(source: str, tmp_path: Path, env: dict[str, str] | None = None)
     script.write_text(source, encoding="utf-8")
     full_env = {**os.environ, "DTF_RESULT_FILE": str(result), **(env or {})}
     proc = subprocess.run(
-        [sys.executable, str(script)], env=full_env, capture_output=True, text=True, timeout=120, cwd=tmp_path
+        [sys.executable, str(script)], env=full_env, capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False
     )
     assert result.exists(), f"no result file; stderr:\n{proc.stderr[-4000:]}"
     outcome: dict[str, Any] = json.loads(result.read_text(encoding="utf-8"))
@@ -546,6 +546,16 @@ def test_the_content_hash_follows_the_partials_a_template_includes(tmp_path: Pat
     after = {i.name: i.content_hash for i in registry.list()}
     changed = {name for name in before if before[name] != after[name]}
     assert changed == set(NUMPY_TEMPLATES)
+
+
+def test_the_content_hash_follows_the_parameter_defaults(tmp_path: Path) -> None:
+    copy_builtins(tmp_path)
+    registry = TemplateRegistry([tmp_path], include_builtin=False)
+    before = registry.info("vision/cpu").content_hash
+    metadata = tmp_path / "vision" / "template.yaml"
+    metadata.write_text(metadata.read_text().replace("num_classes: {default: 10", "num_classes: {default: 11"))
+    os.utime(metadata, ns=(metadata.stat().st_atime_ns, metadata.stat().st_mtime_ns + 10**9))
+    assert registry.info("vision/cpu").content_hash != before
 
 
 def test_compiled_templates_are_cached_until_their_file_changes(tmp_path: Path) -> None:
