@@ -24,6 +24,7 @@ __all__ = [
     "make_app",
     "hardware_queues",
     "broker_connection_args",
+    "wire_format",
 ]
 
 RUN_TEST = "dtf.run_test"
@@ -137,6 +138,11 @@ def make_app(settings: Settings, *, extra_queues: tuple[str, ...] = ()) -> Celer
     )
     app.dtf_settings = settings  # type: ignore[attr-defined]
     app.dtf_handler = None  # type: ignore[attr-defined]
+    if settings.signing_keys:
+        # Signed messages only: an unsigned or forged task is refused before it is decoded.
+        signed = _signed_serializer(settings)
+        app.conf.update(task_serializer=signed, result_serializer=signed,
+                        accept_content=[signed], result_accept_content=[signed])
 
     if settings.sentinels and settings.redis_password:
         # kombu takes the master's password from the URL or broker_password, never from
@@ -155,6 +161,18 @@ def make_app(settings: Settings, *, extra_queues: tuple[str, ...] = ()) -> Celer
         handler(payload, self.request)
 
     return app
+
+
+def _signed_serializer(settings: Settings) -> str:
+    from .signing import MessageSigner, register_serializer
+
+    return register_serializer(MessageSigner(settings.signing_keys, max_age_s=settings.signing_max_age_s))
+
+
+def wire_format(app: Celery) -> tuple[str, list[str]]:
+    """(serializer, accepted content) for every message this app's process publishes or
+    consumes, tasks, results and control alike: JSON, or dtf-signed when a key is set."""
+    return str(app.conf.task_serializer), list(app.conf.accept_content)
 
 
 def test_payload(run_id: str, attempt: int, test: RenderedTest) -> dict[str, Any]:

@@ -77,6 +77,9 @@ class EmbeddedCluster:
             ready.set()
 
     def _start_worker(self) -> None:
+        # The thread pool's tracer looks run_test up in the default app (new threads have no
+        # current app), and run_test is registered with this app only (shared=False).
+        self.app.set_default()
         worker = self.app.WorkController(
             pool_cls="threads", concurrency=self.concurrency, queues=self.queues,
             hostname="dtf-embedded@local", without_mingle=True, without_gossip=True,

@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .errors import DtfError
 
-__all__ = ["Settings", "EMBEDDED_BROKER", "redact_url", "ENV_PREFIX"]
+__all__ = ["Settings", "EMBEDDED_BROKER", "redact_url", "ENV_PREFIX", "SECRET_ENV_VARS", "scrub_secrets"]
 
 EMBEDDED_BROKER = "memory://"
 ENV_PREFIX = "DTF_"
@@ -66,6 +66,18 @@ def _read_secret(env: Mapping[str, str], name: str) -> str | None:
     return None
 
 
+#: Variables that hold secrets. Processes that run test code get none of them, nor their
+#: _FILE forms: see scrub_secrets.
+SECRET_ENV_VARS: tuple[str, ...] = (
+    "DTF_REDIS_PASSWORD", "DTF_SENTINEL_PASSWORD", "DTF_SIGNING_KEY", "DTF_FLOWER_BASIC_AUTH",
+)  # fmt: skip
+
+
+def scrub_secrets(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` without the secret variables and their ``_FILE`` forms."""
+    return {k: v for k, v in env.items() if k not in SECRET_ENV_VARS and k.removesuffix("_FILE") not in SECRET_ENV_VARS}
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a dtf process needs to know about where things are."""
@@ -91,6 +103,8 @@ class Settings:
     leader_ttl_ms: int = 10_000  # the coordinator lease; keep it above the Sentinel failover time
     control_visibility_timeout_s: int = 30  # coordinator queues: redelivery after a leader dies
     reconcile_grace_s: int = 60  # silence allowed beyond a test's timeout before re-publishing
+    signing_keys: tuple[str, ...] = field(default=(), repr=False)  # HMAC keys (dtf.signing); the first signs
+    signing_max_age_s: int = 7 * 86400  # a signed message older than this is refused
 
     def __repr__(self) -> str:
         # The dataclass repr would show a password written into broker_url.
@@ -141,6 +155,7 @@ class Settings:
             "leader_ttl_ms": "DTF_LEADER_TTL_MS",
             "control_visibility_timeout_s": "DTF_CONTROL_VISIBILITY_TIMEOUT",
             "reconcile_grace_s": "DTF_RECONCILE_GRACE",
+            "signing_max_age_s": "DTF_SIGNING_MAX_AGE",
         }.items():
             if env.get(var):
                 try:
@@ -162,5 +177,8 @@ class Settings:
         sentinel_password = _read_secret(env, "DTF_SENTINEL_PASSWORD")
         if sentinel_password:
             values["sentinel_password"] = sentinel_password
+        signing_keys = _read_secret(env, "DTF_SIGNING_KEY")
+        if signing_keys:  # a key file may hold several, one a line, for rotation
+            values["signing_keys"] = tuple(k.strip() for k in signing_keys.splitlines() if k.strip())
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

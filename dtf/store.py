@@ -23,7 +23,7 @@ import pyarrow as pa
 from .errors import FencingError, StoreError
 from .model import RenderedTest, TestResult
 
-__all__ = ["Store", "MIGRATIONS", "TestUpdate"]
+__all__ = ["Store", "MIGRATIONS", "TestUpdate", "REPORT_CONFIG"]
 
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     (
@@ -97,6 +97,16 @@ _UPDATE_SCHEMA = pa.schema(
 
 TestUpdate = Mapping[str, Any]  # keys of _UPDATE_SCHEMA
 
+#: DuckDB settings of a reporting connection (Store.open_for_reports). lock_configuration
+#: keeps a query from turning the others back on with SET.
+REPORT_CONFIG: Mapping[str, bool] = {
+    "enable_external_access": False,
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "allow_community_extensions": False,
+    "lock_configuration": True,
+}
+
 
 def _utf8(value: Any) -> Any:
     """A str that UTF-8 can encode. Lone surrogates (say, from surrogateescape-decoded file
@@ -139,12 +149,12 @@ def _table(rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
 class Store:
     """A DuckDB file opened read-write by this process, with one persistent connection."""
 
-    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
+    def __init__(self, path: str | Path, *, read_only: bool = False, config: Mapping[str, Any] | None = None) -> None:
         self.path = str(path)
         try:
             if self.path != ":memory:":
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            self._con = duckdb.connect(self.path, read_only=read_only)
+            self._con = duckdb.connect(self.path, read_only=read_only, config=dict(config or {}))
         except (duckdb.Error, OSError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise StoreError(f"cannot open results database {self.path}: {first}") from None
@@ -152,6 +162,14 @@ class Store:
         self._stale_views: list[str] = []
         if not read_only:
             self.migrate()
+
+    @classmethod
+    def open_for_reports(cls, path: str | Path) -> Store:
+        """The file opened read-only for reports and ad-hoc SQL, with no file, network or
+        extension access and its settings locked: a query reads dtf's tables and nothing else."""
+        if not Path(path).is_file():
+            raise StoreError(f"cannot open results database {path}: no such file")
+        return cls(path, read_only=True, config=REPORT_CONFIG)
 
     # -- plumbing -------------------------------------------------------------------
     def close(self) -> None:

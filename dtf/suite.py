@@ -88,6 +88,7 @@ _GLOB_CHARS = frozenset("*?[")
 _MAX_MODEL_NAME = 200
 _PARAMS_MAX_DEPTH = 32
 _PARAMS_MAX_NODES = 10_000  # YAML aliases can make a tiny file a huge tree to walk
+_PARAMS_MAX_CHARS = 256 * 1024  # and a huge text: 10,000 aliases of a 100 KB string are 1 GB
 
 # (family, hardware, explicit template or None) -> template name
 TemplateResolver = Callable[[str, str, str | None], str]
@@ -501,7 +502,7 @@ def _read_params(check: _Checker, value: object, where: str) -> dict[str, Any]:
     if value is None:
         return {}
     params = check.mapping(value, where, "a mapping of template parameters")
-    budget = [_PARAMS_MAX_NODES]
+    budget = [_PARAMS_MAX_NODES, _PARAMS_MAX_CHARS]
     clean: dict[str, Any] = _json_safe(check, params, where, budget, 0)
     for key in ("memory_gb", "param_count_m"):
         if key in clean:
@@ -514,6 +515,13 @@ def _json_safe(check: _Checker, value: object, where: str, budget: list[int], de
     budget[0] -= 1
     if budget[0] < 0:
         raise check.error(where, f"more than {_PARAMS_MAX_NODES} values in params")
+    if isinstance(value, str):
+        budget[1] -= len(value)
+    elif isinstance(value, dict):
+        budget[1] -= sum(len(k) for k in value if isinstance(k, str))
+    if budget[1] < 0:
+        limit = f"more than {_PARAMS_MAX_CHARS} characters of text"
+        raise check.error(where, f"params hold {limit} (each use of a YAML alias counts)")
     if depth > _PARAMS_MAX_DEPTH:
         raise check.error(where, f"nested deeper than {_PARAMS_MAX_DEPTH} levels")
     if value is None or isinstance(value, (bool, int, str)):

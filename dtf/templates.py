@@ -29,9 +29,11 @@ from typing import Any
 import jinja2
 import jinja2.meta
 import yaml
+from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from dtf.deadline import TimeLimitExceeded, time_limit
 from dtf.errors import HardwareError, TemplateError, TemplateNotFound
 from dtf.model import HARDWARE_KINDS, RenderedTest, TestSpec
 
@@ -65,8 +67,16 @@ _ALLOWED_FILTERS = (
     "last", "length", "list", "lower", "max", "min", "round", "sort", "upper",
 )  # fmt: skip
 # str methods that build a string of any size from a small call, and str.format, whose
-# field syntax is the classic sandbox escape route.
-_UNSAFE_METHODS = frozenset({"center", "expandtabs", "format", "format_map", "ljust", "rjust", "zfill"})
+# field syntax is the classic sandbox escape route. join, replace, translate (str, bytes)
+# and int.to_bytes also build gigabytes from a short expression, inside one C call that no
+# time limit can interrupt.
+_UNSAFE_METHODS = frozenset({
+    "center", "expandtabs", "format", "format_map", "ljust", "rjust", "zfill",
+    "join", "replace", "translate", "maketrans", "to_bytes",
+})  # fmt: skip
+#: seconds one render may take; a loop in a template stops at the deadline.
+RENDER_TIMEOUT_S = 10.0
+_MAX_INT_BITS = 1 << 16  # ints a template multiplies stay far below what makes them slow
 
 
 def builtin_root() -> Path:
@@ -86,6 +96,10 @@ class TemplateParameter:
     name: str
     default: Any
     description: str = ""
+
+    def __str__(self) -> str:
+        """Its default, as a listing shows it."""
+        return repr(self.default)
 
 
 @dataclass(frozen=True)
@@ -133,27 +147,31 @@ class PySource(str):
 def pyrepr(value: Any) -> PySource:
     """The Python literal for plain data: str, int, float, bool, None, and lists, tuples
     and dicts of those. Anything else raises TemplateError, so objects with a custom
-    ``__repr__`` (or str subclasses) can never write code."""
-    return PySource(_literal(value, 0))
+    ``__repr__`` (or str subclasses) can never write code. Output over the render cap is
+    refused as it is built: ``[s] * 100000`` of a long ``s`` is small to hold, huge to write."""
+    return PySource(_literal(value, 0, [MAX_OUTPUT_BYTES]))
 
 
-def _literal(value: Any, depth: int) -> str:
+def _literal(value: Any, depth: int, budget: list[int]) -> str:
     if isinstance(value, jinja2.Undefined):
         value._fail_with_undefined_error()
     if depth > _MAX_LITERAL_DEPTH:
         raise TemplateError("pyrepr: value is nested too deeply")
+    budget[0] -= len(value) if type(value) is str else 8
+    if budget[0] < 0:
+        raise TemplateError(f"pyrepr: the value is over the {MAX_OUTPUT_BYTES}-byte cap")
     kind = type(value)
     if value is None or kind in (str, int, bool):
         return repr(value)
     if kind is float:
         return repr(value) if math.isfinite(value) else f"float({str(value)!r})"
     if kind is list:
-        return "[" + ", ".join(_literal(v, depth + 1) for v in value) + "]"
+        return "[" + ", ".join(_literal(v, depth + 1, budget) for v in value) + "]"
     if kind is tuple:
-        items = [_literal(v, depth + 1) for v in value]
+        items = [_literal(v, depth + 1, budget) for v in value]
         return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
     if kind is dict:
-        pairs = (f"{_literal(k, depth + 1)}: {_literal(v, depth + 1)}" for k, v in value.items())
+        pairs = (f"{_literal(k, depth + 1, budget)}: {_literal(v, depth + 1, budget)}" for k, v in value.items())
         return "{" + ", ".join(pairs) + "}"
     raise TemplateError(f"pyrepr writes only str, int, float, bool, None, list, tuple and dict, not {kind.__name__}")
 
@@ -170,28 +188,78 @@ def _require_pyrepr(value: Any) -> PySource:
 # --- the sandbox ---------------------------------------------------------------------
 
 
-class _TestSandbox(ImmutableSandboxedEnvironment):
-    """Jinja's immutable sandbox, also bounding the sizes that ``*`` and ``**`` build."""
+class _BoundedConcat(CodeGenerator):
+    """Compiles ``a ~ b`` to a call the sandbox checks, as the sandbox checks ``+``:
+    a chain of ``{% set b = a ~ a %}`` would otherwise double a string per line."""
 
-    intercepted_binops = frozenset({"*", "**"})
+    def visit_Concat(self, node: jinja2.nodes.Concat, frame: Frame) -> None:
+        self.write("environment.bounded_concat((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+
+class _TestSandbox(ImmutableSandboxedEnvironment):
+    """Jinja's immutable sandbox, also bounding the sizes that ``*``, ``**``, ``+`` and
+    ``~`` build, and without ``%`` formatting, ``str.format`` or ``str.format_map``."""
+
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+    code_generator_class = _BoundedConcat
 
     def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
-        if isinstance(obj, str) and attr in _UNSAFE_METHODS:
+        if isinstance(obj, (str, bytes, bytearray, int)) and attr in _UNSAFE_METHODS:
             return False
         return super().is_safe_attribute(obj, attr, value)
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        # Jinja hands out a sandboxed str.format before is_safe_attribute is asked; its
+        # padding ('{:>999999999}') still builds any size, so the method is refused instead.
+        if super().wrap_str_format(value) is None:
+            return None
+
+        def refused(*args: Any, **kwargs: Any) -> str:
+            raise SecurityError("str.format and str.format_map are not available in templates")
+
+        return refused
 
     def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
         if operator == "*":
             _check_repeat(left, right)
             _check_repeat(right, left)
+            _check_product(left, right)
         elif operator == "**":
             _check_power(left, right)
+        elif operator == "+":
+            _check_sum(left, right)
+        elif operator == "%" and isinstance(left, (str, bytes)):
+            raise SecurityError("%-formatting is not available in templates; use ~ and |pyrepr")
         return super().call_binop(context, operator, left, right)
+
+    def bounded_concat(self, parts: tuple[Any, ...]) -> str:
+        """``~``: text and numbers only (str() of a container can be any size), capped."""
+        for part in parts:
+            if not isinstance(part, (str, int, float)) and part is not None:
+                raise SecurityError(f"~ joins text and numbers, not {type(part).__name__}")
+        if sum(len(p) for p in parts if isinstance(p, str)) > MAX_OUTPUT_BYTES:
+            raise SecurityError("~ would build a string over the output cap")
+        return "".join(map(str, parts))
 
 
 def _check_repeat(sequence: Any, times: Any) -> None:
     if isinstance(sequence, (str, list, tuple)) and isinstance(times, int) and len(sequence) * times > MAX_OUTPUT_BYTES:
         raise SecurityError("sequence repetition is too large")
+
+
+def _check_product(left: Any, right: Any) -> None:
+    if isinstance(left, int) and isinstance(right, int) and left.bit_length() + right.bit_length() > _MAX_INT_BITS:
+        raise SecurityError("product is too large")
+
+
+def _check_sum(left: Any, right: Any) -> None:
+    if isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple)):
+        if len(left) + len(right) > MAX_OUTPUT_BYTES:
+            raise SecurityError("sum of sequences is too large")
 
 
 def _check_power(base: Any, exponent: Any) -> None:
@@ -388,6 +456,7 @@ class TemplateRegistry:
         *,
         include_builtin: bool = True,
         max_output_bytes: int = MAX_OUTPUT_BYTES,
+        render_timeout_s: float = RENDER_TIMEOUT_S,
     ) -> None:
         roots = [Path(r) for r in extra_roots]
         for root in roots:
@@ -397,6 +466,7 @@ class TemplateRegistry:
             roots.append(builtin_root())
         self.roots: tuple[Path, ...] = tuple(r.resolve() for r in roots)
         self.max_output_bytes = max_output_bytes
+        self.render_timeout_s = render_timeout_s
         self._env = _make_environment(self)
         self._file_cache: dict[tuple[str, Path], tuple[tuple[int, int], Any]] = {}
 
@@ -545,10 +615,13 @@ class TemplateRegistry:
         self._find_public(name)
         names = self._filenames()
         try:
-            template = self._env.get_template(name)
-            return _join_capped(template.generate(dict(context)), name, self.max_output_bytes)
+            with time_limit(self.render_timeout_s):
+                template = self._env.get_template(name)
+                return _join_capped(template.generate(dict(context)), name, self.max_output_bytes)
         except (TemplateNotFound, _OutputTooLarge):
             raise
+        except TimeLimitExceeded:
+            raise TemplateError(f"template {name}: rendering took longer than {self.render_timeout_s:g} s") from None
         except Exception as exc:  # any failure inside a template is the template's
             raise _render_error(name, exc, names) from exc
 

@@ -257,6 +257,13 @@ def test_params_with_exponentially_many_aliases_are_refused(tmp_path: Path) -> N
         load_suite(write(tmp_path, text))
 
 
+def test_params_repeating_a_long_text_through_aliases_are_refused(tmp_path: Path) -> None:
+    text = "name: bomb\nhardware: [cpu]\nbatch_sizes: [1]\nmodels:\n  - name: gpt2\n    params:\n"
+    text += f"      long: &long {'x' * 100_000}\n      copies: [{', '.join(['*long'] * 5)}]\n"
+    with pytest.raises(SuiteError, match="characters of text"):
+        load_suite(write(tmp_path, text))
+
+
 def test_family_and_template_names_are_checked() -> None:
     assert error_of(doc(models=[{"name": "gpt2", "family": "Text Gen"}])).field == "models[0].family"
     assert error_of(doc(models=[{"name": "gpt2", "template": "../../etc/passwd"}])).field == "models[0].template"
