@@ -31,6 +31,8 @@ from _common import (  # noqa: E402
     trivial_suite, workdir,
 )
 
+RUN_TIMEOUT_S = 1800  # a hung run fails the benchmark instead of stalling it
+
 VARIANTS = ("pytest_xdist", "dtf_embedded", "dtf_redis", "spawn_floor")
 
 
@@ -49,7 +51,7 @@ def time_pytest(folder: Path, n: int) -> float:
     proc = subprocess.run(
         [PYTHON, "-m", "pytest", "-n", "2", "-q", "-p", "no:cacheprovider", "-c", str(folder / "pytest.ini"),
          "--rootdir", str(folder), str(folder)],
-        cwd=folder, capture_output=True, text=True,
+        cwd=folder, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
     )
     wall = time.perf_counter() - t0
     if proc.returncode != 0 or f"{n} passed" not in proc.stdout:
@@ -80,7 +82,7 @@ def time_embedded(tmp: Path, suite: Path, n: int, env: dict[str, str]) -> float:
     proc = subprocess.run(
         [PYTHON, "-m", "dtf.cli", "run", str(suite), "--db", str(db), "--workers", "2", "--format", "json",
          "--templates", str(TEMPLATES)],
-        env=env, cwd=tmp, capture_output=True, text=True,
+        env=env, cwd=tmp, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
     )
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
@@ -115,7 +117,7 @@ class RedisCluster:
         proc = subprocess.run(
             [PYTHON, "-m", "dtf.cli", "submit", str(suite), "--wait", "--timeout", "3600", "--format", "json",
              "--templates", str(TEMPLATES)],
-            env=self.env, cwd=self.tmp, capture_output=True, text=True,
+            env=self.env, cwd=self.tmp, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
         )
         wall = time.perf_counter() - t0
         if proc.returncode != 0:

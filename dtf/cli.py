@@ -482,26 +482,143 @@ def detect(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
 
 @app.command("workers")
 @_errors
-def workers_cmd(broker: BrokerOpt = None, fmt: Annotated[str, typer.Option("--format")] = "table") -> None:
-    """List the workers the coordinator knows: hardware, queues, last heartbeat, state.
+def workers_cmd(
+    broker: BrokerOpt = None,
+    fmt: Annotated[str, typer.Option("--format", help="table or json")] = "table",
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Keep the table on screen, refreshed.")] = False,
+    interval: Annotated[float, typer.Option("--interval", help="With --watch: seconds between refreshes.")] = 2.0,
+) -> None:
+    """List the workers the coordinator knows: state, health, queues, tests running, last heartbeat.
 
-    Example: dtf workers
+    A worker silent for 45 s (or three of its heartbeat intervals) shows as offline.
+    Example: dtf workers --watch
     """
     from .app import make_app
     from .coordinator import CoordinatorClient
 
-    rows = CoordinatorClient(make_app(_settings(broker_url=broker))).call("workers")
+    client = CoordinatorClient(make_app(_settings(broker_url=broker)))
     if fmt == "json":
-        out.print_json(json.dumps(rows, default=str))
+        out.print_json(json.dumps(client.call("workers"), default=str))
         return
-    table = Table(title="workers")
-    for col in ("worker", "host", "platform", "queues", "state", "last seen"):
-        table.add_column(col)
+    if not watch:
+        out.print(_workers_table(client.call("workers"), time.time()))
+        return
+    from rich.live import Live
+
+    try:
+        with Live(_workers_table(client.call("workers"), time.time()), console=out, auto_refresh=False) as live:
+            while True:
+                time.sleep(max(interval, 0.2))
+                live.update(_workers_table(client.call("workers"), time.time()), refresh=True)
+    except KeyboardInterrupt:
+        return
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    return f"{seconds:.0f}s ago" if seconds < 120 else f"{seconds / 60:.0f}m ago" if seconds < 7200 else f"{seconds / 3600:.0f}h ago"
+
+
+def _gpu_cell(gpus: Sequence[dict[str, Any]]) -> str:
+    return " ".join(f"{g.get('index', '?')}:{_fmt(g.get('utilization_percent'), 0)}%/{_fmt(g.get('memory_percent'), 0)}%"
+                    for g in gpus) or "-"
+
+
+_STATE_STYLE = {"online": "green", "constrained": "yellow", "offline": "red"}
+
+
+def _workers_table(rows: Sequence[dict[str, Any]], now: float) -> Table:
+    table = Table(title=f"workers ({datetime.fromtimestamp(now).strftime('%H:%M:%S')})")
+    for col in ("worker", "host", "state", "queues", "cpu %", "mem %", "load", "disk free GB", "gpu util/mem",
+                "running", "profile", "last seen"):
+        table.add_column(col, overflow="fold")
     for w in rows:
-        seen = datetime.fromtimestamp(w["last_seen"]).strftime("%H:%M:%S") if w.get("last_seen") else "-"
-        table.add_row(w["worker_id"], w.get("hostname") or "", w.get("platform") or "",
-                      ", ".join(w.get("queues") or []), w.get("state") or "", seen)
-    out.print(table)
+        h = w.get("health") or {}
+        state = w.get("state") or ""
+        style = _STATE_STYLE.get(state, "")
+        reasons = "; ".join((h.get("guard") or {}).get("reasons") or [])
+        shown = f"[{style}]{state}[/{style}]" if style else state
+        table.add_row(
+            w["worker_id"], w.get("hostname") or "", shown + (f" ({reasons})" if reasons and state == "constrained" else ""),
+            ", ".join(w.get("queues") or []), _fmt(h.get("cpu_percent"), 0), _fmt(h.get("memory_percent"), 0),
+            _fmt((h.get("load") or [None])[0]), _fmt(h.get("disk_free_gb"), 1), _gpu_cell(h.get("gpus") or []),
+            _fmt(h.get("running")), h.get("profile") or "-",
+            _age(now - float(w["last_seen"])) if w.get("last_seen") else "-",
+        )
+    return table
+
+
+@app.command()
+@_errors
+def flower(
+    broker: BrokerOpt = None,
+    port: Annotated[int, typer.Option("--port", help="HTTP port.")] = 5555,
+    address: Annotated[str, typer.Option("--address", help="Address to bind; anything but loopback needs auth.")] = "127.0.0.1",
+    auth: Annotated[Optional[str], typer.Option("--auth", help="Flower OAuth: regex of e-mails allowed (with --auth-provider and FLOWER_OAUTH2_* variables).")] = None,
+    auth_provider: Annotated[Optional[str], typer.Option("--auth-provider", help="Flower OAuth provider class, e.g. flower.views.auth.GithubLoginHandler.")] = None,
+) -> None:
+    """Start Flower on the dtf broker: live tasks and workers (results are in `dtf dashboard`).
+
+    Basic auth comes from DTF_FLOWER_BASIC_AUTH or DTF_FLOWER_BASIC_AUTH_FILE (user:password).
+    Example: DTF_FLOWER_BASIC_AUTH_FILE=/etc/dtf/flower.auth dtf flower --address 0.0.0.0 --port 5555
+    """
+    import os
+
+    from .app import make_app
+    from .flower import WebAuth, basic_auth_from_env, check_exposure, run_flower
+
+    settings = _settings(broker_url=broker)
+    if settings.embedded:
+        raise DtfError("no broker configured: set DTF_BROKER_URL or --broker")
+    web_auth = WebAuth(basic_auth_from_env(os.environ), auth, auth_provider)
+    warning = check_exposure("Flower", address, port, web_auth)
+    if warning:
+        err.print(f"warning: {warning}; its HTTP API stays off without auth")
+    err.print(f"dtf flower: http://{address}:{port}/ on broker {settings.safe_broker}")
+    run_flower(make_app(settings), port=port, address=address, auth=web_auth)
+
+
+@app.command()
+@_errors
+def dashboard(
+    broker: BrokerOpt = None,
+    port: Annotated[int, typer.Option("--port", help="HTTP port (0: any free one).")] = 8765,
+    address: Annotated[str, typer.Option("--address", help="Address to bind; anything but loopback needs auth.")] = "127.0.0.1",
+    db: Annotated[Optional[str], typer.Option("--db", help="Read this DuckDB file (read-only) instead of asking the coordinator.")] = None,
+) -> None:
+    """Serve a read-only results page: runs and live progress, pass/fail matrix, latency/throughput trends, workers.
+
+    Basic auth comes from DTF_DASHBOARD_BASIC_AUTH(_FILE), else DTF_FLOWER_BASIC_AUTH(_FILE).
+    Example: dtf dashboard --port 8765   (then open http://127.0.0.1:8765/)
+    """
+    import os
+
+    from .dashboard import BrokerSource, CachedSource, DashboardServer, DbSource, DASHBOARD_AUTH_ENV, dashboard_auth
+    from .flower import check_exposure
+
+    settings = _settings(broker_url=broker)
+    web_auth = dashboard_auth(os.environ)
+    warning = check_exposure("the dashboard", address, port, web_auth, auth_env=DASHBOARD_AUTH_ENV)
+    if db:
+        source: Any = DbSource(db)
+    else:
+        if settings.embedded:
+            raise DtfError("no broker configured: set DTF_BROKER_URL or --broker, or read a file with --db")
+        from .app import make_app
+        from .coordinator import CoordinatorClient
+
+        source = BrokerSource(CoordinatorClient(make_app(settings)))
+    try:
+        server = DashboardServer(CachedSource(source), address, port, web_auth)
+    except OSError as exc:
+        raise DtfError(f"cannot listen on {address}:{port}: {exc.strerror}") from None
+    if warning:
+        err.print(f"warning: {warning}")
+    err.print(f"dtf dashboard: {server.url} reading {db or settings.safe_broker}")
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
 
 
 @app.command("deploy-script")

@@ -24,7 +24,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, MutableMapping, Sequence
 
 from .errors import DtfError
 
@@ -98,7 +98,7 @@ def basic_auth_from_env(env: Mapping[str, str], name: str = FLOWER_AUTH_ENV) -> 
     return _credentials(text, f"{name}_FILE")
 
 
-def check_exposure(what: str, address: str, port: int, auth: WebAuth) -> str | None:
+def check_exposure(what: str, address: str, port: int, auth: WebAuth, *, auth_env: str = FLOWER_AUTH_ENV) -> str | None:
     """Refuse (DtfError) a non-loopback address without authentication; for an open
     loopback one, return the warning to print."""
     if auth.enabled:
@@ -106,8 +106,9 @@ def check_exposure(what: str, address: str, port: int, auth: WebAuth) -> str | N
     if not is_loopback(address):
         shown = address or "every interface"
         raise DtfError(
-            f"{what} would listen on {shown}:{port} without authentication; set {FLOWER_AUTH_ENV}"
-            f" (or {FLOWER_AUTH_ENV}_FILE) or the OAuth options, or bind to 127.0.0.1"
+            f"{what} would listen on {shown}:{port} without authentication; set {auth_env}"
+            f" (or {auth_env}_FILE){' or the OAuth options' if auth_env == FLOWER_AUTH_ENV else ''},"
+            f" or bind to 127.0.0.1"
         )
     return f"{what} runs without authentication on {address}:{port}: reachable from this machine only"
 
@@ -145,7 +146,7 @@ def _argv_option(argv: Sequence[str], *names: str) -> str | None:
     return None
 
 
-def _guard_celery_flower(argv: Sequence[str], env: dict[str, str]) -> None:
+def _guard_celery_flower(argv: Sequence[str], env: MutableMapping[str, str]) -> None:
     """Apply the exposure rule to a `celery ... flower` command line: default the address
     to loopback, hand DTF_FLOWER_BASIC_AUTH to Flower (through its FLOWER_* environment)."""
     if "flower" not in argv:
@@ -172,7 +173,7 @@ def _app_from_env() -> Any:
     settings = Settings.from_env()
     if settings.embedded:
         raise DtfError("dtf.flower:app needs a broker: set DTF_BROKER_URL or DTF_SENTINELS")
-    _guard_celery_flower(sys.argv, os.environ)  # type: ignore[arg-type]
+    _guard_celery_flower(sys.argv, os.environ)
     return make_app(settings)
 
 

@@ -33,13 +33,15 @@ ADMIN = ("admin", "admin-pw-for-inspection")  # a second user, only to read the 
 #   dtf:*                 the leader lease, its epoch and progress keys
 #   _kombu.*              exchange bindings (kombu's redis transport)
 #   unacked*              kombu's unacked hash, index and restore mutex
-#   *.celery.pidbox       Celery remote control: a queue per worker and reply queues
-#   &/0.*                 fanout channels: /0.celery.pidbox and /0.celeryev/* (events)
+#   *.celery.pidbox*      Celery remote control: a queue per worker, reply queues, and
+#                         their priority sub-queues
+#   &/0.celery.pidbox     fanout channels of database 0: remote control and events. kombu
+#   &/0.celeryev/*        subscribes with PSUBSCRIBE, whose pattern ACLs match literally
 ACL_RULES = (
-    "resetkeys ~dtf.* ~dtf:* ~_kombu.* ~unacked* ~*.celery.pidbox "
-    "resetchannels &/[0-9]*.celery.pidbox &/[0-9]*.celeryev* "
+    "resetkeys ~dtf.* ~dtf:* ~_kombu.* ~unacked* ~*.celery.pidbox* "
+    "resetchannels &/0.celery.pidbox &/0.celeryev/* "
     "-@all +@connection +@read +@write +@keyspace +@list +@hash +@set +@sortedset +@string "
-    "+@pubsub +@transaction +@scripting -@dangerous"
+    "+@pubsub +@transaction +eval +evalsha +script|load +script|exists +time -@dangerous"
 )
 
 
