@@ -708,6 +708,11 @@ def version() -> None:
 
 
 def main() -> None:
+    import faulthandler
+    import signal
+
+    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>` dumps every thread's stack: hangs are debuggable
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     app()
 
 

@@ -274,12 +274,12 @@ class WorkerRuntime:
     def _too_big_result(self, payload: Mapping[str, Any], spec: TestSpec, rejections: Sequence[Mapping[str, Any]]) -> TestResult:
         what = "device memory" if spec.hardware in _GPU_VENDOR else "memory"
         largest = max(float(r.get("capacity_gb") or 0.0) for r in rejections)
-        seen = ", ".join(dict.fromkeys(f"{r.get('worker_id')} ({r.get('capacity_gb')} GB)" for r in rejections))
+        seen = ", ".join(dict.fromkeys(str(r.get("worker_id")) for r in rejections))
         now = time.time()
         return TestResult(
             run_id=str(payload["run_id"]), test_id=spec.test_id, attempt=int(payload["attempt"]), status="error",
-            error=(f"needs {spec.memory_gb:g} GB of {what} but no worker that took it has that much: rejected "
-                   f"{len(rejections)} times (limit {self.max_rejections}), largest {largest:g} GB; workers: {seen}"),
+            error=(f"needs {spec.memory_gb:g} GB of {what}, more than any worker that took it (largest "
+                   f"{largest:g} GB); rejected {len(rejections)} times (limit {self.max_rejections}) by {seen}"),
             worker_id=self.worker_id, hostname=self.hostname, hardware=spec.hardware, started_at=now, finished_at=now,
         )
 
