@@ -77,7 +77,7 @@ def emit(name: str, args: Any, results: dict[str, Any], notes: Sequence[str] = (
         "benchmark": name,
         "command": " ".join([f"python bench/{Path(sys.argv[0]).name}", *sys.argv[1:]]),
         "quick": bool(getattr(args, "quick", False)),
-        "repeats": getattr(args, "repeats", None),
+        "repeats": repeats_of(args),
         "machine": machine(),
         "results": results,
         "notes": list(notes),

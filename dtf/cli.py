@@ -124,39 +124,35 @@ def _totals(counts: dict[str, dict[str, int]]) -> dict[str, int]:
 
 
 def _progress_line(status: dict[str, Any]) -> str:
+    """One plain line: overall counts, then per hardware kind."""
     totals = _totals(status["counts"])
-    parts = [f"{k} {totals[k]}" for k in ("passed", "failed", "error", "timeout", "skipped", "running", "queued", "pending") if totals.get(k)]
+    total = sum(totals.values())
+    done = sum(totals.get(k, 0) for k in _FINAL)
+    parts = [f"{k} {totals[k]}" for k in (*_FINAL, "running", "queued", "pending") if totals.get(k)]
     per_hw = "; ".join(
         f"{hw}: " + " ".join(f"{k}={v}" for k, v in sorted(per.items())) for hw, per in sorted(status["counts"].items())
     )
-    return f"{status['run']['run_id']}: {', '.join(parts)}  [{per_hw}]"
+    return f"{status['run']['run_id']}: {done}/{total} done, {', '.join(parts)}  [{per_hw}]"
 
 
 def _wait(client: Any, run_id: str, timeout_s: float | None, *, interval_s: float = 1.0) -> dict[str, Any]:
+    """Poll the run's progress until it finishes or ``timeout_s`` passes, showing it live
+    on a terminal (a bar per hardware kind) or as periodic plain lines (no terminal, or
+    ``CI`` set). Returns the last status; ``status["finished"]`` says which it was."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    last_line = ""
     warned: set[str] = set()
-    last_print = 0.0
-    while True:
-        status = client.call("status", run_id=run_id)
-        line = _progress_line(status)
-        now = time.monotonic()
-        if line != last_line and now - last_print >= 5.0 or status["finished"]:
-            if line != last_line:
-                err.print(line)
-            last_line, last_print = line, now
-        for queue in status.get("idle_queues", []):
-            if queue not in warned:
-                warned.add(queue)
-                err.print(f"warning: no worker consumes {queue}; its tests wait until one starts")
-        if status["finished"]:
-            return status
-        if deadline is not None and now >= deadline:
-            totals = _totals(status["counts"])
-            left = sum(totals.get(k, 0) for k in ("pending", "queued", "running"))
-            raise DtfError(f"timed out after {timeout_s:g} s waiting for run {run_id}: {left} tests never finished"
-                           f" (resume with `dtf status {run_id} --wait`)")
-        time.sleep(interval_s)
+    view = _LiveProgress() if _interactive() else _PlainProgress()
+    with view:
+        while True:
+            status = client.call("status", run_id=run_id)
+            view.show(status)
+            for queue in status.get("idle_queues", []):
+                if queue not in warned:
+                    warned.add(queue)
+                    err.print(f"warning: no worker consumes {queue}; its tests wait until one starts")
+            if status["finished"] or (deadline is not None and time.monotonic() >= deadline):
+                return status
+            time.sleep(interval_s)
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -210,17 +206,21 @@ def run(
     workers: Annotated[int, typer.Option("--workers", "-w", help="Tests run at the same time.")] = 2,
     templates: TemplatesOpt = None,
     fmt: Annotated[str, typer.Option("--format", help="table or json")] = "table",
-    timeout: Annotated[Optional[float], typer.Option(help="Give up after this many seconds.")] = None,
+    timeout: Annotated[Optional[float], typer.Option(help="Give up after this many seconds (exit 2).")] = None,
+    output_dir: OutputDirOpt = None,
+    baseline: BaselineOpt = None,
+    fail_on_regression: FailOnRegressionOpt = False,
 ) -> None:
     """Run a suite here, embedded: in-process broker, coordinator and worker, local DuckDB.
 
-    Example: dtf run examples/smoke.yaml --db results.duckdb
+    Example: dtf run examples/smoke.yaml --db results.duckdb --output-dir reports --baseline latest
     """
     from .app import make_app
     from .coordinator import CoordinatorClient
     from .embedded import EmbeddedCluster
     from .hardware import detect, select_queues
 
+    baseline = _baseline_choice(baseline, fail_on_regression)
     settings = _settings(broker_url=EMBEDDED_BROKER, db_path=db)
     settings = settings.with_overrides(broker_url=EMBEDDED_BROKER, sentinels=())
     parsed, tests = _prepare(suite, settings, templates)
@@ -230,15 +230,17 @@ def run(
     started = time.perf_counter()
     with EmbeddedCluster(celery_app, queues=queues, workers=workers, profile=profile) as cluster:
         client = CoordinatorClient(celery_app)
+        _check_baseline(client, baseline)
         run_id = client.submit(_run_meta(parsed), tests)
         err.print(f"run {run_id}: {len(tests)} tests, {workers} workers, queues {', '.join(queues)}, db {settings.db_path}")
-        _wait(client, run_id, timeout, interval_s=0.2)
+        status_now = _wait(client, run_id, timeout, interval_s=0.2)
         data = client.call("results", run_id=run_id)
+        report_data = client.call("report", run_id=run_id, baseline=baseline, timeout_s=120) if output_dir or baseline else None
         if cluster.error is not None:
             raise DtfError(f"embedded coordinator failed: {cluster.error}")
     _emit(data, fmt)
     err.print(f"wall time {time.perf_counter() - started:.1f} s; results in {settings.db_path} (run {run_id})")
-    raise typer.Exit(_exit_code(data))
+    raise typer.Exit(_conclude(data, report_data, status_now, timeout, output_dir, fail_on_regression))
 
 
 @app.command()
@@ -250,31 +252,43 @@ def submit(
     broker: BrokerOpt = None,
     templates: TemplatesOpt = None,
     fmt: Annotated[str, typer.Option("--format", help="table or json (with --wait)")] = "table",
+    output_dir: OutputDirOpt = None,
+    baseline: BaselineOpt = None,
+    fail_on_regression: FailOnRegressionOpt = False,
 ) -> None:
-    """Submit a suite to the coordinator through the broker.
+    """Submit a suite to the coordinator through the broker; --wait watches it to the end.
 
-    Example: DTF_BROKER_URL=redis://127.0.0.1:6379/0 dtf submit examples/smoke.yaml --wait
+    With --wait it writes the reports (--output-dir) and exits 0 when all passed, 1 on
+    failures (or regressions with --fail-on-regression), 2 on bad input, an
+    infrastructure failure or a timeout (naming the tests that never ran).
+
+    Example: DTF_BROKER_URL=redis://127.0.0.1:6379/0 dtf submit examples/smoke.yaml --wait --output-dir reports --baseline latest
     """
     from .app import make_app
     from .coordinator import CoordinatorClient
 
+    if not wait and (output_dir or baseline or fail_on_regression or timeout is not None):
+        raise DtfError("--timeout, --output-dir, --baseline and --fail-on-regression need --wait")
+    baseline = _baseline_choice(baseline, fail_on_regression)
     settings = _settings(broker_url=broker)
     if settings.embedded:
         raise DtfError("no broker configured: set DTF_BROKER_URL or --broker (or use `dtf run` for the embedded mode)")
     parsed, tests = _prepare(suite, settings, templates)
     client = CoordinatorClient(make_app(settings))
+    _check_baseline(client, baseline)
     run_id = client.submit(_run_meta(parsed), tests)
     out.print(run_id)
     if not wait:
         return
     try:
-        _wait(client, run_id, timeout)
+        status_now = _wait(client, run_id, timeout)
     except KeyboardInterrupt:
         err.print(f"stopped watching; the run goes on. Resume with: dtf status {run_id} --wait")
         raise typer.Exit(130) from None
     data = client.call("results", run_id=run_id)
+    report_data = client.call("report", run_id=run_id, baseline=baseline, timeout_s=120) if output_dir or baseline else None
     _emit(data, fmt)
-    raise typer.Exit(_exit_code(data))
+    raise typer.Exit(_conclude(data, report_data, status_now, timeout, output_dir, fail_on_regression))
 
 
 @app.command()
@@ -282,10 +296,10 @@ def submit(
 def status(
     run_id: Annotated[str, typer.Argument(help="Run id printed by submit.")],
     wait: Annotated[bool, typer.Option("--wait", help="Wait until the run finishes.")] = False,
-    timeout: Annotated[Optional[float], typer.Option(help="With --wait: give up after S seconds.")] = None,
+    timeout: Annotated[Optional[float], typer.Option(help="With --wait: give up after S seconds (exit 2).")] = None,
     broker: BrokerOpt = None,
 ) -> None:
-    """Show a run's progress per hardware.
+    """Show a run's progress per hardware; with --wait, watch it until it finishes.
 
     Example: dtf status smoke-20261129-180000-abc123 --wait
     """
@@ -296,6 +310,10 @@ def status(
     st = _wait(client, run_id, timeout) if wait else client.call("status", run_id=run_id)
     out.print(_progress_line(st))
     out.print(f"state: {st['run']['status']}")
+    if wait and not st["finished"]:
+        data = client.call("results", run_id=run_id)
+        err.print(_timeout_message(timeout, run_id, data["tests"]))
+        raise typer.Exit(EXIT_ERROR)
     if st["finished"]:
         raise typer.Exit(EXIT_FAILED if st["run"]["status"] == "failed" else EXIT_OK)
 
@@ -705,6 +723,246 @@ def templates_render(
 def version() -> None:
     """Print the dtf version."""
     out.print(__version__)
+
+
+# -- submit-and-wait: progress, reports, verdicts ---------------------------------------------
+OutputDirOpt = Annotated[Optional[Path], typer.Option("--output-dir", help="Write report.json, report.md, report.html and junit.xml here.")]
+BaselineOpt = Annotated[Optional[str], typer.Option("--baseline", help="Compare performance with this run id, or 'latest' (the latest earlier run of the same suite per hardware).")]
+FailOnRegressionOpt = Annotated[bool, typer.Option("--fail-on-regression", help="Exit 1 when a performance regression is flagged (implies --baseline latest).")]
+_FINAL = ("passed", "failed", "error", "timeout", "skipped")
+_UNFINISHED = ("pending", "queued", "running")
+_PLAIN_EVERY_S = 5.0  # at most one plain progress line this often while it changes
+_PLAIN_HEARTBEAT_S = 30.0  # and one anyway this often, so CI logs show the wait is alive
+
+
+def _interactive() -> bool:
+    """A live progress bar only on a terminal outside CI; plain lines otherwise."""
+    import os
+
+    return err.is_terminal and not os.environ.get("CI")
+
+
+class _PlainProgress:
+    """Progress as plain lines on stderr: when it changes (at most every few seconds), as
+    a heartbeat when it does not, and always the last one."""
+
+    def __init__(self) -> None:
+        self.last_line, self.last_print = "", 0.0
+
+    def __enter__(self) -> "_PlainProgress":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def show(self, status: dict[str, Any]) -> None:
+        line, now = _progress_line(status), time.monotonic()
+        due = now - self.last_print >= (_PLAIN_EVERY_S if line != self.last_line else _PLAIN_HEARTBEAT_S)
+        if due or (status["finished"] and line != self.last_line):
+            err.print(line)
+            self.last_line, self.last_print = line, now
+
+
+class _LiveProgress:
+    """A rich progress bar per hardware kind: done of total, and passed, failed, running,
+    queued counts."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]{task.description:>7}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[summary]}"), TimeElapsedColumn(), console=err, transient=False,
+        )
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> "_LiveProgress":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def show(self, status: dict[str, Any]) -> None:
+        for hw, per in sorted(status["counts"].items()):
+            total, done = sum(per.values()), sum(per.get(k, 0) for k in _FINAL)
+            failed = sum(per.get(k, 0) for k in ("failed", "error", "timeout"))
+            summary = (f"[green]{per.get('passed', 0)} passed[/] [red]{failed} failed[/] "
+                       f"[cyan]{per.get('running', 0)} running[/] {per.get('queued', 0) + per.get('pending', 0)} queued"
+                       + (f" [yellow]{per['skipped']} skipped[/]" if per.get("skipped") else ""))
+            if hw not in self.tasks:
+                self.tasks[hw] = self.progress.add_task(hw, total=total, summary=summary)
+            self.progress.update(self.tasks[hw], total=total, completed=done, summary=summary)
+
+
+def _baseline_choice(baseline: Optional[str], fail_on_regression: bool) -> Optional[str]:
+    """--fail-on-regression with no --baseline compares with the latest earlier run."""
+    if baseline is not None and not baseline.strip():
+        raise DtfError("--baseline: give a run id or 'latest'")
+    return baseline or ("latest" if fail_on_regression else None)
+
+
+def _check_baseline(client: Any, baseline: Optional[str]) -> None:
+    """An explicit baseline run must exist: fail before submitting, not after the run."""
+    if baseline and baseline != "latest":
+        try:
+            client.call("status", run_id=baseline)
+        except DtfError as exc:
+            raise DtfError(f"--baseline {baseline}: {exc}") from None
+
+
+def _never_ran(tests: Sequence[dict[str, Any]]) -> list[str]:
+    return [t["test_id"] for t in tests if t["status"] in _UNFINISHED]
+
+
+def _timeout_message(timeout_s: Optional[float], run_id: str, tests: Sequence[dict[str, Any]]) -> str:
+    left = _never_ran(tests)
+    shown = ", ".join(left[:20]) + (f" and {len(left) - 20} more" if len(left) > 20 else "")
+    return (f"error: timed out after {timeout_s or 0:g} s waiting for run {run_id}: {len(left)} tests never finished"
+            + (f": {shown}" if left else "") + f" (the run goes on; resume with `dtf status {run_id} --wait`)")
+
+
+def _build_report(report_data: dict[str, Any]) -> dict[str, Any]:
+    from .report import build_report
+
+    return build_report(report_data["run"], report_data["tests"], baseline=report_data.get("baseline"),
+                        dtf_version=__version__)
+
+
+def _write_reports(doc: dict[str, Any], output_dir: Path, fail_on_regression: bool) -> None:
+    from .report import write_reports
+
+    try:
+        written = write_reports(doc, output_dir, regressions_fail=fail_on_regression)
+    except OSError as exc:
+        raise DtfError(f"--output-dir {output_dir}: cannot write reports: {exc.strerror or exc}") from None
+    err.print("reports: " + ", ".join(str(p) for p in written.values()))
+
+
+def _regression_summary(doc: dict[str, Any]) -> Optional[str]:
+    comparison = doc.get("comparison")
+    if comparison is None:
+        return None
+    runs = ", ".join(r["run_id"] for r in (doc.get("baseline") or {}).get("runs") or []) or "none found"
+    counts = comparison["counts"]
+    flagged = [e for e in comparison["entries"] if e["verdict"] == "regression"]
+    detail = "; ".join(f"{e['test_id']} {e['change']:+.0%}" for e in flagged[:10])
+    return (f"performance vs baseline {runs}: {counts['regression']} regression(s), {counts['improvement']} improvement(s), "
+            f"{counts['unchanged']} unchanged, {counts['noisy']} within noise" + (f" — {detail}" if detail else ""))
+
+
+def _conclude(
+    data: dict[str, Any],
+    report_data: Optional[dict[str, Any]],
+    status_now: dict[str, Any],
+    timeout_s: Optional[float],
+    output_dir: Optional[Path],
+    fail_on_regression: bool,
+) -> int:
+    """Write the reports, say what happened, and choose the exit code: 2 when the wait
+    timed out (naming the tests that never ran), else the run's verdict."""
+    code = _exit_code(data)
+    if report_data is not None:
+        from .report import exit_code
+
+        doc = _build_report(report_data)
+        if output_dir is not None:
+            _write_reports(doc, output_dir, fail_on_regression)
+        summary = _regression_summary(doc)
+        if summary:
+            err.print(summary)
+        code = exit_code(doc, fail_on_regression=fail_on_regression)
+    if not status_now["finished"]:
+        err.print(_timeout_message(timeout_s, data["run"]["run_id"], data["tests"]))
+        return EXIT_ERROR
+    return code
+
+
+_REPORT_FORMATS = ("json", "md", "html", "junit")
+
+
+@app.command()
+@_errors
+def report(
+    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    fmt: Annotated[str, typer.Option("--format", help="json, md, html or junit.")] = "md",
+    out_path: Annotated[Optional[Path], typer.Option("--out", help="Write the report to this file instead of stdout.")] = None,
+    output_dir: OutputDirOpt = None,
+    baseline: BaselineOpt = None,
+    fail_on_regression: FailOnRegressionOpt = False,
+    broker: BrokerOpt = None,
+    db: Annotated[Optional[str], typer.Option("--db", help="Read this DuckDB file (read-only) instead of asking the coordinator.")] = None,
+) -> None:
+    """Render a run's report as JSON, Markdown, HTML with charts or JUnit XML.
+
+    JSON has everything; Markdown suits CI summaries; the HTML is one self-contained
+    file; --output-dir writes all four. Exits with the run's verdict: 0 passed, 1
+    failures (or regressions with --fail-on-regression), 2 unfinished.
+
+    Example: dtf report RUN_ID --format html --out report.html --baseline latest
+    """
+    from .report import exit_code, render
+
+    if fmt not in _REPORT_FORMATS:
+        raise DtfError(f"--format: unknown report format {fmt!r} (expected one of {', '.join(_REPORT_FORMATS)})")
+    baseline = _baseline_choice(baseline, fail_on_regression)
+    if db:
+        from .store import Store
+
+        with Store.open_for_reports(db) as store:
+            report_data = store.report_data(run_id, baseline=baseline)
+    else:
+        from .app import make_app
+        from .coordinator import CoordinatorClient
+
+        client = CoordinatorClient(make_app(_settings(broker_url=broker)))
+        report_data = client.call("report", run_id=run_id, baseline=baseline, timeout_s=120)
+    doc = _build_report(report_data)
+    if output_dir is not None:
+        _write_reports(doc, output_dir, fail_on_regression)
+    if out_path is not None:
+        try:
+            out_path.write_text(render(doc, fmt, regressions_fail=fail_on_regression), encoding="utf-8")
+        except OSError as exc:
+            raise DtfError(f"--out {out_path}: {exc.strerror or exc}") from None
+    elif output_dir is None:
+        sys.stdout.write(render(doc, fmt, regressions_fail=fail_on_regression))
+    raise typer.Exit(exit_code(doc, fail_on_regression=fail_on_regression))
+
+
+@app.command("runs")
+@_errors
+def runs_cmd(
+    limit: Annotated[int, typer.Option("--limit", "-n", help="How many, newest first.")] = 20,
+    fmt: Annotated[str, typer.Option("--format", help="table or json")] = "table",
+    broker: BrokerOpt = None,
+    db: Annotated[Optional[str], typer.Option("--db", help="Read this DuckDB file (read-only) instead of asking the coordinator.")] = None,
+) -> None:
+    """List recent runs, newest first: the ids to pass to report, status or --baseline.
+
+    Example: dtf runs --limit 5
+    """
+    if db:
+        from .store import Store
+
+        with Store.open_for_reports(db) as store:
+            rows = store.runs(limit)
+    else:
+        from .app import make_app
+        from .coordinator import CoordinatorClient
+
+        rows = CoordinatorClient(make_app(_settings(broker_url=broker))).call("runs", limit=limit)
+    if fmt == "json":
+        out.print_json(json.dumps(rows, default=str))
+        return
+    table = Table(title="runs")
+    for col in ("run", "suite", "status", "tests", "submitted", "commit", "branch"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        when = datetime.fromtimestamp(r["submitted_at"]).strftime("%Y-%m-%d %H:%M:%S") if r.get("submitted_at") else "-"
+        table.add_row(r["run_id"], r.get("suite_name") or "", r.get("status") or "", str(r.get("total") or ""),
+                      when, (r.get("git_sha") or "")[:10], r.get("branch") or "")
+    out.print(table)
 
 
 def main() -> None:

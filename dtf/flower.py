@@ -131,7 +131,7 @@ def run_flower(app: Any, *, port: int, address: str, auth: WebAuth, extra: Seque
     try:
         import flower  # noqa: F401 - fail early with a clear message
     except ImportError:
-        raise DtfError("Flower is not installed: pip install 'dtf[flower]' (or pip install flower)") from None
+        raise DtfError("Flower is not installed: pip install flower") from None
     app.start(flower_argv(port, address, auth, extra))
 
 
@@ -173,7 +173,12 @@ def _app_from_env() -> Any:
     settings = Settings.from_env()
     if settings.embedded:
         raise DtfError("dtf.flower:app needs a broker: set DTF_BROKER_URL or DTF_SENTINELS")
-    _guard_celery_flower(sys.argv, os.environ)
+    try:
+        _guard_celery_flower(sys.argv, os.environ)
+    except DtfError as exc:
+        # Inside celery's app loading an exception becomes a traceback; say it in one line.
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     return make_app(settings)
 
 

@@ -57,10 +57,11 @@ MetricKey = tuple[str, str, int, str]
 class Rule:
     """The knobs of the rule; the defaults are the ones docs/reports.md measured."""
 
-    threshold: float = 0.10  # smallest relative change of the median worth a verdict
+    threshold: float = 0.10  # smallest relative change worth a verdict
     alpha: float = 0.01  # one-sided Mann-Whitney U significance level
     noise_factor: float = 1.0  # the change must also exceed this many noise bands
     min_samples: int = 8  # per side; fewer makes the U test meaningless
+    fast_quantile: float = 0.1  # the location compared: the fast tail, which interference barely moves
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,6 +78,8 @@ class Comparison:
     test_id: str
     verdict: str
     baseline_run_id: str | None = None
+    baseline_fast_ms: float | None = None  # the fast-tail latency the rule compares
+    current_fast_ms: float | None = None
     baseline_median_ms: float | None = None
     current_median_ms: float | None = None
     change: float | None = None  # relative change of the median latency; +0.2 is 20% slower
@@ -120,6 +123,15 @@ def relative_iqr(values: Sequence[float]) -> float:
     if not median > 0:
         return math.inf
     return (quantile(values, 0.75) - quantile(values, 0.25)) / median
+
+
+def tail_spread(values: Sequence[float], q: float) -> float:
+    """How far the median sits above the fast tail, relative to it: near 0 for a clean
+    measurement, large when interference slowed many iterations."""
+    fast = quantile(values, q)
+    if not fast > 0:
+        return math.inf
+    return (quantile(values, 0.5) - fast) / fast
 
 
 def _ranks(values: Sequence[float]) -> tuple[list[float], list[int]]:
@@ -171,40 +183,61 @@ class _Verdict:
     note: str = ""
 
 
-def _history_spread(medians: Sequence[float]) -> float:
-    usable = [m for m in medians if m and m > 0 and math.isfinite(m)]
-    if len(usable) < 2:
-        return 0.0
-    return (max(usable) - min(usable)) / quantile(usable, 0.5)
+def _grown(old: float, new: float) -> float:
+    """Relative growth from old to new, measured from the smaller side: 20% slower and
+    20% faster (in time per iteration) are both 0.2."""
+    return new / old - 1.0 if new >= old else old / new - 1.0
 
 
 def compare_samples(
     baseline: Sequence[float],
     current: Sequence[float],
     rule: Rule = Rule(),
-    history_medians: Sequence[float] = (),
+    history_fast: Sequence[float] = (),
 ) -> _Verdict:
-    """The rule applied to two samples of per-iteration latencies (see the module doc)."""
+    """The rule applied to two samples of per-iteration latencies (see the module doc).
+
+    ``history_fast`` holds the fast-tail latency of the same key in the baseline run and
+    the runs before it; with two or more, a change must also clear all of them.
+    """
     if len(baseline) < rule.min_samples or len(current) < rule.min_samples:
         return _Verdict("no-data", note=f"needs {rule.min_samples} timed iterations a side "
                                          f"(has {len(baseline)} and {len(current)})")
+    q = rule.fast_quantile
+    fast_b, fast_c = quantile(baseline, q), quantile(current, q)
     med_b, med_c = quantile(baseline, 0.5), quantile(current, 0.5)
-    if not (med_b > 0 and med_c > 0):
-        return _Verdict("no-data", note="a median latency is not positive")
-    change = med_c / med_b - 1.0
-    noise = max(relative_iqr(baseline), relative_iqr(current), _history_spread(history_medians))
+    if not (fast_b > 0 and fast_c > 0 and med_b > 0 and med_c > 0):
+        return _Verdict("no-data", note="a latency is not positive")
+    change = fast_c / fast_b - 1.0
+    slower = fast_c > fast_b
+    size = _grown(fast_b, fast_c)
+    noise = max(tail_spread(baseline, q), tail_spread(current, q))
     required = max(rule.threshold, rule.noise_factor * noise)
-    slower = change > 0
-    # An improvement is measured the other way round, so 20% slower and 20% faster (in
-    # time per iteration) clear the same bar.
-    size = change if slower else med_b / med_c - 1.0
+    median_agrees = (med_c > med_b) == slower and _grown(med_b, med_c) >= rule.threshold
     p = mann_whitney_greater(baseline, current) if slower else mann_whitney_greater(current, baseline)
-    if size < rule.threshold or p >= rule.alpha:
+    word = "slower" if slower else "faster"
+    if size < rule.threshold or not median_agrees or p >= rule.alpha:
         return _Verdict("unchanged", change, p, noise, required)
     if size < required:
-        note = f"{abs(change):.0%} {'slower' if slower else 'faster'} but within the noise band of {noise:.0%}"
-        return _Verdict("noisy", change, p, noise, required, note)
+        return _Verdict("noisy", change, p, noise, required,
+                        f"{size:.0%} {word} but within the run's noise band of {noise:.0%}")
+    seen = _seen_level(history_fast, fast_c, slower, rule.threshold)
+    if seen is not None:
+        return _Verdict("noisy", change, p, noise, required,
+                        f"{size:.0%} {word}, but an earlier run measured {seen:.4g} ms")
     return _Verdict("regression" if slower else "improvement", change, p, noise, required)
+
+
+def _seen_level(history: Sequence[float], fast: float, slower: bool, threshold: float) -> float | None:
+    """The slowest (or, for an improvement, fastest) earlier run when it comes within
+    ``threshold`` of ``fast``: a level this test has reached before on the same code is
+    a mode of its environment, not news. None when there is too little history."""
+    usable = [h for h in history if h > 0 and math.isfinite(h)]
+    if len(usable) < 2:
+        return None
+    ref = max(usable) if slower else min(usable)
+    beyond = fast / ref - 1.0 if slower else ref / fast - 1.0
+    return ref if beyond < threshold else None
 
 
 def _latencies(row: Mapping[str, Any]) -> list[float]:
@@ -217,8 +250,8 @@ def _throughput(row: Mapping[str, Any]) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
-def _median_or_none(values: Sequence[float]) -> float | None:
-    return quantile(values, 0.5) if values else None
+def _quantile_or_none(values: Sequence[float], q: float) -> float | None:
+    return quantile(values, q) if values else None
 
 
 @dataclass
@@ -265,7 +298,8 @@ def _compare_row(
     cur = _latencies(row)
     common: dict[str, Any] = dict(
         model=model, hardware=hardware, batch_size=batch_size, precision=precision,
-        test_id=str(row["test_id"]), current_median_ms=_median_or_none(cur), current_samples=len(cur),
+        test_id=str(row["test_id"]), current_median_ms=_quantile_or_none(cur, 0.5),
+        current_fast_ms=_quantile_or_none(cur, rule.fast_quantile), current_samples=len(cur),
         current_throughput=_throughput(row),
     )
     if base is None:
@@ -273,7 +307,8 @@ def _compare_row(
     old = _latencies(base)
     v = compare_samples(old, cur, rule, history)
     return Comparison(
-        verdict=v.verdict, baseline_run_id=base.get("run_id"), baseline_median_ms=_median_or_none(old),
+        verdict=v.verdict, baseline_run_id=base.get("run_id"), baseline_median_ms=_quantile_or_none(old, 0.5),
+        baseline_fast_ms=_quantile_or_none(old, rule.fast_quantile),
         change=v.change, p_value=v.p_value, noise=v.noise, required=v.required, baseline_samples=len(old),
         baseline_throughput=_throughput(base),
         template_changed=bool(base.get("template_hash") and row.get("template_hash")

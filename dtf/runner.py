@@ -104,6 +104,7 @@ class _SpawnedChild:
     def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         self.proc = proc
         self.pid = proc.pid
+        self.peak_rss = 0  # sampled only
         self.lost = False
 
     def poll(self, timeout: float) -> bool:
@@ -186,7 +187,7 @@ def run_source(
             returncode = child.finish()
         duration = time.perf_counter() - t0
         finished = time.time()
-        peak_mb = peak / (1024 * 1024)
+        peak_mb = max(peak, child.peak_rss) / (1024 * 1024)
         stderr_tail = _tail(stderr_file) or None
         if timed_out:
             return Execution(
@@ -299,6 +300,7 @@ class _ForkedChild:
         self.conn = conn
         self.pid = pid
         self.returncode: int | None = None
+        self.peak_rss = 0
         self.lost = False
         self._buf = buffered
         self._parse()
@@ -306,7 +308,9 @@ class _ForkedChild:
     def _parse(self) -> None:
         if b"\n" in self._buf:
             line, self._buf = self._buf.split(b"\n", 1)
-            self.returncode = int(json.loads(line)["returncode"])
+            answer = json.loads(line)
+            self.returncode = int(answer["returncode"])
+            self.peak_rss = int(answer.get("maxrss_kb") or 0) * 1024
 
     def poll(self, timeout: float) -> bool:
         if self.returncode is not None or self.lost:
@@ -564,12 +568,15 @@ def _reap(children: dict[int, socket.socket], conns: dict[socket.socket, int | N
         if info is None:
             return
         _kill_group(info.si_pid)  # before reaping: the zombie keeps the group id from reuse
-        _, status = os.waitpid(info.si_pid, 0)
+        _, status, usage = os.wait4(info.si_pid, 0)
         conn = children.pop(info.si_pid, None)
         if conn is None:
             continue
+        # ru_maxrss (KiB on Linux): the exact peak of the child and its reaped descendants,
+        # which sampling misses for a test that ends within a millisecond or two.
+        answer = {"returncode": os.waitstatus_to_exitcode(status), "maxrss_kb": usage.ru_maxrss}
         try:
-            conn.sendall(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}).encode() + b"\n")
+            conn.sendall(json.dumps(answer).encode() + b"\n")
         except OSError:
             pass
         sel.unregister(conn)

@@ -287,6 +287,27 @@ class Store:
             with self._arrow_view(con, "new_tests", table):
                 con.execute("INSERT INTO tests SELECT * FROM new_tests ON CONFLICT DO NOTHING")
 
+    def test_sources(self, run_id: str, test_ids: Sequence[str]) -> dict[str, tuple[Any, str, str]]:
+        """test_id -> (spec JSON, source, template hash) for these tests of a run.
+
+        The ids are joined as an Arrow table: a ``list_contains(?, test_id)`` filter
+        compares every row of the run with every id, which grows with the run's size
+        times the window."""
+        if not test_ids:
+            return {}
+        keys = pa.table({"test_id": [_utf8(t) for t in test_ids]})
+        with self._lock:
+            self._con.register("source_keys", keys)
+            try:
+                rows = self._con.execute(
+                    "SELECT t.test_id, t.spec, t.source, t.template_hash FROM tests t"
+                    " JOIN source_keys k USING (test_id) WHERE t.run_id = ?",
+                    [run_id],
+                ).fetchall()
+            finally:
+                self._con.unregister("source_keys")
+        return {test_id: (spec, source, template_hash) for test_id, spec, source, template_hash in rows}
+
     def known_result_keys(self, keys: Iterable[tuple[str, str, int]]) -> set[tuple[str, str, int]]:
         """Which of these (run_id, test_id, attempt) keys are already stored."""
         keys = list(keys)
@@ -450,6 +471,84 @@ class Store:
         else:
             rows = self.query("SELECT run_id FROM runs ORDER BY submitted_at DESC LIMIT 1")
         return rows[0]["run_id"] if rows else None
+
+    # -- baselines and report data (read-only) ---------------------------------------------
+    def earlier_runs(self, run_id: str, *, limit: int = 1, hardware: str | None = None) -> list[dict[str, Any]]:
+        """Finished runs of the same suite submitted before ``run_id``, newest first; with
+        ``hardware``, only those where at least one test on that hardware passed."""
+        sql = (
+            "SELECT r.* FROM runs r JOIN runs cur ON cur.run_id = ?"
+            " WHERE r.suite_name = cur.suite_name AND r.submitted_at < cur.submitted_at"
+            " AND r.status <> 'running'"
+        )
+        params: list[Any] = [run_id]
+        if hardware is not None:
+            sql += (" AND EXISTS (SELECT 1 FROM tests t WHERE t.run_id = r.run_id"
+                    " AND t.hardware = ? AND t.status = 'passed')")
+            params.append(hardware)
+        return self.query(sql + " ORDER BY r.submitted_at DESC LIMIT ?", [*params, limit])
+
+    def fast_latencies(self, run_ids: Sequence[str], hardware: str, quantile: float) -> list[dict[str, Any]]:
+        """Per passed test of these runs on one hardware kind, the ``quantile`` of its
+        per-iteration latencies (computed here, so history never ships whole samples)."""
+        if not run_ids:
+            return []
+        return self.query(
+            """
+            SELECT t.run_id, t.model, t.hardware, t.batch_size, t.precision,
+                   list_aggregate(CAST(json_extract(r.metrics, '$.latencies_ms') AS DOUBLE[]),
+                                  'quantile_cont', ?) AS fast_ms
+            FROM tests t JOIN (
+                SELECT * FROM results QUALIFY row_number() OVER
+                    (PARTITION BY run_id, test_id ORDER BY attempt DESC) = 1
+            ) r USING (run_id, test_id)
+            WHERE list_contains(?, t.run_id) AND t.hardware = ? AND t.status = 'passed'
+            """,
+            [quantile, list(run_ids), hardware],
+        )
+
+    def report_data(
+        self, run_id: str, *, baseline: str | None = None, history: int = 5, fast_quantile: float = 0.1
+    ) -> dict[str, Any]:
+        """What a report needs: the run, its tests, and with ``baseline`` (a run id, or
+        "latest" for the latest earlier run of the same suite per hardware kind) the
+        baseline's tests plus the fast-tail latencies of up to ``history`` runs ending at
+        the baseline, which measure how much an unchanged test moves between runs."""
+        run = self.run(run_id)
+        if run is None:
+            raise StoreError(f"unknown run {run_id!r}")
+        tests = self.final_results(run_id)
+        if not baseline:
+            return {"run": run, "tests": tests, "baseline": None}
+        chosen = self._baseline_runs(run_id, baseline, sorted({t["hardware"] for t in tests}))
+        runs: list[dict[str, Any]] = []
+        base_tests: list[dict[str, Any]] = []
+        fast: list[dict[str, Any]] = []
+        for base_id in dict.fromkeys(chosen.values()):
+            kinds = [hw for hw, rid in chosen.items() if rid == base_id]
+            row = self.run(base_id) or {}
+            runs.append({**row, "hardware": kinds})
+            base_tests += [t for t in self.final_results(base_id) if t["hardware"] in kinds]
+            for hw in kinds:
+                older = [r["run_id"] for r in self.earlier_runs(base_id, limit=max(0, history - 1), hardware=hw)]
+                fast += self.fast_latencies([base_id, *older], hw, fast_quantile)
+        return {"run": run, "tests": tests,
+                "baseline": {"requested": baseline, "runs": runs, "tests": base_tests, "history": fast}}
+
+    def _baseline_runs(self, run_id: str, baseline: str, kinds: Sequence[str]) -> dict[str, str]:
+        """{hardware: baseline run id}; kinds with no earlier passed run are left out."""
+        if baseline != "latest":
+            if baseline == run_id:
+                raise StoreError(f"run {run_id!r} cannot be its own baseline")
+            if self.run(baseline) is None:
+                raise StoreError(f"unknown baseline run {baseline!r}")
+            return {hw: baseline for hw in kinds}
+        chosen: dict[str, str] = {}
+        for hw in kinds:
+            found = self.earlier_runs(run_id, limit=1, hardware=hw)
+            if found:
+                chosen[hw] = found[0]["run_id"]
+        return chosen
 
     def workers(self) -> list[dict[str, Any]]:
         rows = self.query("SELECT * FROM workers ORDER BY worker_id")

@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import yaml
 
@@ -58,6 +58,7 @@ __all__ = [
     "validate_dependencies",
     "topological_order",
     "suite_summary",
+    "render_suite",
 ]
 
 FAMILIES: tuple[str, ...] = ("text_embedding", "text_generation", "vision", "audio", "multimodal", "unknown")
@@ -92,6 +93,7 @@ _PARAMS_MAX_CHARS = 256 * 1024  # and a huge text: 10,000 aliases of a 100 KB st
 
 # (family, hardware, explicit template or None) -> template name
 TemplateResolver = Callable[[str, str, str | None], str]
+R = TypeVar("R")  # what render_suite's render returns (a RenderedTest in dtf)
 
 
 # -- data ---------------------------------------------------------------------------------
@@ -246,12 +248,15 @@ def _load_yaml(raw: bytes, shown: str) -> object:
         mark = exc.problem_mark or exc.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise SuiteError(shown, None, f"invalid YAML{where}: {exc.problem or exc.context}") from None
+    except yaml.reader.ReaderError as exc:  # its own message spans two lines
+        char = f"#x{exc.character:04x}" if isinstance(exc.character, int) else repr(exc.character)
+        raise SuiteError(shown, None, f"invalid YAML: character {char} at offset {exc.position}: {exc.reason}") from None
     except yaml.YAMLError as exc:
-        raise SuiteError(shown, None, f"invalid YAML: {exc}") from None
+        raise SuiteError(shown, None, f"invalid YAML: {_one_line(str(exc))}") from None
     except RecursionError:
         raise SuiteError(shown, None, "invalid YAML: nested too deeply") from None
     except Exception as exc:  # noqa: BLE001 - PyYAML's constructors raise anything on bad tagged scalars
-        raise SuiteError(shown, None, f"invalid YAML: {type(exc).__name__}: {exc}") from None
+        raise SuiteError(shown, None, f"invalid YAML: {type(exc).__name__}: {_one_line(str(exc))}") from None
     if data is None:
         raise SuiteError(shown, None, "file holds no YAML document (only comments or blank lines)")
     return data
@@ -586,6 +591,11 @@ def _parse_selector(check: _Checker, value: object, where: str) -> _Selector:
         expected = "a batch part like bs4 (or a * pattern)"
         raise check.error(where, f"expected {expected} in selector {text!r}, got {selector.batch!r}")
     return selector
+
+
+def _one_line(text: str) -> str:
+    """A message for one line of stderr: runs of whitespace, newlines included, become one space."""
+    return " ".join(text.split())
 
 
 def _show(value: object) -> str:
@@ -1011,6 +1021,22 @@ def topological_order(specs: Sequence[TestSpec], *, path: str = "<tests>") -> li
             if not waiting[child]:
                 heapq.heappush(ready, index[child])
     return ordered
+
+
+def render_suite(suite: Suite, specs: Sequence[TestSpec], render: Callable[[TestSpec], R]) -> list[R]:
+    """``render`` of every spec. A DtfError from it (a parameter of the wrong type, a
+    template that fails) becomes a SuiteError naming the suite file and the model entry."""
+    index = {m.name: i for i, m in enumerate(suite.models)}
+    rendered = []
+    for spec in specs:
+        try:
+            rendered.append(render(spec))
+        except SuiteError:
+            raise
+        except DtfError as exc:
+            where = f"models[{index[spec.model]}]" if spec.model in index else "models"
+            raise SuiteError(suite.path, where, f"{exc} (test {spec.test_id})") from exc
+    return rendered
 
 
 def suite_summary(suite: Suite, specs: Sequence[TestSpec]) -> dict[str, Any]:

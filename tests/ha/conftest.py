@@ -72,7 +72,8 @@ class RedisNode:
         wait_for_port(self.port)
 
     def client(self, **kwargs: Any) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=2, socket_connect_timeout=2, decode_responses=True, **kwargs)
+        options: dict[str, Any] = {"socket_timeout": 2, "socket_connect_timeout": 2, "decode_responses": True}
+        return redis.Redis(port=self.port, **{**options, **kwargs})
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -41,7 +41,7 @@ ACL_RULES = (
     "resetkeys ~dtf.* ~dtf:* ~_kombu.* ~unacked* ~*.celery.pidbox* "
     "resetchannels &/0.celery.pidbox &/0.celeryev/* "
     "-@all +@connection +@read +@write +@keyspace +@list +@hash +@set +@sortedset +@string "
-    "+@pubsub +@transaction +eval +evalsha +script|load +script|exists +time -@dangerous"
+    "+@pubsub +@transaction +eval +evalsha +script|load +script|exists +time -@dangerous -function"
 )
 
 

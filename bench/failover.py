@@ -1,0 +1,177 @@
+"""Failover: how long a dtf deployment is leaderless after kill -9 of the leader coordinator,
+how long a Redis Sentinel failover looks to a client, and whether any result was lost or
+duplicated on the way (both must be 0).
+
+Leader trials: two `dtf coordinator` candidates, two workers and a plain redis-server; a
+run of trivial tests is submitted with `dtf submit --wait`, and mid-run the leader gets
+kill -9. Takeover = from the kill until the standby holds the lease, and until it answers
+a ping from DuckDB (it leads). The killed one restarts as the next standby. The baseline
+is the same run with no fault. Sentinel trials: a master, two replicas and three Sentinels
+(down-after 2000 ms); a client writes through the Sentinel-managed master in a loop, the
+master gets kill -9, and we time until the client's first accepted write; the old master
+then rejoins as a replica.
+
+    python bench/failover.py            # 5 leader trials, 3 Sentinel trials, 200 tests a run
+    python bench/failover.py --quick    # 2 leader trials, 1 Sentinel trial, 80 tests a run
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(BENCH.parent))
+
+from _common import add_common_args, emit, redis_server, workdir  # noqa: E402
+
+import redis  # noqa: E402
+
+from dtf.ha import redis_from_settings  # noqa: E402
+from tests.conftest import Processes  # noqa: E402
+from tests.ha.cluster import Deployment  # noqa: E402
+from tests.ha.conftest import SentinelCluster, wait_until, write_suite  # noqa: E402
+
+TTL_MS = 3000
+CONTROL_VISIBILITY_S = 5
+RECONCILE_GRACE_S = 10
+
+
+def _stats(values: list[float]) -> dict[str, Any]:
+    if not values:
+        return {"n": 0}
+    return {"n": len(values), "median_s": round(statistics.median(values), 3),
+            "max_s": round(max(values), 3), "min_s": round(min(values), 3)}
+
+
+def _deployment(tmp: Path, url: str) -> Deployment:
+    (tmp / "logs").mkdir(parents=True, exist_ok=True)
+    return Deployment(tmp, Processes(tmp / "logs"), {
+        "DTF_BROKER_URL": url,
+        "DTF_LEADER_TTL_MS": str(TTL_MS),
+        "DTF_CONTROL_VISIBILITY_TIMEOUT": str(CONTROL_VISIBILITY_S),
+        "DTF_RECONCILE_GRACE": str(RECONCILE_GRACE_S),
+        "DTF_VISIBILITY_TIMEOUT": "300",
+    })
+
+
+def _one_run(dep: Deployment, suite: Path, kill_leader: str | None, kill_after: int) -> dict[str, Any]:
+    started = time.monotonic()
+    run = dep.submit(suite)
+    figures: dict[str, Any] = {"run_id": run.run_id}
+    if kill_leader is not None:
+        standby = "b" if kill_leader == "a" else "a"
+        run.wait_for_passed(kill_after)
+        dep.kill(kill_leader)
+        killed = time.monotonic()
+        dep.wait_for_leader(standby, timeout_s=60)
+        figures["lease_s"] = time.monotonic() - killed
+        dep.ping_token()
+        figures["leading_s"] = time.monotonic() - killed
+        dep.procs[kill_leader].wait(10)
+        dep.coordinator(kill_leader)  # back as the next standby
+    code, data = run.finish(timeout_s=600)
+    figures["run_wall_s"] = time.monotonic() - started
+    figures["exit_code"] = code
+    return figures
+
+
+def leader_trials(trials: int, tests: int) -> dict[str, Any]:
+    models = max(1, tests // 4)  # x 2 batch sizes x 2 precisions
+    with workdir("dtf-bench-failover-") as tmp, redis_server(tmp / "redis") as url:
+        dep = _deployment(tmp, url)
+        try:
+            dep.coordinator("a")
+            dep.wait_for_leader("a")
+            dep.coordinator("b")
+            dep.worker("w1")
+            dep.worker("w2")
+            baseline = _one_run(dep, write_suite(tmp / "baseline.yaml", models=models), None, 0)
+            runs = []
+            leader = "a"
+            for i in range(trials):
+                runs.append(_one_run(dep, write_suite(tmp / f"trial{i}.yaml", models=models), leader, models))
+                leader = "b" if leader == "a" else "a"
+        finally:
+            dep.processes.stop_all()
+        lost = duplicated = total = 0
+        for r in [baseline, *runs]:
+            outcome = dep.outcome(r["run_id"])
+            total += len(outcome.tests)
+            lost += len(outcome.lost())
+            duplicated += len(outcome.duplicated())
+    return {
+        "tests_per_run": models * 4,
+        "takeover_lease_s": _stats([r["lease_s"] for r in runs]),
+        "takeover_leading_s": _stats([r["leading_s"] for r in runs]),
+        "run_wall_s_no_fault": round(baseline["run_wall_s"], 2),
+        "run_wall_s_with_kill": _stats([r["run_wall_s"] for r in runs]),
+        "submit_wait_exit_codes": sorted({r["exit_code"] for r in [baseline, *runs]}),
+        "tests_checked": total,
+        "lost": lost,
+        "duplicated": duplicated,
+    }
+
+
+def _write_until_accepted(client: redis.Redis, timeout_s: float) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        try:
+            client.set("dtf:bench:probe", "1")
+            return time.monotonic() - start
+        except redis.RedisError:
+            time.sleep(0.01)
+    raise TimeoutError("no write accepted")
+
+
+def sentinel_trials(trials: int) -> dict[str, Any]:
+    times = []
+    with workdir("dtf-bench-sentinel-") as tmp:
+        cluster = SentinelCluster(tmp)
+        try:
+            cluster.start()
+            client = redis_from_settings(cluster.settings(), socket_timeout_s=1.0)
+            for _ in range(trials):
+                _write_until_accepted(client, 10)
+                old = cluster.kill_master()
+                times.append(_write_until_accepted(client, 30))
+                cluster.rejoin(old)
+        finally:
+            cluster.stop()
+    return {"client_write_after_kill_s": _stats(times), "down_after_ms": cluster.down_after_ms}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_common_args(parser, repeats=5)
+    parser.add_argument("--tests", type=int, default=None, help="tests per run (default 200; 80 with --quick)")
+    args = parser.parse_args()
+    trials = args.repeats or (2 if args.quick else 5)
+    tests = args.tests or (80 if args.quick else 200)
+    leader = leader_trials(trials, tests)
+    sentinel = sentinel_trials(1 if args.quick else 3)
+    emit("failover", args, {
+        "leader_kill": leader,
+        "sentinel_failover": sentinel,
+        "lost": leader["lost"],
+        "duplicated": leader["duplicated"],
+        "settings": {
+            "leader_ttl_ms": TTL_MS, "renew_every_ms": TTL_MS // 3, "standby_poll_ms": f"{TTL_MS // 3} +-20%",
+            "control_visibility_timeout_s": CONTROL_VISIBILITY_S, "reconcile_grace_s": RECONCILE_GRACE_S,
+            "sentinel_down_after_ms": sentinel["down_after_ms"], "min_replicas_to_write": 1,
+            "workers": "2 x concurrency 2 (threads)",
+        },
+    }, notes=[
+        "takeover_lease_s: kill -9 until the standby holds the lease; bound ttl + poll (+ jitter)",
+        "takeover_leading_s: until the standby answers from DuckDB (file opened, runs restored)",
+        "lost/duplicated: tests not passed / tests with more than one result row, over all runs",
+    ])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Ingest: 100,000 results written by dtf's store (Arrow batches of 1,000, idempotent
+``ON CONFLICT DO NOTHING``, one transaction per batch) against the one-transaction-per-row
+design (BEGIN; INSERT; COMMIT for every result).
+
+The per-row baseline is measured on a smaller N (default 2,000) and its rate scaled to
+the full N: at about a thousand rows a second it would take minutes to do all of them.
+Re-ingesting every batch must leave the row count unchanged (a redelivered batch is a
+no-op); the script checks it and reports the time that takes.
+
+    python bench/ingest.py            # N=100,000, per-row on 2,000, 3 repeats
+    python bench/ingest.py --quick    # N=2,000, per-row on 200, 1 repeat
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import add_common_args, emit, ratio, repeats_of, summary, workdir  # noqa: E402
+
+import duckdb  # noqa: E402
+
+from dtf.model import TestResult  # noqa: E402
+from dtf.store import MIGRATIONS, Store  # noqa: E402
+
+BATCH = 1000
+
+
+def make_results(run_id: str, n: int) -> list[TestResult]:
+    now = time.time()
+    return [
+        TestResult(
+            run_id=run_id, test_id=f"model-{i // 24:05d}/cpu/bs{1 << (i % 6)}/fp{16 << (i % 2)}-{i}", attempt=1,
+            status="passed" if i % 17 else "failed", duration_s=0.5 + (i % 100) / 100, peak_memory_mb=100.0 + i % 50,
+            metrics={"latency_p50_ms": 1.0 + i % 7, "latency_p99_ms": 2.0 + i % 11, "throughput_items_s": 1000.0 + i},
+            error=None if i % 17 else "check failed: output shape", worker_id=f"w{i % 4}@host", hostname="host",
+            hardware="cpu", started_at=now, finished_at=now + 1,
+        )
+        for i in range(n)
+    ]
+
+
+def batched_once(db: Path, results: list[TestResult]) -> dict[str, float]:
+    with Store(db) as store:
+        t0 = time.perf_counter()
+        stored = sum(store.commit_batch(results[i:i + BATCH]) for i in range(0, len(results), BATCH))
+        t1 = time.perf_counter()
+        again = sum(store.commit_batch(results[i:i + BATCH]) for i in range(0, len(results), BATCH))
+        t2 = time.perf_counter()
+        count = store.query("SELECT count(*) AS n FROM results")[0]["n"]
+    if stored != len(results) or again != 0 or count != len(results):
+        raise RuntimeError(f"stored {stored}, re-ingest added {again}, table holds {count} (expected {len(results)})")
+    return {"ingest_s": t1 - t0, "reingest_s": t2 - t1, "rows_after_reingest": float(count)}
+
+
+def per_row_once(db: Path, results: list[TestResult]) -> float:
+    """The seed design's store_result: one INSERT and one transaction per result."""
+    import json
+
+    con = duckdb.connect(str(db))
+    for _, sql in MIGRATIONS:
+        con.execute(sql)
+    t0 = time.perf_counter()
+    for r in results:
+        con.execute("BEGIN TRANSACTION")
+        con.execute(
+            "INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            [r.run_id, r.test_id, r.attempt, r.worker_id, r.hostname, r.hardware, r.status, r.duration_s,
+             r.peak_memory_mb, json.dumps(dict(r.metrics)), r.error, r.stderr_tail, r.started_at, r.finished_at,
+             time.time(), 0],
+        )
+        con.execute("COMMIT")
+    wall = time.perf_counter() - t0
+    con.close()
+    return wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser)
+    parser.add_argument("-n", "--results", type=int, default=None, help="results (default 100,000; 2,000 with --quick)")
+    parser.add_argument("--per-row", type=int, default=None, help="results for the per-row baseline (default 2,000; 200 with --quick)")
+    args = parser.parse_args()
+    n = args.results or (2_000 if args.quick else 100_000)
+    n_row = min(n, args.per_row or (200 if args.quick else 2_000))
+    reps = repeats_of(args)
+    results = make_results("ingest-run", n)
+    batched, per_row = [], []
+    with workdir("dtf-bench-ingest-") as tmp:
+        for i in range(reps):
+            batched.append(batched_once(tmp / f"batched-{i}.duckdb", results))
+            per_row.append(per_row_once(tmp / f"per-row-{i}.duckdb", results[:n_row]))
+    ingest = summary([b["ingest_s"] for b in batched])
+    reingest = summary([b["reingest_s"] for b in batched])
+    row_wall = summary(per_row)
+    batched_rate = n / ingest["median"]
+    row_rate = n_row / row_wall["median"]
+    emit("ingest", args, {
+        "results": n,
+        "batch_size": BATCH,
+        "dtf_commit_batch": {"wall_s": ingest, "rows_per_s": round(batched_rate)},
+        "dtf_reingest_same_batches": {"wall_s": reingest, "rows_added": 0,
+                                      "row_count_unchanged": all(b["rows_after_reingest"] == n for b in batched)},
+        "per_row_transactions": {"measured_on": n_row, "wall_s": row_wall, "rows_per_s": round(row_rate),
+                                 "projected_wall_s_for_all": round(n / row_rate, 1)},
+        "ratios": {"dtf_vs_per_row": ratio(batched_rate, row_rate)},
+    }, notes=[
+        f"per-row baseline measured on {n_row} results and scaled to {n} (projected_wall_s_for_all)",
+        "dtf writes each batch of 1,000 as one Arrow-backed INSERT ... ON CONFLICT DO NOTHING in one transaction",
+        "both write to a DuckDB file on local disk with the same schema and primary key",
+    ])
+
+
+if __name__ == "__main__":
+    main()

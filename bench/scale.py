@@ -1,0 +1,199 @@
+"""Scale: runs of 1,000, 10,000 and 100,000 trivial tests through a real `dtf coordinator`
+process on a private redis-server: the coordinator's peak RSS, the submit time, and the
+coordinator's per-test overhead (dispatch + ingest) as the run grows, with the exponent
+of each (time ~ N^k; k = 1 is linear).
+
+So that the coordinator is what is measured, the two workers are echo workers: they take
+each dtf.run_test task off dtf.cpu and publish a passed result at once, without starting
+a process (bench/overhead.py measures real workers). Test sources are generated without
+Jinja (bench/render.py measures rendering).
+
+    python bench/scale.py                          # 1k, 10k, 100k; 3 repeats (1 at 100k)
+    python bench/scale.py --sizes 1000,5000        # any sizes
+    python bench/scale.py --quick                  # 200, 400; 1 repeat
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import PYTHON, add_common_args, dtf_env, emit, redis_server, summary, workdir  # noqa: E402
+
+
+import psutil  # noqa: E402
+
+from dtf.app import make_app  # noqa: E402
+from dtf.coordinator import CoordinatorClient  # noqa: E402
+from dtf.model import RenderedTest, TestSpec  # noqa: E402
+from dtf.settings import Settings  # noqa: E402
+
+SOURCE = 'from dtf import harness\n\n\ndef main(h):\n    h.check({n} + 1 > 0, "arithmetic")\n\n\nharness.run(main)\n'
+
+
+def make_tests(n: int) -> list[RenderedTest]:
+    return [
+        RenderedTest(TestSpec(test_id=f"m{i // 100:05d}/cpu/bs{i % 100 + 1}/fp32", model=f"m{i // 100:05d}",
+                              family="bench", hardware="cpu", batch_size=i % 100 + 1, precision="fp32",
+                              template="bench/trivial", timeout_s=60, iterations=1, warmup=0),
+                     SOURCE.format(n=i), "0" * 16)
+        for i in range(n)
+    ]
+
+
+def echo_worker(url: str) -> None:
+    """Consume dtf.run_test tasks and answer each with a passed result straight away."""
+    from kombu import Connection, Consumer, Producer
+
+    from dtf.app import RESULTS_QUEUE, hardware_queues, result_body
+    from dtf.coordinator import results_queue
+    from dtf.model import TestResult
+
+    with Connection(url) as conn:
+        producer = Producer(conn.channel(), serializer="json")
+
+        def on_task(body: Any, message: Any) -> None:
+            payload = body[0][0] if isinstance(body, list) else body["args"][0]
+            now = time.time()
+            result = TestResult(run_id=payload["run_id"], test_id=payload["test"]["spec"]["test_id"],
+                                attempt=int(payload["attempt"]), status="passed", duration_s=0.001,
+                                worker_id=f"echo{os.getpid()}", hostname="bench", hardware="cpu",
+                                started_at=now, finished_at=now)
+            producer.publish(result_body(result), exchange="", routing_key=RESULTS_QUEUE,
+                             declare=[results_queue()], serializer="json")
+            message.ack()
+
+        queues = [q for q in hardware_queues() if q.name == "dtf.cpu"]
+        with Consumer(conn.channel(), queues, callbacks=[on_task], accept=["json"], prefetch_count=100):
+            while True:
+                try:
+                    conn.drain_events(timeout=1)
+                except TimeoutError:
+                    pass
+
+
+class RssSampler(threading.Thread):
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.proc = psutil.Process(pid)
+        self.peak = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.peak = max(self.peak, self.proc.memory_info().rss)
+            except psutil.Error:
+                return
+            self.stop.wait(0.05)
+
+
+def one_size(tmp: Path, url: str, n: int, reps: int) -> dict[str, Any]:
+    env = dtf_env(DTF_BROKER_URL=url, DTF_LOG_LEVEL="WARNING")
+    procs: list[subprocess.Popen[bytes]] = []
+    log = open(tmp / f"coordinator-{n}.log", "wb")
+    coordinator = subprocess.Popen([PYTHON, "-m", "dtf.cli", "coordinator", "--db", str(tmp / f"scale-{n}.duckdb")],
+                                   env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    procs.append(coordinator)
+    for _ in range(2):
+        procs.append(subprocess.Popen([PYTHON, __file__, "--echo-worker", url], env=env, start_new_session=True))
+    sampler = RssSampler(coordinator.pid)
+    sampler.start()
+    app = make_app(Settings.from_env({}, broker_url=url))
+    client = CoordinatorClient(app, timeout_s=600)
+    submit_s, run_s = [], []
+    try:
+        client.call("ping", timeout_s=60)  # the coordinator is up and consuming
+        baseline_rss = psutil.Process(coordinator.pid).memory_info().rss
+        for rep in range(reps):
+            tests = make_tests(n)
+            run = {"run_id": f"scale-{n}-{rep}-{time.monotonic_ns()}", "suite_name": "scale"}
+            t0 = time.perf_counter()
+            run_id = client.submit(run, tests)
+            t1 = time.perf_counter()
+            while True:
+                status = client.call("status", run_id=run_id)
+                if status["finished"]:
+                    break
+                time.sleep(0.05)
+            t2 = time.perf_counter()
+            passed = sum(per.get("passed", 0) for per in status["counts"].values())
+            if passed != n:
+                raise RuntimeError(f"run of {n}: {passed} passed, counts {status['counts']}")
+            submit_s.append(t1 - t0)
+            run_s.append(t2 - t0)
+    finally:
+        sampler.stop.set()
+        sampler.join()
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+    run_summary = summary(run_s)
+    return {
+        "tests": n,
+        "submit_s": summary(submit_s),
+        "run_s": run_summary,
+        "per_test_ms": round(1000 * run_summary["median"] / n, 4),
+        "coordinator_peak_rss_mb": round(sampler.peak / 2**20, 1),
+        "coordinator_idle_rss_mb": round(baseline_rss / 2**20, 1),
+    }
+
+
+def exponent(sizes: list[int], seconds: list[float]) -> float | None:
+    """Least-squares slope of log(time) on log(N)."""
+    if len(sizes) < 2:
+        return None
+    xs, ys = [math.log(s) for s in sizes], [math.log(max(t, 1e-9)) for t in seconds]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    den = sum((x - mx) ** 2 for x in xs)
+    return round(sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / den, 3) if den else None
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--echo-worker":
+        echo_worker(sys.argv[2])
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser)
+    parser.add_argument("--sizes", default=None, help="comma list of run sizes (default 1000,10000,100000)")
+    parser.add_argument("--big-repeats", type=int, default=1, help="repeats for sizes of 100,000 and more (default 1)")
+    args = parser.parse_args()
+    sizes = [int(s) for s in (args.sizes or ("200,400" if args.quick else "1000,10000,100000")).split(",")]
+    reps = args.repeats or (1 if args.quick else 3)
+    rows = []
+    with workdir("dtf-bench-scale-") as tmp, redis_server(tmp / "redis") as url:
+        for n in sizes:
+            rows.append(one_size(tmp, url, n, args.big_repeats if n >= 100_000 else reps))
+    emit("scale", args, {
+        "sizes": rows,
+        "exponents": {
+            "submit_time": exponent(sizes, [r["submit_s"]["median"] for r in rows]),
+            "run_time": exponent(sizes, [r["run_s"]["median"] for r in rows]),
+        },
+        "coordinator_peak_rss_mb_at_largest": rows[-1]["coordinator_peak_rss_mb"],
+    }, notes=[
+        "run_s = from client.submit() to the run's status finished; submit_s = until the coordinator stored the run",
+        "echo workers answer every task at once, so run_s is the coordinator's own cost: store, dispatch, ingest",
+        "exponent k of time ~ N^k by least squares over the sizes; 1.0 is linear",
+        "sizes of 100,000 and more run --big-repeats times (default 1) to keep the default affordable on 2 cores",
+    ])
+
+
+if __name__ == "__main__":
+    main()

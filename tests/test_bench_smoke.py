@@ -1,0 +1,97 @@
+"""Every benchmark script runs at its tiny --quick size and prints the JSON it promises, so
+the scripts cannot rot. No timing is asserted here: figures belong to the benchmarks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import REPO, dtf_env, need_binary
+
+BENCH = REPO / "bench"
+
+
+def run_bench(script: str, *args: str) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, str(BENCH / script), "--quick", *args], cwd=REPO, env=dtf_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    doc = json.loads(proc.stdout)
+    assert doc["benchmark"] == script.removesuffix(".py")
+    assert doc["quick"] is True and doc["repeats"] is not None
+    assert doc["command"].startswith(f"python bench/{script}")
+    machine = doc["machine"]
+    assert machine["cpus"] >= 1 and machine["memory_gb"] > 0
+    assert machine["versions"]["python"] and machine["versions"]["dtf"]
+    assert isinstance(doc["notes"], list) and doc["notes"]
+    return doc["results"]
+
+
+def assert_summary(s: dict[str, Any]) -> None:
+    """A repeated measurement: median, min, max, spread and every run."""
+    assert set(s) >= {"median", "min", "max", "spread_pct", "runs"}
+    assert s["runs"] and s["min"] <= s["median"] <= s["max"]
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_dispatch_bench_compares_dtf_with_raw_send_task() -> None:
+    need_binary("redis-server")
+    r = run_bench("dispatch.py")
+    assert r["tests"] > 0
+    for phase in ("expand_s", "render_s", "store_s", "dispatch_s", "total_s"):
+        assert_summary(r["dtf"]["phases_s"][phase])
+    assert r["dtf"]["publish_msgs_per_s"] > 0 and r["celery_send_task"]["msgs_per_s"] > 0
+    assert_summary(r["celery_send_task"]["wall_s"])
+    assert set(r["ratios"]) == {"dtf_publish_vs_raw_send_task", "dtf_end_to_end_vs_raw_send_task"}
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_overhead_bench_reports_per_test_wall_for_every_variant() -> None:
+    need_binary("redis-server")
+    pytest.importorskip("xdist")
+    r = run_bench("overhead.py")
+    assert set(r["variants"]) == {"pytest_xdist", "dtf_embedded", "dtf_redis", "spawn_floor"}
+    for variant in r["variants"].values():
+        assert_summary(variant["wall_s"])
+        assert variant["per_test_ms"] > 0
+    assert set(r["ratios"]) >= {"dtf_embedded_vs_pytest_xdist", "dtf_redis_vs_pytest_xdist", "dtf_redis_vs_spawn_floor"}
+
+
+def test_ingest_bench_checks_that_reingesting_changes_nothing() -> None:
+    r = run_bench("ingest.py")
+    assert_summary(r["dtf_commit_batch"]["wall_s"])
+    assert r["dtf_reingest_same_batches"]["row_count_unchanged"] is True
+    assert r["dtf_reingest_same_batches"]["rows_added"] == 0
+    per_row = r["per_row_transactions"]
+    assert 0 < per_row["measured_on"] <= r["results"] and per_row["projected_wall_s_for_all"] > 0
+    assert r["ratios"]["dtf_vs_per_row"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_scale_bench_reports_rss_and_growth_exponents(tmp_path: Path) -> None:
+    need_binary("redis-server")
+    r = run_bench("scale.py")
+    assert len(r["sizes"]) >= 2
+    for row in r["sizes"]:
+        assert_summary(row["submit_s"])
+        assert_summary(row["run_s"])
+        assert row["coordinator_peak_rss_mb"] > 0 and row["per_test_ms"] > 0
+    assert set(r["exponents"]) == {"submit_time", "run_time"}
+    assert all(isinstance(k, float) for k in r["exponents"].values())
+
+
+def test_render_bench_covers_the_builtin_cpu_templates() -> None:
+    r = run_bench("render.py")
+    assert r["templates"], "no built-in template was rendered"
+    for name, row in r["templates"].items():
+        assert "/" in name
+        assert row["dtf_renders_per_s"] > 0 and row["source_bytes"] > 0
+        assert_summary(row["dtf_wall_s"])
+    assert r["overall"]["dtf_renders_per_s"] > 0
