@@ -5,6 +5,9 @@
   dtf_redis      a redis-server, dtf coordinator and 2 dtf worker processes (-c 1 each),
                  timed from `dtf submit --wait` to its exit; the services are started
                  (and warmed with one small run) before the clock starts, as in a deployment
+  dtf_redis_spawn  the same with the fork server switched off (DTF_FORK_SERVER=0): a
+                 fresh interpreter per test, the runner as it was before it (the baseline
+                 for the fork server, measured in the same run)
   spawn_floor    `python -c pass` N times over 2 processes: what one fresh interpreter
                  per test costs at the least
 
@@ -22,13 +25,14 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
-    PYTHON, TEMPLATES, add_common_args, dtf_env, emit, ratio, redis_server, repeat, repeats_of,
+    PYTHON, TEMPLATES, add_common_args, dtf_env, emit, ratio, redis_server, repeats_of, summary,
     trivial_suite, workdir,
 )
 
@@ -38,7 +42,10 @@ def run_timeout_s(n: int) -> int:
     as that variant's error instead of stalling the benchmark."""
     return 60 + n // 2
 
-VARIANTS = ("pytest_xdist", "dtf_embedded", "dtf_redis", "spawn_floor")
+VARIANTS = ("pytest_xdist", "dtf_embedded", "dtf_redis", "dtf_redis_spawn", "spawn_floor")
+# Not run by default (--only): the embedded mode without the fork server, slow on 2 cores.
+EXTRA_VARIANTS = ("dtf_embedded_spawn",)
+NO_FORK_SERVER = {"DTF_FORK_SERVER": "0"}  # the runner as it was: a fresh interpreter per test
 
 
 def pytest_files(folder: Path, n: int) -> Path:
@@ -100,6 +107,7 @@ class RedisCluster:
     """redis-server + dtf coordinator + 2 dtf workers, started once for all repeats."""
 
     def __init__(self, tmp: Path, url: str, env: dict[str, str]) -> None:
+        tmp.mkdir(parents=True, exist_ok=True)
         self.tmp, self.env = tmp, dict(env, DTF_BROKER_URL=url)
         self.procs: list[subprocess.Popen[bytes]] = []
 
@@ -146,11 +154,15 @@ class RedisCluster:
                 p.wait()
 
 
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser)
     parser.add_argument("-n", "--tests", type=int, default=None, help="tests per run (default 500; 20 with --quick)")
-    parser.add_argument("--only", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
+    parser.add_argument("--only", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS + EXTRA_VARIANTS)}")
     args = parser.parse_args()
     n = args.tests or (20 if args.quick else 500)
     reps = repeats_of(args)
@@ -159,30 +171,39 @@ def main() -> None:
     with workdir("dtf-bench-overhead-") as tmp:
         env = dtf_env(DTF_SPOOL_DIR=str(tmp / "spool"))
         suite = trivial_suite(tmp / "suite.yaml", n)
-        walls: dict[str, dict[str, object]] = {}
-        failures: dict[str, str] = {}
-
-        def measure(name: str, once: Callable[[], float]) -> None:
-            try:
-                walls[name] = repeat(once, reps)
-            except (RuntimeError, subprocess.TimeoutExpired) as exc:  # reported, not hidden
-                failures[name] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-
+        once: dict[str, Callable[[], float]] = {}
         if "pytest_xdist" in only:
             folder = pytest_files(tmp / "pytest_tests", n)
-            measure("pytest_xdist", lambda: time_pytest(folder, n))
-        if "dtf_embedded" in only:
-            measure("dtf_embedded", lambda: time_embedded(tmp, suite, n, env))
-        if "dtf_redis" in only:
-            with redis_server(tmp / "redis") as url:
-                cluster = RedisCluster(tmp, url, env)
-                try:
-                    cluster.start()
-                    measure("dtf_redis", lambda: cluster.submit(suite, n))
-                finally:
-                    cluster.stop()
+            once["pytest_xdist"] = lambda: time_pytest(folder, n)
+        for name, extra in (("dtf_embedded", {}), ("dtf_embedded_spawn", NO_FORK_SERVER)):
+            if name in only:
+                once[name] = lambda extra=extra: time_embedded(tmp, suite, n, dict(env, **extra))  # type: ignore[misc]
         if "spawn_floor" in only:
-            measure("spawn_floor", lambda: time_spawn_floor(n))
+            once["spawn_floor"] = lambda: time_spawn_floor(n)
+        runs: dict[str, list[float]] = {name: [] for name in once}
+        failures: dict[str, str] = {}
+        with ExitStack() as stack:
+            for name, extra in (("dtf_redis", {}), ("dtf_redis_spawn", NO_FORK_SERVER)):
+                if name not in only:
+                    continue
+                runs[name] = []
+                try:
+                    url = stack.enter_context(redis_server(tmp / f"redis-{name}"))
+                    cluster = RedisCluster(tmp / name, url, dict(env, **extra))
+                    stack.callback(cluster.stop)
+                    cluster.start()
+                    once[name] = lambda cluster=cluster: cluster.submit(suite, n)  # type: ignore[misc]
+                except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                    failures[name] = _first_line(exc)
+            for _ in range(reps):  # interleaved, so drift in the machine's load hits every variant alike
+                for name, fn in once.items():
+                    if name in failures:
+                        continue
+                    try:
+                        runs[name].append(fn())
+                    except (RuntimeError, subprocess.TimeoutExpired) as exc:  # reported, not hidden
+                        failures[name] = _first_line(exc)
+        walls = {name: summary(values) for name, values in runs.items() if values and name not in failures}
     for name, error in failures.items():
         results[name] = {"error": error}
     for name, wall in walls.items():
@@ -191,18 +212,23 @@ def main() -> None:
     per = {k: float(v["per_test_ms"]) for k, v in results.items() if "per_test_ms" in v}  # type: ignore[arg-type]
     ratios = {}
     base = per.get("pytest_xdist")
-    for name in ("dtf_embedded", "dtf_redis", "spawn_floor"):
+    for name in ("dtf_embedded", "dtf_embedded_spawn", "dtf_redis", "dtf_redis_spawn", "spawn_floor"):
         if base and name in per:
             ratios[f"{name}_vs_pytest_xdist"] = ratio(per[name], base)
     if "spawn_floor" in per:
         for name in ("dtf_embedded", "dtf_redis"):
             if name in per:
                 ratios[f"{name}_vs_spawn_floor"] = ratio(per[name], per["spawn_floor"])
+    for name in ("dtf_embedded", "dtf_redis"):
+        if name in per and f"{name}_spawn" in per:
+            ratios[f"{name}_speedup_from_fork_server"] = ratio(per[f"{name}_spawn"], per[name])
     emit("overhead", args, {"tests": n, "variants": results, "ratios": ratios}, notes=[
         "wall time per test = median wall of the whole command / N; lower is better",
         "pytest_xdist and dtf_embedded include their interpreter start-up, collection and rendering",
         "dtf_redis is timed from `dtf submit --wait` to its exit, with the coordinator and 2 workers already up",
         "every dtf test runs in a process of its own; pytest-xdist runs every test in one of 2 shared interpreters",
+        "*_spawn variants switch the fork server off (DTF_FORK_SERVER=0): the before figure for the fork server",
+        "a variant that fails or hangs past its timeout is reported with an error instead of figures",
     ])
 
 

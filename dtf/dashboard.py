@@ -317,7 +317,7 @@ header h1{margin:0;font-size:1.3em} #updated{opacity:.7;font-size:.9em}
 main{padding:0 1.2em 2em} h2{font-size:1.05em;margin:1.4em 0 .5em}
 table{border-collapse:collapse;background:#fff;min-width:40%} th,td{padding:.3em .6em;border-bottom:1px solid #e3e6eb;text-align:left}
 #runs tbody tr{cursor:pointer} #runs tr.selected{background:#e8f0ff}
-.bar{display:flex;width:160px;height:10px;background:#e3e6eb;border-radius:5px;overflow:hidden;vertical-align:middle}
+.bar{display:inline-flex;width:160px;height:10px;background:#e3e6eb;border-radius:5px;overflow:hidden;vertical-align:middle}
 .bar span{display:block;height:100%} .bar .passed{background:#2e9d57} .bar .failing{background:#d64541} .bar .skipped{background:#a0a7b4}
 .cell-pass{background:#dff3e6} .cell-fail{background:#fbe0df} .cell-wait{background:#fdf1d6} .cell-skip{background:#eceef1}
 .muted{color:#6b7280;font-weight:normal;font-size:.9em}

@@ -287,6 +287,11 @@ _NEEDS_SPAWN = re.compile(
 )
 
 
+_SERVER_ENV = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP",
+                         "VIRTUAL_ENV", "SYSTEMROOT"})
+_SERVER_ENV_PREFIXES = ("LC_", "PYTHON", "LD_", "OMP_", "OPENBLAS_", "GOTO_", "MKL_", "NUMEXPR_")
+
+
 def _startup_env(env: Mapping[str, str]) -> dict[str, str]:
     """The variables that change how an interpreter starts or loads libraries."""
     return {k: v for k, v in env.items()
@@ -387,7 +392,10 @@ class ForkServer:
 
     def _start_locked(self) -> None:
         self._dir = tempfile.mkdtemp(prefix="dtf-fork-")
-        env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+        # Only what an interpreter and numpy need: a child's /proc/self/environ shows the
+        # server's environment, so nothing else (no secret) may be in it.
+        env = {k: v for k, v in os.environ.items() if k in _SERVER_ENV or k.startswith(_SERVER_ENV_PREFIXES)}
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
         self._startup_env = _startup_env(env)
         code = "import sys\nfrom dtf.runner import _serve_forks\n_serve_forks(sys.argv[1], sys.argv[2].split(','))\n"
         self._proc = subprocess.Popen(

@@ -99,7 +99,7 @@ class MessageSigner:
             raise SignatureError("not a signed dtf message") from None
         if kid not in self._keys:
             raise SignatureError(f"message signed with an unknown key (id {kid[:8]!r})")
-        if not hmac.compare_digest(self._mac(kid, stamp, body), mac):
+        if not hmac.compare_digest(self._mac(kid, stamp, body).encode(), mac.encode()):
             raise SignatureError("message signature does not match: forged or altered")
         age = self._clock() - sent
         if age > self.max_age_s or age < -_CLOCK_SKEW_S:

@@ -34,7 +34,7 @@ from celery import Celery, bootsteps
 from celery.exceptions import Reject
 
 from . import runner
-from .app import CONTROL_QUEUE, RESULTS_QUEUE, RUN_TEST, result_body
+from .app import CONTROL_QUEUE, RESULTS_QUEUE, RUN_TEST, result_body, wire_format
 from .coordinator import control_queue, results_queue
 from .guard import GuardLimits, GuardState, ResourceGuard
 from .hardware import cpu_capacity, memory_capacity_gb
@@ -294,7 +294,7 @@ class WorkerRuntime:
     def _publish_results_file(self, path: Path) -> None:
         body = json.loads(path.read_text(encoding="utf-8"))
         with self.app.producer_or_acquire() as producer:
-            producer.publish(body, exchange="", routing_key=RESULTS_QUEUE, serializer="json",
+            producer.publish(body, exchange="", routing_key=RESULTS_QUEUE, serializer=wire_format(self.app)[0],
                              declare=[results_queue()], retry=True,
                              retry_policy={"max_retries": 5, "interval_start": 0.2, "interval_step": 0.5})
         path.unlink(missing_ok=True)
@@ -385,7 +385,7 @@ class WorkerRuntime:
     def _send_control(self, body: Mapping[str, Any]) -> None:
         try:
             with self.app.producer_or_acquire() as producer:
-                producer.publish(dict(body), exchange="", routing_key=CONTROL_QUEUE, serializer="json",
+                producer.publish(dict(body), exchange="", routing_key=CONTROL_QUEUE, serializer=wire_format(self.app)[0],
                                  declare=[control_queue()], retry=True, retry_policy={"max_retries": 2})
         except Exception as exc:  # noqa: BLE001 - a lost notice must not fail the test
             log.warning("cannot notify coordinator: %s", exc)

@@ -56,8 +56,9 @@ def test_overhead_bench_reports_per_test_wall_for_every_variant() -> None:
     need_binary("redis-server")
     pytest.importorskip("xdist")
     r = run_bench("overhead.py")
-    assert set(r["variants"]) == {"pytest_xdist", "dtf_embedded", "dtf_redis", "spawn_floor"}
-    for variant in r["variants"].values():
+    assert set(r["variants"]) == {"pytest_xdist", "dtf_embedded", "dtf_redis", "dtf_redis_spawn", "spawn_floor"}
+    for name, variant in r["variants"].items():
+        assert "error" not in variant, (name, variant["error"])
         assert_summary(variant["wall_s"])
         assert variant["per_test_ms"] > 0
     assert set(r["ratios"]) >= {"dtf_embedded_vs_pytest_xdist", "dtf_redis_vs_pytest_xdist", "dtf_redis_vs_spawn_floor"}

@@ -289,7 +289,7 @@ def _ink(png: bytes) -> float:
     return inked / (width * height)
 
 
-async def _browse(ws_url: str, page: str, run_id: str, gates: Gates, shots: Path) -> dict[str, Any]:
+async def _browse(ws_url: str, page: str, run_id: str, finish: Any, shots: Path) -> dict[str, Any]:
     tools = await DevTools.connect(ws_url)
     target = (await tools.send("Target.createTarget", url="about:blank"))["targetId"]
     session = (await tools.send("Target.attachToTarget", targetId=target, flatten=True))["sessionId"]
@@ -309,7 +309,7 @@ async def _browse(ws_url: str, page: str, run_id: str, gates: Gates, shots: Path
     before = await until(progress, "the running run")
     shot = await tools.send("Page.captureScreenshot", session, format="png")
     (shots / "dashboard-running.png").write_bytes(base64.b64decode(shot["data"]))
-    gates.open("gated/cpu/bs1/fp32")
+    finish()  # the running test may end now
     after = await until(f"({progress}) !== {json.dumps(before)} && ({progress})", "the progress change")
     await until("document.querySelectorAll('#chart-latency circle').length >= 2", "the trend points")
     box = await tools.evaluate(session, "JSON.stringify(document.getElementById('chart-latency').getBoundingClientRect())")
@@ -345,6 +345,8 @@ def test_the_page_shows_live_progress_and_a_trend_chart_without_console_errors(
         gates_i.open("gated/cpu/bs2/fp32")
         cluster.submit(gated_suite(tmp_path / f"done{i}.yaml", "trend", gates_i, [2]), wait=True)
     run_id = cluster.submit(gated_suite(tmp_path / "live.yaml", "live", gates, [1, 4]))
+    live = ["gated/cpu/bs1/fp32", "gated/cpu/bs4/fp32"]
+    running = wait_for(lambda: next((t for t in live if gates.started(t)), None), "a test of the live run to start")
     port = free_port()
     processes.start("dashboard", ["dashboard", "--port", str(port)], cluster.env, tmp_path)
     wait_for_port(port, 30)
@@ -353,12 +355,16 @@ def test_the_page_shows_live_progress_and_a_trend_chart_without_console_errors(
     profile = Path(tempfile.mkdtemp(prefix="dtf-chromium-"))
     browser, ws_url = _chromium(profile)
     try:
-        state = asyncio.run(_browse(ws_url, f"http://127.0.0.1:{port}/", run_id, gates, shots))
+        state = asyncio.run(_browse(ws_url, f"http://127.0.0.1:{port}/", run_id, lambda: gates.open(running), shots))
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n--- dashboard\n{processes.log('dashboard')[-3000:]}"
+                             f"\n--- worker\n{processes.log('dash@test')[-3000:]}") from None
     finally:
         browser.terminate()
         browser.wait(30)
         shutil.rmtree(profile, ignore_errors=True)
-        gates.open("gated/cpu/bs4/fp32")
+        for test_id in live:
+            gates.open(test_id)
     assert state["errors"] == [], state["errors"]
     assert state["error_banner"] is True
     assert state["before"] == "0/2" and state["after"] == "1/2"

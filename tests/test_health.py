@@ -181,3 +181,32 @@ def test_a_dead_workers_running_test_is_published_again_with_the_same_attempt(co
     [again] = _drain(coordinator.app, "dtf.cpu")
     assert again.headers["id"] == f"run-d:{spec.test_id}:1"
     assert again.decode()[0][0]["attempt"] == 1
+
+
+@pytest.mark.redis
+def test_dtf_workers_shows_health_and_watch_keeps_refreshing_until_interrupted(
+    tmp_path: Path, redis_server: Any, processes: Any
+) -> None:
+    import signal
+    import subprocess
+
+    from .conftest import dtf_cmd
+    from .dtf_cluster import Cluster
+
+    cluster = Cluster(tmp_path, redis_server, processes)
+    cluster.start_coordinator()
+    cluster.start_worker("healthy@test")
+    proc = subprocess.run(dtf_cmd("workers"), env=cluster.env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    row = next(line for line in proc.stdout.splitlines() if "healthy@test" in line)
+    assert "online" in row and "dtf.cpu" in row and "test" in row
+    watch = subprocess.Popen(dtf_cmd("workers", "--watch", "--interval", "0.5"), env=cluster.env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert watch.stdout is not None
+    tables = 0
+    for line in watch.stdout:
+        tables += line.startswith("workers (") or "workers (" in line
+        if tables >= 2:
+            break
+    watch.send_signal(signal.SIGINT)
+    assert watch.wait(30) == 0

@@ -117,7 +117,9 @@ def _matrix(report: Mapping[str, Any]) -> str:
                 continue
             bad = sum(cell[s] for s in FAILING_STATUSES)
             key = "unfinished" if cell["outcome"] == "incomplete" else ("failed" if bad else cell["outcome"])
-            text = f"{cell['passed']}/{cell['tests']} passed" if not bad else f"{bad} of {cell['tests']} failed"
+            text = {"unfinished": f"{cell['unfinished']} of {cell['tests']} unfinished",
+                    "failed": f"{bad} of {cell['tests']} failed",
+                    "skipped": f"{cell['skipped']} skipped"}.get(key, f"{cell['passed']}/{cell['tests']} passed")
             tip = ", ".join(f"{n} {s}" for s, n in cell.items() if s in STATUS_COLOR and isinstance(n, int) and n)
             tds.append(f'<td style="background:{STATUS_COLOR.get(key, "#616161")}" title="{_e(tip)}">{_e(text)}</td>')
         rows.append(f'<tr><td class="model"><code>{_e(model)}</code></td>{"".join(tds)}</tr>')

@@ -96,11 +96,13 @@ def line_chart(
     title: str,
     y_label: str,
     x_label: str = "batch size",
-    width: int = 340,
-    height: int = 210,
+    width: int = 270,
+    height: int = 200,
 ) -> str:
     """Lines over categorical x positions, each point with an optional low-high bar."""
-    left, right, top, bottom = 54, width - 10, 26, height - 52
+    legend = _legend_rows(series, 54, width - 6)
+    height += 13 * max(0, len(legend) - 1)
+    left, right, top, bottom = 54, width - 10, 26, height - 40 - 13 * len(legend)
     values = [v for s in series for p in s.points for v in (p.y, p.low, p.high) if v is not None and math.isfinite(v)]
     ticks = nice_ticks(0.0, max(values) if values else 1.0)
     y_max = ticks[-1] or 1.0
@@ -120,7 +122,7 @@ def line_chart(
     body.append(f'<line x1="{left}" x2="{right}" y1="{bottom}" y2="{bottom}" stroke="#9ca3af"/>')
     for s in series:
         body += _series_marks(s, x_of, y_of)
-    body += _legend(series, left, height - 10)
+    body += _legend(legend, bottom + 44)
     return _frame(width, height, title, body)
 
 
@@ -142,13 +144,28 @@ def _series_marks(s: Series, x_of, y_of) -> list[str]:  # type: ignore[no-untype
     return out
 
 
-def _legend(series: Sequence[Series], left: int, y: int) -> list[str]:
-    out, x = [], float(left)
+def _legend_rows(series: Sequence[Series], left: int, right: int) -> list[list[tuple[float, Series]]]:
+    """Legend entries with their x positions, wrapped into rows that fit between left and right."""
+    rows: list[list[tuple[float, Series]]] = [[]]
+    x = float(left)
     for s in series:
-        dash = ' stroke-dasharray="5 4"' if s.dashed else ""
-        out.append(f'<line x1="{x:.1f}" x2="{x + 16:.1f}" y1="{y - 4}" y2="{y - 4}" stroke="{s.color}" stroke-width="2"{dash}/>')
-        out.append(f'<text x="{x + 20:.1f}" y="{y}" fill="#374151">{escape(s.name)}</text>')
-        x += 28 + 6.2 * len(s.name)
+        width = 28 + 6.2 * len(s.name)
+        if rows[-1] and x + width > right:
+            rows.append([])
+            x = float(left)
+        rows[-1].append((x, s))
+        x += width
+    return rows if rows[0] else []
+
+
+def _legend(rows: list[list[tuple[float, Series]]], top: float) -> list[str]:
+    out = []
+    for r, row in enumerate(rows):
+        y = top + 13 * r
+        for x, s in row:
+            dash = ' stroke-dasharray="5 4"' if s.dashed else ""
+            out.append(f'<line x1="{x:.1f}" x2="{x + 16:.1f}" y1="{y - 4}" y2="{y - 4}" stroke="{s.color}" stroke-width="2"{dash}/>')
+            out.append(f'<text x="{x + 20:.1f}" y="{y}" fill="#374151">{escape(s.name)}</text>')
     return out
 
 
@@ -204,7 +221,7 @@ def histogram(
         x = left + bar * i
         body.append(f'<text x="{x:.1f}" y="{bottom + 14}" text-anchor="middle" fill="#4b5563">{escape(fmt_number(10 ** edges[i]))}</text>')
     body.append(f'<text x="{(left + right) / 2:.1f}" y="{bottom + 28}" text-anchor="middle" fill="#374151">{escape(x_label)}</text>')
-    body += _legend([Series(name, color) for name, color, vs in groups if any(v > 0 for v in vs)], left, height - 10)
+    body += _legend(_legend_rows([Series(name, color) for name, color, vs in groups if any(v > 0 for v in vs)], left, right), height - 10)
     return _frame(width, height, title, body)
 
 

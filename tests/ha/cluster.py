@@ -55,13 +55,21 @@ class Deployment:
         self.env = dtf_env(DTF_SPOOL_DIR=str(tmp_path / "spool"), DTF_LOG_LEVEL="WARNING", **env)
         self.settings = Settings.from_env(self.env)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.starts: dict[str, int] = {}
 
     # -- processes ----------------------------------------------------------------------------
     def coordinator(self, name: str, *extra: str) -> subprocess.Popen[bytes]:
-        proc = self.processes.start(name, ["coordinator", "--db", str(self.db), "--node-id", name, *extra],
+        """Start (or restart) coordinator ``name``; each start logs to its own file."""
+        self.starts[name] = self.starts.get(name, 0) + 1
+        log_name = name if self.starts[name] == 1 else f"{name}.{self.starts[name]}"
+        proc = self.processes.start(log_name, ["coordinator", "--db", str(self.db), "--node-id", name, *extra],
                                     self.env, self.tmp_path)
         self.procs[name] = proc
         return proc
+
+    def coordinator_logs(self) -> str:
+        return "".join(f.read_text(errors="replace") for f in sorted(self.processes.logdir.glob("*.log"))
+                       if f.name[:1] in "ab" and not f.name.startswith("submit"))
 
     def worker(self, name: str, *, concurrency: int = 2, pool: str = "threads") -> subprocess.Popen[bytes]:
         proc = self.processes.start(name, ["worker", "--name", f"{name}@ha", "--queues", "dtf.cpu",

@@ -58,7 +58,9 @@ def test_killing_the_leader_mid_run_loses_and_duplicates_nothing(
     """R8: kill -9 the leader with 240 tests in flight; the standby leads within
     ttl + poll + 1 s, `dtf submit --wait` survives, one final result per test."""
     dep = start_pair(tmp_path, processes, redis_server)
-    suite = write_suite(tmp_path / "r8.yaml", models=60)
+    # A leader killed between Redis popping a message and kombu recording it as unacked
+    # loses that message; reconciliation brings the test back after timeout + grace.
+    suite = write_suite(tmp_path / "r8.yaml", models=60, timeout_s=10)
     run = dep.submit(suite)
     old_token = dep.ping_token()
     run.wait_for_passed(40)
@@ -66,6 +68,7 @@ def test_killing_the_leader_mid_run_loses_and_duplicates_nothing(
     killed_at = time.monotonic()
     dep.wait_for_leader("b", timeout_s=30)
     took = time.monotonic() - killed_at
+    print(f"R8: standby holds the lease {took:.2f} s after kill -9")
     assert took <= TTL_MS / 1000 + POLL_S + 1.0, f"standby took {took:.2f} s to lead"
     code, data = run.finish()
     assert code == 0, run.stderr() + dep.log("b")
@@ -87,7 +90,7 @@ def test_a_leader_paused_past_its_lease_is_fenced_and_steps_down(
     """R9: SIGSTOP the leader for 2 x ttl, then SIGCONT: nothing it writes after resuming
     is stored, it steps down within one renew interval, tokens strictly increase."""
     dep = start_pair(tmp_path, processes, redis_server)
-    suite = write_suite(tmp_path / "r9.yaml", models=30)
+    suite = write_suite(tmp_path / "r9.yaml", models=30, timeout_s=10)
     run = dep.submit(suite)
     old_token = dep.ping_token()
     run.wait_for_passed(20)

@@ -84,4 +84,3 @@ def test_a_master_paused_past_its_failover_accepts_no_writes_once_it_has_looked_
     print(f"R6: stale master accepted {len(accepted)} of {tries} writes, the last {max(accepted, default=0):.3f} s after resuming")
     assert tries > 10
     assert [t for t in accepted if t > 0.2] == []
-    sentinel_cluster.rejoin(old)

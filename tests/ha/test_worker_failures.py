@@ -102,6 +102,7 @@ def test_killing_a_workers_main_process_mid_test_redelivers_it(
         dep.kill("w1", signal.SIGKILL)
 
     took, run_id = run_and_kill(tmp_path, dep, kill_main)
+    print(f"R2: redelivered {took:.1f} s after kill -9 of the worker")
     assert took <= VISIBILITY_TIMEOUT_S + RESTORE_INTERVAL_S + 5, f"redelivered after {took:.1f} s"
     assert_nothing_lost(dep, run_id)
 
@@ -119,5 +120,6 @@ def test_killing_a_workers_pool_child_mid_test_requeues_it(
         os.kill(chain[-2], signal.SIGKILL)  # the pool child: the one whose parent is w1
 
     took, run_id = run_and_kill(tmp_path, dep, kill_child)
+    print(f"R1: requeued {took:.1f} s after kill -9 of the pool child")
     assert took <= 15, f"requeued after {took:.1f} s"
     assert_nothing_lost(dep, run_id)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,6 +167,7 @@ class PipelineRun:
 
 def run_tiny_suite(
     tmp_path: Path, processes: Processes, env: dict[str, str], *, name: str = "tiny", suite: str = TINY_SUITE,
+    timeout_s: float = 90, submit_args: Sequence[str] = (), worker_args: Sequence[str] = (),
 ) -> PipelineRun:
     """Start a coordinator and a worker, submit a suite and wait for its results."""
     db = tmp_path / f"{name}.duckdb"
@@ -174,10 +175,10 @@ def run_tiny_suite(
     suite_file.write_text(suite)
     processes.start(f"{name}-coordinator", ["coordinator", "--db", str(db)], env, tmp_path)
     processes.start(f"{name}-worker", ["worker", "--name", f"{name}@sec", "--queues", "dtf.cpu",
-                                       "--concurrency", "1"], env, tmp_path)
+                                       "--concurrency", "1", *worker_args], env, tmp_path)
     proc = subprocess.run(
-        dtf_cmd("submit", str(suite_file), "--wait", "--timeout", "90", "--format", "json",
-                "--templates", str(TEMPLATES)),
+        dtf_cmd("submit", str(suite_file), "--wait", "--timeout", f"{timeout_s:g}", "--format", "json",
+                "--templates", str(TEMPLATES), *submit_args),
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=150,
     )
     logs = "".join(f"\n--- {p}:\n" + processes.log(p) for p in (f"{name}-coordinator", f"{name}-worker"))
