@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import ssl
 from typing import Any, Callable, Mapping
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
 from celery import Celery, Task
 from kombu import Exchange, Queue
 
+from .errors import DtfError
 from .model import HARDWARE_KINDS, RenderedTest, TestResult, queue_for
 from .settings import Settings
 
@@ -101,6 +102,10 @@ def broker_connection_args(settings: Settings) -> tuple[str, dict[str, Any]]:
         if sentinel_kwargs:
             options["sentinel_kwargs"] = sentinel_kwargs
         return url, options
+    if any(k.lower() == "password" for k, _ in parse_qsl(urlsplit(settings.broker_url).query)):
+        # kombu fails on it with a TypeError traceback; say how to do it instead.
+        raise DtfError("DTF_BROKER_URL: a password= query parameter is not supported; "
+                       "set DTF_REDIS_PASSWORD or DTF_REDIS_PASSWORD_FILE")
     return _with_credentials(settings.broker_url, settings), options
 
 

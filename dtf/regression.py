@@ -8,24 +8,23 @@ template behind a test changed (that is reported, since it is often the reason).
 The rule, for one key with baseline samples ``b`` and current samples ``c`` (the
 ``latencies_ms`` a test's harness recorded, one per timed iteration):
 
-* change = median(c) / median(b) - 1;
-* noise = the largest of the relative interquartile range (IQR / median) of ``b`` and of
-  ``c``, and the relative spread (max - min) / median of the medians of the same key in
-  earlier runs (the history), when there are two or more;
-* a **regression** needs change >= max(threshold, noise_factor * noise) and a one-sided
-  Mann-Whitney U test saying ``c`` is stochastically larger than ``b`` at level alpha;
-  an **improvement** is the mirror image (median(b) / median(c) - 1 over the same bar,
-  and ``c`` smaller);
-* a significant change past the threshold but inside the noise band is **noisy**: shown,
-  never flagged. Too few samples on either side is **no-data**; no usable baseline is
-  **new**; anything else is **unchanged**.
+* the compared location is the fast tail, p10: interference only adds time, so it moves
+  the median and the slow tail far more than the fast tail, while a real slowdown of the
+  code moves them all; change = p10(c) / p10(b) - 1;
+* a **regression** needs the change to be at least ``threshold`` (with the median moving
+  the same way by as much), a one-sided Mann-Whitney U test saying ``c`` is
+  stochastically larger than ``b`` at level ``alpha``, the change to clear the run's own
+  noise band (max of (p50 - p10) / p10 of ``b`` and of ``c``), and, with two or more
+  history runs, the current p10 to be ``threshold`` beyond the slowest p10 any of them
+  measured; an **improvement** is the mirror image;
+* a significant change past the threshold that fails the noise band or the history is
+  **noisy**: shown, never flagged. Too few samples on either side is **no-data**; no
+  usable baseline is **new**; anything else is **unchanged**.
 
-Why the noise band: iterations within one run are not independent of that run's
-conditions (another test on the other core, a frequency change), so two runs of an
-unchanged tree differ by more than Mann-Whitney alone expects; on its own it flags many
-such differences. The IQR is a cheap, outlier-proof stand-in for that between-run
-variation, and the spread of history medians measures it directly once there is history.
-docs/reports.md records the false alarms this gives on unchanged trees.
+Why: iterations within one run are not independent of that run's conditions (another
+process on the core, a per-process memory layout), so two runs of an unchanged tree differ
+by more than Mann-Whitney alone expects. docs/reports.md records the false alarms and
+the sensitivity this gives, measured.
 """
 
 from __future__ import annotations

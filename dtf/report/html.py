@@ -140,11 +140,12 @@ def _perf_series(tests: Sequence[Mapping[str, Any]], batches: list[int], baselin
         lat, thr, base_lat, base_thr = [], [], [], []
         for t in mine:
             x = batches.index(t["batch_size"])
-            p50, p90 = _metric(t, "latency_p50_ms"), _metric(t, "latency_p90_ms")
+            p50 = _metric(t, "latency_p50_ms")
             lats = [float(v) for v in (t.get("metrics") or {}).get("latencies_ms") or [] if isinstance(v, (int, float))]
-            p10 = quantile(lats, 0.1) if lats else None
+            q1, q3 = (quantile(lats, 0.25), quantile(lats, 0.75)) if lats else (None, None)
             if p50 is not None:
-                lat.append(Point(x, p50, p10, p90, f"{t['test_id']}: p50 {fmt_number(p50)} ms (p10 {fmt_number(p10 or p50)}, p90 {fmt_number(p90 or p50)})"))
+                lat.append(Point(x, p50, q1, q3, f"{t['test_id']}: p50 {fmt_number(p50)} ms"
+                                 + (f" (p25 {fmt_number(q1)}, p75 {fmt_number(q3)})" if q1 is not None and q3 is not None else "")))
             items = _metric(t, "throughput_items_s")
             if items is not None:
                 thr.append(Point(x, items, label=f"{t['test_id']}: {fmt_number(items)} items/s"))
@@ -176,7 +177,7 @@ def _perf_charts(report: Mapping[str, Any]) -> str:
         labels = [str(b) for b in batches]
         cards.append(
             f'<div class="chartcard"><h3><code>{_e(model)}</code> on {_e(hw)}</h3>'
-            + line_chart(latency, labels, title="latency p50 (bars p10–p90)", y_label="ms")
+            + line_chart(latency, labels, title="latency p50 (bars p25–p75)", y_label="ms")
             + line_chart(throughput, labels, title="throughput", y_label="items/s")
             + "</div>"
         )

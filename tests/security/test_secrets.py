@@ -133,7 +133,7 @@ def test_a_planted_secret_appears_in_no_output(tmp_path: Path, acl_redis: RedisS
     outputs = {"submit": run.submit.stdout + run.submit.stderr}
     for command in (["status", run.run_id], ["results", run.run_id, "--format", "json"], ["workers", "--format", "json"],
                     ["detect"], ["detect", "--json"], ["templates", "list"]):
-        outputs[" ".join(command[:1] + command[2:])] = run_cli(tmp_path, env, *command)
+        outputs[" ".join(command).replace(run.run_id, "RUN")] = run_cli(tmp_path, env, *command)
     outputs.update(flower_pages(tmp_path, {**env, "DTF_FLOWER_BASIC_AUTH": ""}, processes))
     outputs["redis"] = redis_dump(client(acl_redis, username=ADMIN[0], password=ADMIN[1]))
     processes.stop_all()
@@ -142,7 +142,7 @@ def test_a_planted_secret_appears_in_no_output(tmp_path: Path, acl_redis: RedisS
     outputs["results --db"] = run_cli(tmp_path, env, "results", run.run_id, "--db", str(run.db), "--format", "json")
     for folder in (reports, tmp_path / "spool"):
         outputs.update({str(p): p.read_text(errors="replace") for p in folder.rglob("*") if p.is_file()})
-    assert len(outputs) >= 12 and "passed" in outputs["results --format json"]
+    assert len(outputs) >= 14 and "passed" in outputs["results RUN --format json"]
     assert any("DEBUG" in text for name, text in outputs.items() if name.startswith("log")), "debug logging was on"
     assert leaks(outputs) == {}
 
