@@ -154,6 +154,7 @@ def main() -> None:
     parser.add_argument("--tests", type=int, default=None, help="tests per run (default 200; 80 with --quick)")
     args = parser.parse_args()
     trials = args.repeats or (2 if args.quick else 5)
+    args.repeats = trials  # reported as the number of leader trials
     tests = args.tests or (80 if args.quick else 200)
     leader = leader_trials(trials, tests)
     sentinel = sentinel_trials(1 if args.quick else 3)

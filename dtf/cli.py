@@ -353,7 +353,7 @@ def coordinator(
     db: DbOpt = None,
     broker: BrokerOpt = None,
     standalone: Annotated[bool, typer.Option("--standalone", help="Lead at once, without the leader lock (one coordinator only).")] = False,
-    node_id: Annotated[Optional[str], typer.Option("--node-id", envvar="DTF_NODE_ID", help="Name in the leader lock (default host-pid-random).")] = None,
+    node_id: Annotated[Optional[str], typer.Option("--node-id", help="Name in the leader lock (default host-pid-random).")] = None,
     lease_ttl_ms: Annotated[Optional[int], typer.Option("--lease-ttl-ms", envvar="DTF_LEADER_TTL_MS", help="Leader lease ttl; renewed every ttl/3.")] = None,
 ) -> None:
     """Run a coordinator: stands by until it holds the leader lock, then owns the DuckDB file,
@@ -524,6 +524,10 @@ def workers_cmd(
     from rich.live import Live
 
     try:
+        if not out.is_terminal:  # a pipe or a log file: one table per refresh, appended
+            while True:
+                out.print(_workers_table(client.call("workers"), time.time()))
+                time.sleep(max(interval, 0.2))
         with Live(_workers_table(client.call("workers"), time.time()), console=out, auto_refresh=False) as live:
             while True:
                 time.sleep(max(interval, 0.2))

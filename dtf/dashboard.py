@@ -168,7 +168,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "dtf-dashboard"
     sys_version = ""
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
 
     # Everything but GET and HEAD is refused: the dashboard changes nothing.
@@ -262,7 +262,7 @@ class DashboardServer(ThreadingHTTPServer):
         self.api: dict[str, Callable[[Mapping[str, list[str]]], Any]] = {
             "/api/runs": lambda q: source.runs(_int_arg(q, "limit", 20, 200)),
             "/api/run": lambda q: {"run_id": _run_id(q), "matrix": source.matrix(_run_id(q))},
-            "/api/trends": lambda q: source.trends(_int_arg(q, "runs", 30, 500), (q.get("suite") or [None])[0]),
+            "/api/trends": lambda q: source.trends(_int_arg(q, "runs", 30, 500), (q.get("suite") or [""])[0] or None),
             "/api/workers": lambda q: source.workers(),
             "/healthz": lambda q: {"ok": True},
         }
@@ -270,9 +270,8 @@ class DashboardServer(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
-        host = f"[{host}]" if ":" in str(host) else host
-        return f"http://{host}:{port}/"
+        host, port = str(self.server_address[0]), int(self.server_address[1])
+        return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
 def _run_id(query: Mapping[str, list[str]]) -> str:

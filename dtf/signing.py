@@ -76,7 +76,8 @@ class MessageSigner:
         return f"MessageSigner(key ids {sorted(self._keys)}, max_age_s={self.max_age_s:g})"
 
     def _mac(self, kid: str, stamp: str, body: str) -> str:
-        text = f"{_VERSION}\n{kid}\n{stamp}\n{body}".encode()
+        # surrogatepass: a forged body may hold lone surrogates; it must fail the MAC, not crash.
+        text = f"{_VERSION}\n{kid}\n{stamp}\n{body}".encode("utf-8", "surrogatepass")
         return hmac.new(self._keys[kid], text, hashlib.sha256).hexdigest()
 
     def dumps(self, obj: Any) -> str:

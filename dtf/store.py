@@ -361,6 +361,38 @@ class Store:
             after = con.execute("SELECT count(*) FROM results").fetchall()[0][0]
         return int(after - before)
 
+    def ingest_batch(
+        self,
+        results: Sequence[TestResult],
+        updates: Sequence[TestUpdate] = (),
+        *,
+        finished_runs: Sequence[tuple[str, str]] = (),
+        token: int = 0,
+    ) -> int:
+        """``commit_batch`` with the same contract and about half the work per row: the
+        Arrow table is built column by column straight from the results (no dict per row,
+        JSON-safety and UTF-8 fixes only for the rare values that need them), and the rows
+        stored come from the INSERT's own count instead of a count(*) before and after."""
+        now = time.time()
+        table = _result_table(results, now, token)
+        stored = 0
+        with self._transaction() as con:
+            self._fence(con, token)
+            if table.num_rows:
+                with self._arrow_view(con, "batch_results", table):
+                    row = con.execute(
+                        "INSERT INTO results SELECT * FROM batch_results ON CONFLICT DO NOTHING"
+                    ).fetchone()
+                    stored = int(row[0]) if row else 0
+            if updates:
+                self._apply_updates(con, updates)
+            for run_id, status in finished_runs:
+                con.execute(
+                    "UPDATE runs SET status = ?, finished_at = ? WHERE run_id = ?",
+                    [status, now, run_id],
+                )
+        return stored
+
     def update_tests(self, updates: Sequence[TestUpdate], *, token: int = 0) -> None:
         if not updates:
             return
@@ -687,3 +719,39 @@ def _result_row(r: TestResult, now: float, token: int) -> dict[str, Any]:
 
 def _finite(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _utf8_column(values: list[Any]) -> list[Any]:
+    """The values unchanged when all of them encode as UTF-8 (nearly always), else fixed."""
+    try:
+        "\x00".join(v for v in values if v is not None).encode("utf-8")
+        return values
+    except UnicodeEncodeError:
+        return [_utf8(v) for v in values]
+
+
+def _metrics_json(metrics: Mapping[str, Any]) -> str:
+    try:
+        text = json.dumps(metrics, ensure_ascii=False, allow_nan=False)
+        text.encode("utf-8")
+        return text
+    except (ValueError, TypeError, UnicodeEncodeError):  # NaN, inf, lone surrogates, odd keys
+        return json.dumps(_json_safe(dict(metrics)))
+
+
+def _result_table(results: Sequence[TestResult], now: float, token: int) -> pa.Table:
+    """The rows _result_row would give, as Arrow columns built without a dict per row."""
+    def col(name: str) -> list[Any]:
+        return [getattr(r, name) for r in results]
+
+    n = len(results)
+    columns = {
+        "run_id": _utf8_column(col("run_id")), "test_id": _utf8_column(col("test_id")), "attempt": col("attempt"),
+        "worker_id": _utf8_column(col("worker_id")), "hostname": _utf8_column(col("hostname")),
+        "hardware": _utf8_column(col("hardware")), "status": _utf8_column(col("status")),
+        "duration_s": col("duration_s"), "peak_memory_mb": col("peak_memory_mb"),
+        "metrics": [_metrics_json(r.metrics) for r in results], "error": _utf8_column(col("error")),
+        "stderr_tail": _utf8_column(col("stderr_tail")), "started_at": col("started_at"),
+        "finished_at": col("finished_at"), "ingested_at": [now] * n, "token": [token] * n,
+    }
+    return pa.Table.from_arrays([pa.array(columns[f.name], f.type) for f in _RESULT_SCHEMA], schema=_RESULT_SCHEMA)

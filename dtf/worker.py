@@ -172,7 +172,7 @@ class WorkerRuntime:
         spool_dir: str | Path | None = None,
         test_env: Mapping[str, str] | None = None,
         execution: ExecutionProfile = PROFILES["test"],
-        limits: GuardLimits = GuardLimits(),
+        limits: GuardLimits | None = None,
         sampler: HealthSampler | None = None,
         max_rejections: int = DEFAULT_MAX_REJECTIONS,
         heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
@@ -189,7 +189,7 @@ class WorkerRuntime:
         self.execution = execution
         self.concurrency = execution.concurrency(profile, self.queues)
         self.slots = DeviceSlots(devices_for(profile, self.queues) if execution.exclusive_devices else {})
-        self.guard = ResourceGuard(limits)
+        self.guard = ResourceGuard(limits or GuardLimits())
         self.sampler = sampler
         self.max_rejections = max(1, max_rejections)
         self.heartbeat_interval_s = heartbeat_interval_s
@@ -235,7 +235,7 @@ class WorkerRuntime:
             timeout = self.execution.timeout_for(spec)
             if timeout != spec.timeout_s:
                 test = dataclasses.replace(test, spec=dataclasses.replace(spec, timeout_s=timeout))
-            env = {**(self.test_env if self.test_env is not None else os.environ), **device_env} if device_env else self.test_env
+            env = self._env_with(device_env)
             with self._lock:
                 self._running[key] = time.time()
             try:
@@ -245,6 +245,12 @@ class WorkerRuntime:
                 with self._lock:
                     self._running.pop(key, None)
         self.publish_result(result)
+
+    def _env_with(self, device_env: Mapping[str, str]) -> dict[str, str] | None:
+        """The test's environment plus its device pinning (None: inherit the worker's)."""
+        if not device_env:
+            return self.test_env
+        return {**(self.test_env if self.test_env is not None else os.environ), **device_env}
 
     # -- memory requirement ---------------------------------------------------------------
     def _rejected_for_memory(self, payload: Mapping[str, Any], test: RenderedTest, request: Any) -> bool:

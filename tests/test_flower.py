@@ -103,7 +103,7 @@ def _task_state(base: str, task_id: str) -> str | None:
 
 
 def _worker_queues(base: str, worker: str) -> list[str]:
-    status, workers = _get(f"{base}/api/workers?refresh=1", CREDS)
+    _, workers = _get(f"{base}/api/workers?refresh=1", CREDS)
     info = (workers or {}).get(worker) or {}
     return [q["name"] for q in info.get("active_queues") or []]
 

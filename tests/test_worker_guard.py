@@ -67,7 +67,7 @@ def test_a_memory_hog_pauses_intake_without_touching_the_running_test(
         # Three more heartbeats, each still constrained, and the second test never left Redis.
         for _ in range(3):
             seen = _guard(cluster)["sent_at"]
-            wait_for(lambda: _guard(cluster)["sent_at"] > seen, "the next heartbeat")
+            wait_for(lambda seen=seen: _guard(cluster)["sent_at"] > seen, "the next heartbeat")
             assert _guard(cluster)["state"] == "constrained"
             assert cluster.tests(run_id)[second]["status"] == "queued" and not gates.started(second)
     finally:

@@ -109,3 +109,18 @@ def test_a_benchmark_worker_pins_each_gpu_test_to_its_device(tmp_path: Path) -> 
     [message] = _drain(app, RESULTS_QUEUE)
     result = message.decode()["result"]
     assert result["status"] == "passed" and result["metrics"]["device"] == "0"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--profile", "turbo"], "--profile: unknown profile 'turbo' (expected one of benchmark, test, light)"),
+    (["--max-memory-percent", "150"], "--max-memory-percent: expected a percentage in (0, 100], got 150"),
+])
+def test_bad_worker_options_are_one_line_errors(tmp_path: Path, args: list[str], message: str) -> None:
+    import subprocess
+
+    from .conftest import dtf_cmd, dtf_env, free_port
+
+    proc = subprocess.run(dtf_cmd("worker", *args), env=dtf_env(DTF_BROKER_URL=f"redis://127.0.0.1:{free_port()}/0"),
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
