@@ -123,6 +123,7 @@ class Coordinator:
         self._last_reconcile = 0.0
         self._producer: Producer | None = None
         self.ingested = 0
+        self.duplicates = 0  # results whose (run, test, attempt) was already stored: redeliveries
 
     # -- life cycle -----------------------------------------------------------------------
     def serve(
@@ -319,6 +320,11 @@ class Coordinator:
             key = (result.run_id, result.test_id, result.attempt)
             if key not in known:
                 fresh.setdefault(key, result)
+        if len(batch) > len(fresh):
+            # A task run twice (redelivered past the visibility timeout, or re-published by
+            # reconciliation) reports the same key again: stored once, counted here.
+            self.duplicates += len(batch) - len(fresh)
+            log.info("ignored %d duplicate result(s); %d so far", len(batch) - len(fresh), self.duplicates)
         updates: list[dict[str, Any]] = [_update_row(run_id, u) for run_id, u in started]
         requeue: list[tuple[str, str, int]] = []
         touched: dict[str, RunGraph] = {}
@@ -505,7 +511,7 @@ class Coordinator:
             raise DtfError(f"unknown run {run_id!r}")
         counts = self.store.status_counts(run_id)
         return {"run": run, "counts": counts, "idle_queues": self.idle_queues(run_id),
-                "finished": run["status"] != "running", "ingested": self.ingested}
+                "finished": run["status"] != "running", "ingested": self.ingested, "duplicates_ignored": self.duplicates}
 
 
 class Candidate:
