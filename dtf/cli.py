@@ -89,12 +89,12 @@ def _registry(settings: Settings, templates: Sequence[Path] | None) -> Any:
 def _prepare(suite_path: Path, settings: Settings, templates: Sequence[Path] | None) -> tuple[Any, list[RenderedTest]]:
     """Load, validate, expand and render a suite: every bad-input error surfaces here,
     before anything reaches a broker."""
-    from .suite import expand_suite, load_suite
+    from .suite import expand_suite, load_suite, render_suite
 
     registry = _registry(settings, templates)
     suite = load_suite(suite_path)
     specs = expand_suite(suite, resolve_template=registry.resolve)
-    return suite, [registry.render(spec) for spec in specs]
+    return suite, render_suite(suite, specs, registry.render)
 
 
 def _run_meta(suite: Any) -> dict[str, Any]:

@@ -29,9 +29,9 @@ from celery import Celery
 from kombu import Connection, Consumer, Message, Producer, Queue
 from kombu.exceptions import ChannelError
 
-from .app import CONTROL_QUEUE, RESULTS_QUEUE, RUN_TEST, task_id_for
-from .errors import BrokerError, DtfError, FencingError, PayloadTooLarge, StoreError
-from .model import RenderedTest, Status, TestResult, TestSpec, queue_for
+from .app import CONTROL_QUEUE, RESULTS_QUEUE, RUN_TEST, task_id_for, wire_format
+from .errors import BrokerError, DtfError, FencingError, HardwareError, PayloadTooLarge, StoreError
+from .model import HARDWARE_KINDS, RenderedTest, Status, TestResult, TestSpec, queue_for
 from .schedule import RunGraph, Update
 from .ha import LeaderLock, NotLeader
 from .store import Store
@@ -142,11 +142,12 @@ class Coordinator:
         settings = self.app.dtf_settings  # type: ignore[attr-defined]
         with self.app.connection_for_write(transport_options=control_transport_options(settings)) as conn:
             conn.ensure_connection(max_retries=3)
+            serializer, accept = wire_format(self.app)
             ctrl = Consumer(conn.channel(), [control_queue()], callbacks=[self._on_control],
-                            accept=["json"], prefetch_count=0)
+                            accept=accept, prefetch_count=0, on_decode_error=_drop_undecodable)
             res = Consumer(conn.channel(), [results_queue()], callbacks=[self._on_result_message],
-                           accept=["json"], prefetch_count=self.batch_size)
-            self._producer = Producer(conn.channel(), serializer="json")
+                           accept=accept, prefetch_count=self.batch_size, on_decode_error=_drop_undecodable)
+            self._producer = Producer(conn.channel(), serializer=serializer)
             self._restore_active_runs()
             self.reconcile_on_election()
             with ctrl, res:
@@ -226,7 +227,7 @@ class Coordinator:
         reply_to = body.get("reply_to")
         if reply_to and self._producer is not None:
             self._producer.publish(dict(payload, correlation_id=body.get("correlation_id")),
-                                   exchange="", routing_key=str(reply_to), serializer="json", retry=True)
+                                   exchange="", routing_key=str(reply_to), retry=True)
 
     def _on_submit_chunk(self, body: Mapping[str, Any], message: Message) -> None:
         pending = self._submits.setdefault(str(body["submit_id"]), _PendingSubmit())
@@ -254,6 +255,10 @@ class Coordinator:
         run_id = str(run["run_id"])
         if run_id in self.runs or self.store.run(run_id) is not None:
             return run_id  # a redelivered submit: already stored
+        unknown = sorted({t.spec.hardware for t in tests} - set(HARDWARE_KINDS))
+        if unknown:  # the CLI refuses these; a forged submit must not reach the store either
+            raise HardwareError(f"unknown hardware {', '.join(map(repr, unknown))} "
+                                f"(expected one of {', '.join(HARDWARE_KINDS)})")
         self.store.insert_run(run, tests, token=self.token())
         graph = RunGraph(run_id, [t.spec for t in tests])
         self.runs[run_id] = graph
@@ -310,6 +315,13 @@ class Coordinator:
         if len(self._results) >= self.batch_size:
             self._flush_results()
 
+    def _expected(self, result: TestResult) -> bool:
+        """Only a result for a test of an active run, for an attempt that was dispatched,
+        is stored: a late or forged one must not rewrite a finished run."""
+        graph = self.runs.get(result.run_id)
+        state = graph.tests.get(result.test_id) if graph is not None else None
+        return state is not None and 1 <= result.attempt <= state.attempts
+
     def _flush_results(self) -> None:
         """One transaction for the whole batch, then ack every message in it."""
         batch, self._results = self._results, []
@@ -318,7 +330,7 @@ class Coordinator:
         fresh: dict[tuple[str, str, int], TestResult] = {}
         for result, _ in batch:
             key = (result.run_id, result.test_id, result.attempt)
-            if key not in known:
+            if key not in known and self._expected(result):
                 fresh.setdefault(key, result)
         if len(batch) > len(fresh):
             # A task run twice (redelivered past the visibility timeout, or re-published by
@@ -419,16 +431,6 @@ class Coordinator:
         with batch(1000) if batch is not None else nullcontext():
             for payload, queue, task_id in messages:
                 self.app.send_task(RUN_TEST, args=[payload], queue=queue, task_id=task_id, producer=self._producer)
-
-    def _sources(self, run_id: str, test_ids: Sequence[str]) -> dict[str, RenderedTest]:
-        rows = self.store.query(
-            "SELECT test_id, spec, source, template_hash FROM tests WHERE run_id = ? AND list_contains(?, test_id)",
-            [run_id, list(test_ids)],
-        )
-        return {
-            r["test_id"]: RenderedTest(TestSpec.from_dict(_json(r["spec"])), r["source"], r["template_hash"])
-            for r in rows
-        }
 
     # -- reconciliation ---------------------------------------------------------------------------
     def _mark_published(self, run_id: str, items: Sequence[tuple[str, int]]) -> None:
@@ -730,7 +732,7 @@ class CoordinatorClient:
     def send(self, body: Mapping[str, Any]) -> None:
         """Fire and forget a control message."""
         with self._connection() as conn:
-            Producer(conn.channel(), serializer="json").publish(
+            Producer(conn.channel(), serializer=wire_format(self.app)[0]).publish(
                 dict(body), exchange="", routing_key=CONTROL_QUEUE, declare=[control_queue()], retry=True
             )
 
@@ -770,8 +772,10 @@ class CoordinatorClient:
 
         with self._connection() as conn:
             queue = Queue(reply_name, auto_delete=True, durable=False)
-            with Consumer(conn.channel(), [queue], callbacks=[on_reply], accept=["json"]):
-                producer = Producer(conn.channel(), serializer="json")
+            serializer, accept = wire_format(self.app)
+            with Consumer(conn.channel(), [queue], callbacks=[on_reply], accept=accept,
+                          on_decode_error=_drop_undecodable):
+                producer = Producer(conn.channel(), serializer=serializer)
                 outgoing = [dict(b) for b in bodies]
                 outgoing[0].update(reply_to=reply_name, correlation_id=correlation)
                 for body in outgoing:
@@ -813,7 +817,9 @@ class CoordinatorClient:
         submit_id = uuid.uuid4().hex
         dicts = [t.to_dict() for t in tests]
         for t in dicts:
-            size = len(_dumps(t))
+            # Measure what the coordinator will publish (the task payload around the test,
+            # at the highest attempt number), so a test under the cap here is publishable there.
+            size = len(_dumps({"run_id": str(run["run_id"]), "attempt": int(t["spec"].get("retries", 0)) + 1, "test": t}))
             if size > self.max_payload:
                 raise PayloadTooLarge(
                     f"test {t['spec']['test_id']}: rendered payload is {size} bytes, over the {self.max_payload}-byte cap"
@@ -826,6 +832,15 @@ class CoordinatorClient:
         ]
         data = self._call_many(bodies, timeout_s=max(self.timeout_s, 30.0 + len(tests) / 500))
         return str(data["run_id"])
+
+
+def _drop_undecodable(message: Message, exc: BaseException) -> None:
+    """A message in a content type we refuse (pickle, unsigned when signing is on) or that
+    does not decode is logged and acked: never executed, and never left at the head of the
+    queue where it would block every message behind it."""
+    log.error("dropping a message we refuse to decode (content type %s): %s",
+              message.content_type, _first_line(exc))
+    message.ack()
 
 
 def _first_line(exc: BaseException) -> str:

@@ -36,6 +36,7 @@ from typing import Any, Mapping, NoReturn
 import psutil
 
 from .harness import RESULT_FILE_ENV
+from .settings import scrub_secrets
 from .model import RenderedTest, Status, TestResult
 
 __all__ = ["Execution", "ForkServer", "execute", "run_source"]
@@ -166,7 +167,9 @@ def run_source(
         script.write_text(source, encoding="utf-8")
         outcome_file = work / "outcome.json"
         stderr_file = work / "stderr.txt"
-        child_env = dict(os.environ if env is None else env)
+        # Tests never see the worker's secrets (broker password, signing key): a test that
+        # prints its environment would otherwise put them in stderr_tail and the reports.
+        child_env = scrub_secrets(os.environ if env is None else env)
         child_env[RESULT_FILE_ENV] = str(outcome_file)
         child_env.setdefault("PYTHONDONTWRITEBYTECODE", "1")
         started = time.time()

@@ -189,8 +189,6 @@ def test_processes_that_run_test_code_get_no_secret_variables() -> None:
 
 @pytest.mark.redis
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="tests inherit the worker's environment, DTF_REDIS_PASSWORD included: "
-                   "runner.run_source should pass scrub_secrets(env) (SECURITY.md open item 5)")
 def test_a_test_that_dumps_its_environment_finds_no_secret(
     tmp_path: Path, redis_server: RedisServer, processes: Processes
 ) -> None:

@@ -247,8 +247,6 @@ def test_a_replayed_result_changes_nothing(tmp_path: Path, redis_server: RedisSe
 
 @pytest.mark.redis
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the coordinator consumes and replies in plain JSON; it should use "
-                   "dtf.app.wire_format as the worker does (SECURITY.md open item 2)")
 def test_a_signing_coordinator_answers_signed_messages_and_refuses_unsigned_ones(
     tmp_path: Path, redis_server: RedisServer, processes: Processes
 ) -> None:

@@ -112,9 +112,6 @@ def test_a_test_one_byte_over_the_cap_is_refused_by_the_client(redis_server: Red
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the client checks the test's JSON, the coordinator the task payload around "
-                   "it (run_id, attempt): a test at the cap is accepted, then never published "
-                   "(SECURITY.md open item 4)")
 def test_a_test_at_the_cap_is_either_refused_up_front_or_published(
     tmp_path: Path, redis_server: RedisServer, processes: Processes
 ) -> None:

@@ -249,8 +249,6 @@ def test_the_cli_turns_every_refusal_into_one_line_and_exit_2(text: str) -> None
         assert not (path.parent / "never.duckdb").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="cli._prepare renders with registry.render, not suite.render_suite "
-                   "(one-line change, SECURITY.md open item 3)")
 def test_the_cli_names_the_suite_file_when_a_parameter_has_the_wrong_type(tmp_path: Path) -> None:
     path = tmp_path / "typo.yaml"
     path.write_text("name: s\nmodels: [{name: bert-base-uncased, params: {hidden: lots}}]\nhardware: [cpu]\n"

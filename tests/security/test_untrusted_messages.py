@@ -126,8 +126,6 @@ def test_the_coordinator_never_unpickles_what_is_pushed_into_its_queues(
     assert coordinator.poll() is None, processes.log("coordinator")
 
 
-@pytest.mark.xfail(strict=True, reason="the coordinator's consumers have no on_decode_error: a refused message is "
-                   "put back at the head of its queue and blocks it (SECURITY.md open item 1)")
 def test_a_refused_message_does_not_block_the_coordinator_queues(
     tmp_path: Path, redis_server: RedisServer, processes: Processes
 ) -> None:
