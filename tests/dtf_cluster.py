@@ -49,12 +49,14 @@ class Gates:
         self._base(test_id).with_suffix(".go").write_text("go")
 
 
-def gated_suite(path: Path, name: str, gates: Gates, batch_sizes: list[int], *, deps: bool = False) -> Path:
+def gated_suite(path: Path, name: str, gates: Gates, batch_sizes: list[int], *, deps: bool = False,
+                latency_ms: float = 0.0) -> Path:
     """A suite of gate/wait tests ``gated/cpu/bs<N>/fp32``; no dependency chains unless ``deps``."""
+    params = f"{{dir: \"{gates.dir}\", latency_ms: {latency_ms}}}"
     path.write_text(
         f"name: {name}\n"
         "defaults: {timeout_s: 120, retries: 0}\n"
-        f"models:\n  - {{name: gated, family: gate, template: gate/wait, params: {{dir: \"{gates.dir}\"}}}}\n"
+        f"models:\n  - {{name: gated, family: gate, template: gate/wait, params: {params}}}\n"
         "hardware: [cpu]\n"
         f"batch_sizes: {batch_sizes}\n"
         "precisions: [fp32]\n"

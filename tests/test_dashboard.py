@@ -343,7 +343,7 @@ def test_the_page_shows_live_progress_and_a_trend_chart_without_console_errors(
     for i in range(2):  # two finished runs of the same test: a trend with two points
         gates_i = Gates(tmp_path / f"done{i}")
         gates_i.open("gated/cpu/bs2/fp32")
-        cluster.submit(gated_suite(tmp_path / f"done{i}.yaml", "trend", gates_i, [2]), wait=True)
+        cluster.submit(gated_suite(tmp_path / f"done{i}.yaml", "trend", gates_i, [2], latency_ms=12.5 - 4 * i), wait=True)
     run_id = cluster.submit(gated_suite(tmp_path / "live.yaml", "live", gates, [1, 4]))
     live = ["gated/cpu/bs1/fp32", "gated/cpu/bs4/fp32"]
     running = wait_for(lambda: next((t for t in live if gates.started(t)), None), "a test of the live run to start")
@@ -370,5 +370,7 @@ def test_the_page_shows_live_progress_and_a_trend_chart_without_console_errors(
     assert state["before"] == "0/2" and state["after"] == "1/2"
     assert state["matrix"].startswith("gated") and "/2" in state["matrix"]
     assert state["series"].startswith("gated · cpu · bs2 · fp32")
-    assert state["path"] and state["path"].count("L") >= 1
+    assert state["path"] and state["path"].count("L") == 1  # two points, the newer one lower (faster)
+    start, end = (float(p.split(",")[1]) for p in state["path"].replace("M", "").split(" L"))
+    assert end > start  # SVG y grows downwards
     assert _ink(state["chart"]) > 0.02  # axes, grid, line and dots: not a blank image

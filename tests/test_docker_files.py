@@ -70,7 +70,7 @@ def test_compose_runs_redis_with_a_replica_three_sentinels_two_coordinators_a_wo
     }
     commands = {name: svc["command"] for name, svc in dtf_services(compose).items()}
     assert commands == {"coordinator-1": ["coordinator"], "coordinator-2": ["coordinator"],
-                        "worker-cpu": ["worker"], "flower": ["flower"]}
+                        "worker-cpu": ["worker"], "flower": ["flower", "--address", "0.0.0.0"]}
 
 
 def test_compose_uses_only_known_dtf_variables_and_no_secret_values(compose: dict[str, Any]) -> None:

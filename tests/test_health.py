@@ -202,11 +202,16 @@ def test_dtf_workers_shows_health_and_watch_keeps_refreshing_until_interrupted(
     assert "online" in row and "dtf.cpu" in row and "test" in row
     watch = subprocess.Popen(dtf_cmd("workers", "--watch", "--interval", "0.5"), env=cluster.env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert watch.stdout is not None
-    tables = 0
-    for line in watch.stdout:
-        tables += line.startswith("workers (") or "workers (" in line
-        if tables >= 2:
-            break
-    watch.send_signal(signal.SIGINT)
-    assert watch.wait(30) == 0
+    try:
+        assert watch.stdout is not None
+        tables = 0
+        for line in watch.stdout:  # a pipe: one whole table per refresh
+            tables += "workers (" in line
+            if tables >= 2:
+                break
+        watch.send_signal(signal.SIGINT)
+        assert watch.wait(30) == 0
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait()
