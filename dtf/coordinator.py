@@ -540,6 +540,24 @@ class Candidate:
         self.open_store = open_store
         self.retry_s = retry_s
         self.terms: list[int] = []  # fencing tokens of the terms this process led, in order
+        self._store: Store | None = None
+        # Close the results database the moment the lease is lost, not after the broker
+        # connection has been torn down: with Redis unreachable that teardown retries for
+        # seconds, and the next leader cannot open the file until this process lets go.
+        previous = lock.on_demoted
+
+        def on_demoted() -> None:
+            self._release_store()
+            if previous is not None:
+                previous()
+
+        lock.on_demoted = on_demoted
+
+    def _release_store(self) -> None:
+        store, self._store = self._store, None
+        if store is not None:
+            store.close()
+            log.warning("%s: lease lost; results database closed", self.lock.node_id)
 
     def run(self, stop: threading.Event) -> None:
         """Until ``stop``: stand by, lead while leader. Releases the lease on the way out."""
@@ -567,6 +585,7 @@ class Candidate:
         store = self._open_store(stop)
         if store is None:
             return
+        self._store = store
         try:
             token = self.lock.raise_token(store.max_token() + 1)
             self.terms.append(token)
@@ -579,6 +598,7 @@ class Candidate:
         except NotLeader:
             pass  # the lease lapsed between opening the file and claiming the token
         finally:
+            self._store = None
             store.close()
             log.warning("%s: standing by (results database closed)", self.lock.node_id)
 
