@@ -390,8 +390,7 @@ class Coordinator:
             return
         outstanding = self._outstanding()
         for graph in list(self.runs.values()):
-            kinds = {t.spec.hardware for t in graph.tests.values()}
-            room = {hw: self.window - outstanding.get(hw, 0) for hw in kinds}
+            room = {hw: self.window - outstanding.get(hw, 0) for hw in graph.hardware_kinds}
             specs = graph.take_ready(room)
             if not specs:
                 continue

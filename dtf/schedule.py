@@ -60,7 +60,21 @@ class RunGraph:
         self._heap: list[tuple[int, int, str]] = []
         self._rebuild_ready()
 
+    def _move(self, t: TestState, status: str) -> None:
+        """Change a test's status and the per-hardware counts with it (no rescans)."""
+        per = self._counts[t.spec.hardware]
+        per[t.status] -= 1
+        t.status = status
+        per[status] = per.get(status, 0) + 1
+
+    def _recount(self) -> None:
+        self._counts: dict[str, dict[str, int]] = {}
+        for t in self.tests.values():
+            per = self._counts.setdefault(t.spec.hardware, {})
+            per[t.status] = per.get(t.status, 0) + 1
+
     def _rebuild_ready(self) -> None:
+        self._recount()
         self._heap = []
         for t in self.tests.values():
             self._push_if_ready(t)
@@ -96,23 +110,25 @@ class RunGraph:
         return taken
 
     def finished(self) -> bool:
-        return all(t.final for t in self.tests.values())
+        return all(n == 0 or st in _FINAL for per in self._counts.values() for st, n in per.items())
 
     def verdict(self) -> str:
         """'passed' when nothing failed, else 'failed' (skips alone do not fail a run)."""
-        return "failed" if any(t.status in _FAILING for t in self.tests.values()) else "passed"
+        failing = any(n and st in _FAILING for per in self._counts.values() for st, n in per.items())
+        return "failed" if failing else "passed"
 
     def counts(self) -> dict[str, dict[str, int]]:
-        out: dict[str, dict[str, int]] = {}
-        for t in self.tests.values():
-            per = out.setdefault(t.spec.hardware, {})
-            per[t.status] = per.get(t.status, 0) + 1
-        return out
+        """{hardware: {status: n}}, kept as statuses change: O(kinds), not O(tests)."""
+        return {hw: {st: n for st, n in per.items() if n} for hw, per in self._counts.items()}
+
+    @property
+    def hardware_kinds(self) -> frozenset[str]:
+        return frozenset(self._counts)
 
     # -- transitions --------------------------------------------------------------------
     def mark_queued(self, test_id: str) -> Update:
         t = self.tests[test_id]
-        t.status = Status.QUEUED.value
+        self._move(t, Status.QUEUED.value)
         t.attempts += 1
         return Update(test_id, t.status, t.attempts)
 
@@ -120,7 +136,7 @@ class RunGraph:
         t = self.tests.get(test_id)
         if t is None or t.final or attempt != t.attempts:
             return None
-        t.status = Status.RUNNING.value
+        self._move(t, Status.RUNNING.value)
         return Update(test_id, t.status, t.attempts)
 
     def apply_result(self, result: TestResult) -> list[Update]:
@@ -129,11 +145,11 @@ class RunGraph:
         if t is None or t.final or result.attempt != t.attempts:
             return []
         if result.status in _FAILING and t.attempts <= t.spec.retries:
-            t.status = Status.QUEUED.value
+            self._move(t, Status.QUEUED.value)
             t.attempts += 1
             t.reason = f"retry after attempt {result.attempt}: {result.status}"
             return [Update(t.spec.test_id, t.status, t.attempts, t.reason, requeue=True)]
-        t.status = result.status
+        self._move(t, result.status)
         t.reason = result.error if result.status != Status.PASSED.value else None
         updates = [Update(t.spec.test_id, t.status, t.attempts, t.reason)]
         if result.status == Status.PASSED.value:
@@ -151,7 +167,8 @@ class RunGraph:
             t = self.tests[test_id]
             if t.final:
                 continue
-            t.status, t.reason = Status.SKIPPED.value, reason
+            self._move(t, Status.SKIPPED.value)
+            t.reason = reason
             updates.append(Update(test_id, t.status, t.attempts, reason))
             skipped.append(test_id)
         for test_id in skipped:
@@ -169,7 +186,8 @@ class RunGraph:
             child = self.tests[stack.pop()]
             if child.final:
                 continue
-            child.status, child.reason = Status.SKIPPED.value, reason
+            self._move(child, Status.SKIPPED.value)
+            child.reason = reason
             updates.append(Update(child.spec.test_id, child.status, child.attempts, reason))
             stack.extend(child.dependants)
         return updates
