@@ -185,7 +185,7 @@ class SentinelCluster:
         except redis.RedisError:
             return False
 
-    def wait_for_agreement(self, expect_replicas: int = 2, timeout_s: float = 30.0) -> None:
+    def wait_for_agreement(self, expect_replicas: int = 2, timeout_s: float = 45.0) -> None:
         """Every Sentinel sees the same writable master, ``expect_replicas`` healthy replicas
         and two other Sentinels."""
         wait_until(lambda: self._agreed(expect_replicas), timeout_s, 0.1, "the sentinels to agree")
@@ -223,11 +223,27 @@ class SentinelCluster:
 
 @pytest.fixture
 def sentinel_cluster(tmp_path: Path) -> Iterator[SentinelCluster]:
-    cluster = SentinelCluster(tmp_path / "sentinel-group")
+    cluster = _start_group(tmp_path)
     try:
-        cluster.start()
         yield cluster
     finally:
         cluster.stop()
     left = [n.name for n in [*cluster.sentinels, *cluster.data] if n.alive()]
     assert left == [], f"processes left behind: {left}"
+
+
+def _start_group(tmp_path: Path, attempts: int = 2) -> SentinelCluster:
+    """Start the group; if it never agrees (seen once in CI on a loaded 2-core machine, e.g.
+    a free port taken between choosing and binding it), tear it down and start a fresh
+    group on new ports once. The failure names the Sentinel log lines it saw."""
+    for attempt in range(1, attempts + 1):
+        cluster = SentinelCluster(tmp_path / f"sentinel-group-{attempt}")
+        try:
+            return cluster.start()
+        except AssertionError:
+            logs = "".join((n.workdir / "sentinel.log").read_text(errors="replace")[-1500:]
+                           for n in cluster.sentinels if (n.workdir / "sentinel.log").exists())
+            cluster.stop()
+            if attempt == attempts:
+                raise AssertionError(f"the Sentinel group never agreed; last sentinel logs:\n{logs}") from None
+    raise AssertionError("unreachable")
