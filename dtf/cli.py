@@ -234,13 +234,20 @@ def run(
         run_id = client.submit(_run_meta(parsed), tests)
         err.print(f"run {run_id}: {len(tests)} tests, {workers} workers, queues {', '.join(queues)}, db {settings.db_path}")
         status_now = _wait(client, run_id, timeout, interval_s=0.2)
-        data = client.call("results", run_id=run_id)
-        report_data = client.call("report", run_id=run_id, baseline=baseline, timeout_s=120) if output_dir or baseline else None
+        data, report_data = _collect(client, run_id, baseline, output_dir)
         if cluster.error is not None:
             raise DtfError(f"embedded coordinator failed: {cluster.error}")
     _emit(data, fmt)
     err.print(f"wall time {time.perf_counter() - started:.1f} s; results in {settings.db_path} (run {run_id})")
     raise typer.Exit(_conclude(data, report_data, status_now, timeout, output_dir, fail_on_regression))
+
+
+def _collect(client: Any, run_id: str, baseline: Optional[str], output_dir: Optional[Path]) -> tuple[Any, Any]:
+    """A finished run's results, and its report data when reports or a baseline were asked for."""
+    data = client.call("results", run_id=run_id)
+    wanted = output_dir or baseline
+    report_data = client.call("report", run_id=run_id, baseline=baseline, timeout_s=120) if wanted else None
+    return data, report_data
 
 
 @app.command()
@@ -285,8 +292,7 @@ def submit(
     except KeyboardInterrupt:
         err.print(f"stopped watching; the run goes on. Resume with: dtf status {run_id} --wait")
         raise typer.Exit(130) from None
-    data = client.call("results", run_id=run_id)
-    report_data = client.call("report", run_id=run_id, baseline=baseline, timeout_s=120) if output_dir or baseline else None
+    data, report_data = _collect(client, run_id, baseline, output_dir)
     _emit(data, fmt)
     raise typer.Exit(_conclude(data, report_data, status_now, timeout, output_dir, fail_on_regression))
 

@@ -17,6 +17,7 @@ stops consuming, closes the file and stands by again.
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
@@ -717,14 +718,10 @@ def _update_row(run_id: str, u: Update) -> dict[str, Any]:
 
 
 def _json(text: Any) -> Any:
-    import json
-
     return json.loads(text) if isinstance(text, str) else text
 
 
 def _dumps(obj: Any) -> str:
-    import json
-
     return json.dumps(obj)
 
 

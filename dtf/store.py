@@ -341,25 +341,7 @@ class Store:
     ) -> int:
         """One transaction: insert results (duplicates ignored), apply test status updates,
         close finished runs. Returns the number of result rows now stored by this call."""
-        now = time.time()
-        result_rows = [_result_row(r, now, token) for r in results]
-        with self._transaction() as con:
-            self._fence(con, token)
-            before = con.execute("SELECT count(*) FROM results").fetchall()[0][0]
-            if result_rows:
-                with self._arrow_view(con, "batch_results", _table(result_rows, _RESULT_SCHEMA)):
-                    con.execute(
-                        "INSERT INTO results SELECT * FROM batch_results ON CONFLICT DO NOTHING"
-                    )
-            if updates:
-                self._apply_updates(con, updates)
-            for run_id, status in finished_runs:
-                con.execute(
-                    "UPDATE runs SET status = ?, finished_at = ? WHERE run_id = ?",
-                    [status, now, run_id],
-                )
-            after = con.execute("SELECT count(*) FROM results").fetchall()[0][0]
-        return int(after - before)
+        return self.ingest_batch(results, updates, finished_runs=finished_runs, token=token)
 
     def ingest_batch(
         self,
@@ -369,10 +351,9 @@ class Store:
         finished_runs: Sequence[tuple[str, str]] = (),
         token: int = 0,
     ) -> int:
-        """``commit_batch`` with the same contract and about half the work per row: the
-        Arrow table is built column by column straight from the results (no dict per row,
-        JSON-safety and UTF-8 fixes only for the rare values that need them), and the rows
-        stored come from the INSERT's own count instead of a count(*) before and after."""
+        """See ``commit_batch``. The Arrow table is built column by column straight from the
+        results (no dict per row, JSON-safety and UTF-8 fixes only for the rare values that
+        need them), and the rows stored come from the INSERT's own count."""
         now = time.time()
         table = _result_table(results, now, token)
         stored = 0
@@ -706,16 +687,6 @@ def _test_row(run_id: str, test: RenderedTest, now: float) -> dict[str, Any]:
     }
 
 
-def _result_row(r: TestResult, now: float, token: int) -> dict[str, Any]:
-    return {
-        "run_id": r.run_id, "test_id": r.test_id, "attempt": r.attempt, "worker_id": r.worker_id,
-        "hostname": r.hostname, "hardware": r.hardware, "status": r.status,
-        "duration_s": r.duration_s, "peak_memory_mb": r.peak_memory_mb,
-        "metrics": json.dumps(_json_safe(dict(r.metrics))), "error": r.error,
-        "stderr_tail": r.stderr_tail, "started_at": r.started_at, "finished_at": r.finished_at,
-        "ingested_at": now, "token": token,
-    }
-
 
 def _finite(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
@@ -740,7 +711,7 @@ def _metrics_json(metrics: Mapping[str, Any]) -> str:
 
 
 def _result_table(results: Sequence[TestResult], now: float, token: int) -> pa.Table:
-    """The rows _result_row would give, as Arrow columns built without a dict per row."""
+    """The results as Arrow columns of the results table, built without a dict per row."""
     def col(name: str) -> list[Any]:
         return [getattr(r, name) for r in results]
 
