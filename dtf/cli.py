@@ -422,6 +422,7 @@ def worker(
     max_rejections: Annotated[int, typer.Option("--max-rejections", envvar="DTF_MAX_REJECTIONS", help="A test too big for the workers that take it fails after this many hand-backs.")] = 5,
     heartbeat: Annotated[float, typer.Option("--heartbeat-interval", envvar="DTF_HEARTBEAT_INTERVAL", help="Seconds between heartbeats to the coordinator.")] = 10.0,
     pool: Annotated[str, typer.Option("--pool", help="Celery pool: threads (default) or prefork.")] = "threads",
+    events: Annotated[Optional[bool], typer.Option("--events/--no-events", help="Send Celery task events from the start (env DTF_TASK_EVENTS; Flower switches them on by itself).")] = None,
     loglevel: Annotated[str, typer.Option("--loglevel", "-l", envvar="DTF_LOG_LEVEL")] = "INFO",
 ) -> None:
     """Run a worker that consumes the queues this machine's hardware can serve.
@@ -433,7 +434,7 @@ def worker(
     from .hardware import detect, select_queues, worker_name
     from .worker import PROFILES, WorkerRuntime
 
-    settings = _settings(broker_url=broker, log_level=loglevel)
+    settings = _settings(broker_url=broker, log_level=loglevel, task_events=events)
     if settings.embedded:
         raise DtfError("no broker configured: set DTF_BROKER_URL or --broker (or use `dtf run` for the embedded mode)")
     if profile not in PROFILES:

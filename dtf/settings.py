@@ -54,6 +54,15 @@ def _split(value: str | None) -> tuple[str, ...]:
     return tuple(item.strip() for item in value.split(",") if item.strip())
 
 
+def _flag(value: str, name: str) -> bool:
+    text = value.strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise DtfError(f"{name}: expected 1/0, true/false, yes/no or on/off, got {value!r}")
+
+
 def _read_secret(env: Mapping[str, str], name: str) -> str | None:
     if env.get(name):
         return env[name]
@@ -105,6 +114,9 @@ class Settings:
     reconcile_grace_s: int = 60  # silence allowed beyond a test's timeout before re-publishing
     signing_keys: tuple[str, ...] = field(default=(), repr=False)  # HMAC keys (dtf.signing); the first signs
     signing_max_age_s: int = 7 * 86400  # a signed message older than this is refused
+    # Celery task events (task-received/started/succeeded) cost a broker publish each, per
+    # test. Off by default, as in Celery: Flower turns them on in running workers itself.
+    task_events: bool = False
 
     def __repr__(self) -> str:
         # The dataclass repr would show a password written into broker_url.
@@ -167,6 +179,8 @@ class Settings:
                 values["redis_socket_timeout_s"] = float(env["DTF_REDIS_SOCKET_TIMEOUT"])
             except ValueError:
                 raise DtfError(f"DTF_REDIS_SOCKET_TIMEOUT: expected seconds, got {env['DTF_REDIS_SOCKET_TIMEOUT']!r}") from None
+        if env.get("DTF_TASK_EVENTS"):
+            values["task_events"] = _flag(env["DTF_TASK_EVENTS"], "DTF_TASK_EVENTS")
         if env.get("DTF_SENTINELS"):
             values["sentinels"] = _split(env["DTF_SENTINELS"])
         if env.get("DTF_TEMPLATES"):

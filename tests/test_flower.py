@@ -108,6 +108,11 @@ def _worker_queues(base: str, worker: str) -> list[str]:
     return [q["name"] for q in info.get("active_queues") or []]
 
 
+def _task_events_already_on(app: Any, worker: str) -> bool:
+    replies = app.control.broadcast("enable_events", reply=True, timeout=2.0, destination=[worker])
+    return any("already" in str(r.get(worker, {}).get("ok", "")) for r in replies or [])
+
+
 @pytest.mark.slow
 @pytest.mark.redis
 def test_flower_lists_the_worker_and_a_dtf_task_and_refuses_anonymous_requests(
@@ -130,11 +135,15 @@ def test_flower_lists_the_worker_and_a_dtf_task_and_refuses_anonymous_requests(
     assert _get(f"http://127.0.0.1:{celery_port}/api/workers")[0] == 401
     queues = wait_for(lambda: _worker_queues(base, "flowered@test"), "Flower to list the worker")
     assert set(queues) == {"dtf.cpu", "dtf.tag.big"}
+    # Workers start with task events off (they cost a publish per event); Flower switches them
+    # on by remote control every events_enable_interval (5 s). Asking again answers "already".
+    app = make_app(Settings(broker_url=redis_server.url))
+    wait_for(lambda: _task_events_already_on(app, "flowered@test"), "Flower to switch the worker's task events on",
+             every_s=1.0)
 
     spec = TestSpec("flower/cpu/bs1/fp32", "flower", "generic", "cpu", 1, "fp32", "generic/x", timeout_s=60)
     task_id = task_id_for("run-f", spec.test_id, 1)
     source = "from dtf import harness\nharness.run(lambda h: h.metric('ok', 1))\n"
-    app = make_app(Settings(broker_url=redis_server.url))
     app.send_task(RUN_TEST, args=[payload_for("run-f", 1, RenderedTest(spec, source, "h"))], queue="dtf.cpu",
                   task_id=task_id)
     assert wait_for(lambda: _task_state(base, task_id) == "SUCCESS", "Flower to show the dtf task succeeded")

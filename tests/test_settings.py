@@ -48,6 +48,14 @@ def test_a_non_integer_where_an_integer_belongs_names_the_variable() -> None:
         Settings.from_env({"DTF_RESULT_BATCH_MS": "fast"})
 
 
+def test_task_events_are_off_by_default_and_a_flag_variable_switches_them() -> None:
+    assert Settings().task_events is False
+    assert Settings.from_env({"DTF_TASK_EVENTS": "yes"}).task_events is True
+    assert Settings.from_env({"DTF_TASK_EVENTS": "off"}, task_events=True).task_events is True
+    with pytest.raises(DtfError, match="DTF_TASK_EVENTS: expected 1/0"):
+        Settings.from_env({"DTF_TASK_EVENTS": "maybe"})
+
+
 def test_sentinels_and_template_dirs_are_split_into_tuples() -> None:
     s = Settings.from_env({
         "DTF_SENTINELS": " s1:26379, s2:26379 ,,s3:26379",
