@@ -135,16 +135,21 @@ def _progress_line(status: dict[str, Any]) -> str:
     return f"{status['run']['run_id']}: {done}/{total} done, {', '.join(parts)}  [{per_hw}]"
 
 
-def _wait(client: Any, run_id: str, timeout_s: float | None, *, interval_s: float = 1.0) -> dict[str, Any]:
-    """Poll the run's progress until it finishes or ``timeout_s`` passes, showing it live
-    on a terminal (a bar per hardware kind) or as periodic plain lines (no terminal, or
-    ``CI`` set). Returns the last status; ``status["finished"]`` says which it was."""
+def _wait(client: Any, run_id: str, timeout_s: float | None, *, interval_s: float = 0.5) -> dict[str, Any]:
+    """Follow the run until it finishes or ``timeout_s`` passes, showing it live on a
+    terminal (a bar per hardware kind) or as periodic plain lines (no terminal, or ``CI``
+    set). Returns the last status; ``status["finished"]`` says which it was.
+
+    Each status query asks the coordinator to hold its answer until the run finishes or
+    ``interval_s`` passes: progress refreshes every interval, and the end is seen at once."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     warned: set[str] = set()
     view = _LiveProgress() if _interactive() else _PlainProgress()
     with view:
         while True:
-            status = client.call("status", run_id=run_id)
+            asked = time.monotonic()
+            wait_s = interval_s if deadline is None else max(0.0, min(interval_s, deadline - asked))
+            status = client.call("status", run_id=run_id, wait_s=wait_s)
             view.show(status)
             for queue in status.get("idle_queues", []):
                 if queue not in warned:
@@ -152,7 +157,7 @@ def _wait(client: Any, run_id: str, timeout_s: float | None, *, interval_s: floa
                     err.print(f"warning: no worker consumes {queue}; its tests wait until one starts")
             if status["finished"] or (deadline is not None and time.monotonic() >= deadline):
                 return status
-            time.sleep(interval_s)
+            time.sleep(max(0.0, interval_s - (time.monotonic() - asked)))  # a coordinator that did not hold it
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -192,7 +197,9 @@ def _exit_code(data: dict[str, Any]) -> int:
 
 def _emit(data: dict[str, Any], fmt: str) -> None:
     if fmt == "json":
-        out.print_json(json.dumps(data, default=str))
+        # Plain, not rich's print_json: highlighting a large run's JSON took seconds.
+        sys.stdout.write(json.dumps(data, default=str, indent=2) + "\n")
+        sys.stdout.flush()
     else:
         _print_results(data)
 
@@ -233,7 +240,7 @@ def run(
         _check_baseline(client, baseline)
         run_id = client.submit(_run_meta(parsed), tests)
         err.print(f"run {run_id}: {len(tests)} tests, {workers} workers, queues {', '.join(queues)}, db {settings.db_path}")
-        status_now = _wait(client, run_id, timeout, interval_s=0.2)
+        status_now = _wait(client, run_id, timeout)
         data, report_data = _collect(client, run_id, baseline, output_dir)
         if cluster.error is not None:
             raise DtfError(f"embedded coordinator failed: {cluster.error}")

@@ -30,6 +30,7 @@ from celery import Celery
 from kombu import Connection, Consumer, Message, Producer, Queue
 from kombu.exceptions import ChannelError
 
+from .acks import ack_all
 from .app import CONTROL_QUEUE, RESULTS_QUEUE, RUN_TEST, task_id_for, wire_format
 from .errors import BrokerError, DtfError, FencingError, HardwareError, PayloadTooLarge, StoreError
 from .model import HARDWARE_KINDS, RenderedTest, Status, TestResult, TestSpec, queue_for
@@ -46,6 +47,7 @@ WORKER_OFFLINE_AFTER_S = 45.0
 RUNNING_GRACE_S = 60.0
 RECONCILE_EVERY_S = 5.0
 RESEND_QUERY_AFTER_S = 4.0
+MAX_STATUS_WAIT_S = 30.0  # longest a status query with wait_s is held before it is answered
 # The coordinator queues keep their own unacked bookkeeping, so that what a dead leader had
 # taken comes back after a short visibility timeout without touching the workers' tasks
 # (whose visibility timeout must outlast the longest test).
@@ -120,6 +122,8 @@ class Coordinator:
         self._submits: dict[str, _PendingSubmit] = {}
         self._results: list[tuple[TestResult, Message]] = []
         self._started: list[tuple[str, Update]] = []
+        # Status queries held until their run finishes or their wait ends: (deadline, body).
+        self._waiting: list[tuple[float, Mapping[str, Any]]] = []
         self._batch_started = 0.0
         self._last_reconcile = 0.0
         self._producer: Producer | None = None
@@ -169,6 +173,8 @@ class Coordinator:
             self._flush_results()
         elif self._started and not self._results:
             self._flush_results()
+        if self._waiting:
+            self._answer_waiting(now)
         if now - self._last_reconcile >= RECONCILE_EVERY_S:
             self._last_reconcile = now
             self._reconcile(time.time())
@@ -209,7 +215,9 @@ class Coordinator:
             if op == "submit":
                 self._on_submit_chunk(body, message)
                 return  # acked once the whole run is stored
-            if op == "heartbeat":
+            if op == "status" and self._hold_status(body):
+                pass  # answered by tick() when the run finishes or the wait ends
+            elif op == "heartbeat":
                 self._on_heartbeat(body)
             elif op == "started":
                 self._on_started(body)
@@ -223,6 +231,33 @@ class Coordinator:
             log.warning("control message %r failed: %s", op, exc)
             self._reply(body, {"ok": False, "error": str(exc)})
         message.ack()
+
+    def _hold_status(self, body: Mapping[str, Any]) -> bool:
+        """A status query with ``wait_s`` for a running run is answered when the run finishes
+        or the wait ends, whichever is first: the client learns the end at once without polling."""
+        try:
+            wait_s = min(float(body.get("wait_s") or 0.0), MAX_STATUS_WAIT_S)
+        except (TypeError, ValueError):
+            return False
+        if wait_s <= 0 or str(body.get("run_id")) not in self.runs:
+            return False
+        self._waiting.append((time.monotonic() + wait_s, body))
+        return True
+
+    def _answer_waiting(self, now: float) -> None:
+        still: list[tuple[float, Mapping[str, Any]]] = []
+        for deadline, body in self._waiting:
+            if now < deadline and str(body.get("run_id")) in self.runs:
+                still.append((deadline, body))
+                continue
+            try:
+                self._reply(body, {"ok": True, "data": self.status(str(body["run_id"]))})
+            except FencingError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - as in _on_control
+                log.warning("status query failed: %s", exc)
+                self._reply(body, {"ok": False, "error": str(exc)})
+        self._waiting = still
 
     def _reply(self, body: Mapping[str, Any], payload: Mapping[str, Any]) -> None:
         reply_to = body.get("reply_to")
@@ -362,8 +397,7 @@ class Coordinator:
             for _, message in batch:
                 message.requeue()
             raise
-        for _, message in batch:
-            message.ack()
+        ack_all([message for _, message in batch])
         for run_id, _ in finished:
             self.runs.pop(run_id, None)
         for run_id, test_id, attempt in requeue:
@@ -754,6 +788,8 @@ class CoordinatorClient:
 
     def call(self, op: str, *, timeout_s: float | None = None, **params: Any) -> Any:
         timeout = self.timeout_s if timeout_s is None else timeout_s
+        if params.get("wait_s"):
+            timeout += float(params["wait_s"])  # the coordinator may hold the answer this long
         if not (self.failover and op in _QUERIES):
             return self._call_many([dict(params, op=op)], timeout_s=timeout)
         # With Sentinels a master failover takes seconds; a query rides it out within its timeout.
@@ -804,12 +840,13 @@ class CoordinatorClient:
                 # A query taken by a leader that then died would wait for the control
                 # visibility timeout; asking again reaches the next leader sooner.
                 resend = len(outgoing) == 1 and outgoing[0].get("op") in _QUERIES
-                resend_at = time.monotonic() + RESEND_QUERY_AFTER_S
+                held_s = float(outgoing[0].get("wait_s") or 0.0)  # a held query is not a lost one
+                resend_at = time.monotonic() + RESEND_QUERY_AFTER_S + held_s
                 while not got.is_set():
                     if resend and time.monotonic() >= resend_at:
                         producer.publish(outgoing[0], exchange="", routing_key=CONTROL_QUEUE,
                                          declare=[control_queue()], retry=True)
-                        resend_at = time.monotonic() + RESEND_QUERY_AFTER_S
+                        resend_at = time.monotonic() + RESEND_QUERY_AFTER_S + held_s
                     left = deadline - time.monotonic()
                     if left <= 0:
                         raise BrokerError(

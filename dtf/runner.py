@@ -59,18 +59,41 @@ class Execution:
     finished_at: float
 
 
-def _tree_rss(proc: psutil.Process) -> int:
-    total = 0
-    try:
-        procs = [proc, *proc.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    for p in procs:
+class _TreeRss:
+    """Samples the resident memory of a test's process tree.
+
+    Finding descendants means reading every /proc/<pid>/stat (psutil's children()), about
+    a millisecond or two per call; reading the RSS of known processes is cheap. So the tree
+    is re-discovered at growing intervals (50 ms, doubling to 1 s) and summed on every
+    sample. A forked test's exact peak also comes from wait4 (ru_maxrss) when it ends."""
+
+    def __init__(self, pid: int) -> None:
         try:
-            total += p.memory_info().rss
+            self.root: psutil.Process | None = psutil.Process(pid)
         except psutil.Error:
-            pass
-    return total
+            self.root = None
+        self.procs: list[psutil.Process] = [self.root] if self.root is not None else []
+        self._discover_every = 0.05
+        self._next_discovery = time.monotonic() + self._discover_every
+
+    def sample(self) -> int:
+        if self.root is None:
+            return 0
+        now = time.monotonic()
+        if now >= self._next_discovery:
+            try:
+                self.procs = [self.root, *self.root.children(recursive=True)]
+            except psutil.Error:
+                pass
+            self._discover_every = min(1.0, self._discover_every * 2)
+            self._next_discovery = now + self._discover_every
+        total = 0
+        for p in self.procs:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
 
 
 def _kill_group(pid: int) -> None:
@@ -124,14 +147,10 @@ def _wait(child: "_SpawnedChild | _ForkedChild", timeout_s: float) -> tuple[bool
     """Wait for the child, sampling the tree's RSS; True if it timed out. Returns peak bytes."""
     deadline = time.monotonic() + timeout_s
     peak = 0
-    try:
-        ps = psutil.Process(child.pid)
-    except psutil.Error:
-        ps = None
+    tree = _TreeRss(child.pid)
     interval = 0.002  # sample fast at first: most tests are short
     while True:
-        if ps is not None:
-            peak = max(peak, _tree_rss(ps))
+        peak = max(peak, tree.sample())
         if child.poll(interval):
             return False, peak
         if time.monotonic() >= deadline:
@@ -277,7 +296,9 @@ def execute(
 # (negative for a signal, as subprocess reports it). If the runner hangs up first, the
 # server kills the child's group.
 
-FORK_SERVER_PRELOAD: tuple[str, ...] = ("dtf.harness", "numpy", "json", "math", "random", "tracemalloc", "traceback")
+# runpy and pkgutil: run_path imports pkgutil, which cost every forked test ~2 ms.
+FORK_SERVER_PRELOAD: tuple[str, ...] = ("dtf.harness", "numpy", "json", "math", "random", "tracemalloc", "traceback",
+                                       "runpy", "pkgutil", "numpy.lib.stride_tricks")
 _FORK_SERVER_ENV = "DTF_FORK_SERVER"
 _START_TIMEOUT_S = 60.0
 _REQUEST_TIMEOUT_S = 10.0

@@ -1,7 +1,7 @@
 """The worker side: what `dtf worker` adds around a Celery worker.
 
 ``WorkerRuntime.handle`` is the body of the run_test task: check the test fits this
-machine, say it started, run it in a subprocess, write the result to a local spool file,
+machine, run it in a subprocess (saying it started if it runs for more than a moment), write the result to a local spool file,
 publish it to ``dtf.results``, then delete the spool file. If the broker is down when the
 result is ready, the spool keeps it and ``replay_spool`` publishes it at the next start,
 so a finished result is never lost.
@@ -58,6 +58,7 @@ HEARTBEAT_INTERVAL_S = 10.0
 GUARD_SAMPLE_S = 2.0  # how often the guard looks at the machine when limits are set
 CONSUMER_SYNC_S = 0.5  # how often the consumer bootstep applies the guard's verdict
 DEFAULT_MAX_REJECTIONS = 5
+STARTED_NOTICE_AFTER_S = 0.25  # a test still running by then is reported as started
 _BUILTIN_TIMEOUT_S = next(f.default for f in dataclasses.fields(TestSpec) if f.name == "timeout_s")
 _VISIBLE_DEVICES_ENV = {"cuda": "CUDA_VISIBLE_DEVICES", "rocm": "HIP_VISIBLE_DEVICES"}
 _GPU_VENDOR = {"cuda": "nvidia", "rocm": "amd"}
@@ -230,8 +231,13 @@ class WorkerRuntime:
         spec = test.spec
         key = (run_id, spec.test_id, attempt)
         with self.slots.hold(spec.hardware) as device_env:
-            self._send_control({"op": "started", "run_id": run_id, "test_id": spec.test_id,
-                                "attempt": attempt, "worker_id": self.worker_id})
+            # Most tests end within milliseconds, and their result says they ran: only a test
+            # still running after STARTED_NOTICE_AFTER_S costs the coordinator a started notice.
+            notice = threading.Timer(STARTED_NOTICE_AFTER_S, self._send_control, args=({
+                "op": "started", "run_id": run_id, "test_id": spec.test_id, "attempt": attempt,
+                "worker_id": self.worker_id},))
+            notice.daemon = True
+            notice.start()
             timeout = self.execution.timeout_for(spec)
             if timeout != spec.timeout_s:
                 test = dataclasses.replace(test, spec=dataclasses.replace(spec, timeout_s=timeout))
@@ -242,6 +248,7 @@ class WorkerRuntime:
                 result = runner.execute(test, run_id=run_id, attempt=attempt, worker_id=self.worker_id,
                                         hostname=self.hostname, env=env)
             finally:
+                notice.cancel()
                 with self._lock:
                     self._running.pop(key, None)
         self.publish_result(result)
