@@ -1,0 +1,124 @@
+"""How the coordinator and workers keep per-test chatter low: a status query with
+``wait_s`` is held until its run finishes (or the wait ends), and a worker reports a test
+as started only when it is still running after STARTED_NOTICE_AFTER_S."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from kombu import Producer, Queue
+
+from dtf.app import CONTROL_QUEUE, RESULTS_QUEUE, make_app
+from dtf.app import test_payload as payload_for
+from dtf.coordinator import Coordinator
+from dtf.model import RenderedTest, TestResult, TestSpec
+from dtf.settings import Settings
+from dtf.store import Store
+from dtf.worker import STARTED_NOTICE_AFTER_S, WorkerRuntime
+
+REPLIES = "dtf.reply.test"
+SPEC = TestSpec("m/cpu/bs1/fp32", "m", "generic", "cpu", 1, "fp32", "generic/x")
+
+
+class _Message:
+    """What the coordinator needs of a kombu message it was handed."""
+
+    channel = None
+
+    def __init__(self) -> None:
+        self.acked = False
+
+    def ack(self) -> None:
+        self.acked = True
+
+
+def _drain(app: Any, queue: str) -> list[Any]:
+    with app.connection_for_read() as conn:
+        channel = conn.default_channel
+        messages = []
+        while (message := channel.basic_get(queue, no_ack=True)) is not None:
+            messages.append(message.decode())
+        return messages
+
+
+@pytest.fixture
+def coordinator(tmp_path: Path) -> Iterator[Coordinator]:
+    app = make_app(Settings(spool_dir=str(tmp_path / "spool")))
+    for queue in ("dtf.cpu", RESULTS_QUEUE, CONTROL_QUEUE, REPLIES):
+        try:
+            _drain(app, queue)
+        except Exception:  # noqa: BLE001 - not declared yet
+            pass
+    store = Store(tmp_path / "c.duckdb")
+    c = Coordinator(app, store)
+    with app.connection_for_write() as conn:
+        Queue(REPLIES)(conn.default_channel).declare()
+        c._producer = Producer(conn.default_channel, serializer="json")
+        yield c
+    store.close()
+
+
+def _ask_status(c: Coordinator, run_id: str, wait_s: float) -> _Message:
+    message = _Message()
+    c._on_control({"op": "status", "run_id": run_id, "wait_s": wait_s, "reply_to": REPLIES,
+                   "correlation_id": "c1"}, message)  # type: ignore[arg-type]
+    return message
+
+
+def test_a_held_status_query_is_answered_when_its_run_finishes(coordinator: Coordinator) -> None:
+    coordinator.submit({"run_id": "run-w", "suite_name": "s"}, [RenderedTest(SPEC, "print(1)", "h")])
+    asked = _ask_status(coordinator, "run-w", 30.0)
+    assert asked.acked  # held in memory, not in the queue
+    coordinator.tick()
+    assert _drain(coordinator.app, REPLIES) == []  # still running: no answer yet
+
+    coordinator._on_result_message({"result": TestResult("run-w", SPEC.test_id, 1, "passed").to_dict()},
+                                   _Message())  # type: ignore[arg-type]
+    coordinator._flush_results()
+    coordinator.tick()
+    [reply] = _drain(coordinator.app, REPLIES)
+    assert reply["ok"] and reply["correlation_id"] == "c1"
+    assert reply["data"]["finished"] is True and reply["data"]["counts"] == {"cpu": {"passed": 1}}
+
+
+def test_a_held_status_query_is_answered_when_its_wait_ends(coordinator: Coordinator) -> None:
+    coordinator.submit({"run_id": "run-x", "suite_name": "s"}, [RenderedTest(SPEC, "print(1)", "h")])
+    _ask_status(coordinator, "run-x", 5.0)
+    coordinator.tick(time.monotonic() + 6.0)
+    [reply] = _drain(coordinator.app, REPLIES)
+    assert reply["ok"] and reply["data"]["finished"] is False
+
+
+def test_a_status_query_without_a_wait_or_for_a_finished_run_is_answered_at_once(coordinator: Coordinator) -> None:
+    coordinator.submit({"run_id": "run-y", "suite_name": "s"}, [RenderedTest(SPEC, "print(1)", "h")])
+    _ask_status(coordinator, "run-y", 0.0)
+    assert len(_drain(coordinator.app, REPLIES)) == 1
+    _ask_status(coordinator, "no-such-run", 10.0)
+    [reply] = _drain(coordinator.app, REPLIES)
+    assert not reply["ok"] and "unknown run" in reply["error"]
+
+
+def _runtime(app: Any, tmp_path: Path) -> WorkerRuntime:
+    return WorkerRuntime(app, worker_id="w@test", queues=["dtf.cpu"], spool_dir=tmp_path)
+
+
+def _run(runtime: WorkerRuntime, source: str) -> None:
+    runtime.handle(payload_for("run-n", 1, RenderedTest(SPEC, source, "h")))
+
+
+def test_a_quick_test_sends_its_result_and_no_started_notice(coordinator: Coordinator, tmp_path: Path) -> None:
+    _run(_runtime(coordinator.app, tmp_path), "from dtf import harness\nharness.run(lambda h: h.metric('ok', 1))\n")
+    [result] = _drain(coordinator.app, RESULTS_QUEUE)
+    assert result["result"]["status"] == "passed"
+    assert _drain(coordinator.app, CONTROL_QUEUE) == []
+
+
+def test_a_test_still_running_after_the_notice_delay_is_reported_started(coordinator: Coordinator, tmp_path: Path) -> None:
+    source = f"import time\nfrom dtf import harness\nharness.run(lambda h: time.sleep({STARTED_NOTICE_AFTER_S * 6}))\n"
+    _run(_runtime(coordinator.app, tmp_path), source)
+    [notice] = _drain(coordinator.app, CONTROL_QUEUE)
+    assert notice == {"op": "started", "run_id": "run-n", "test_id": SPEC.test_id, "attempt": 1, "worker_id": "w@test"}
+    assert [r["result"]["status"] for r in _drain(coordinator.app, RESULTS_QUEUE)] == ["passed"]
