@@ -34,7 +34,7 @@ from _common import PYTHON, add_common_args, dtf_env, emit, redis_server, summar
 import psutil  # noqa: E402
 
 from dtf.app import make_app  # noqa: E402
-from dtf.coordinator import CoordinatorClient  # noqa: E402
+from dtf.client import CoordinatorClient  # noqa: E402
 from dtf.model import RenderedTest, TestSpec  # noqa: E402
 from dtf.settings import Settings  # noqa: E402
 
@@ -56,7 +56,7 @@ def echo_worker(url: str) -> None:
     from kombu import Connection, Consumer, Producer
 
     from dtf.app import RESULTS_QUEUE, hardware_queues, result_body
-    from dtf.coordinator import results_queue
+    from dtf.client import results_queue
     from dtf.model import TestResult
 
     with Connection(url) as conn:

@@ -223,7 +223,7 @@ def run(
     Example: dtf run examples/smoke.yaml --db results.duckdb --output-dir reports --baseline latest
     """
     from .app import make_app
-    from .coordinator import CoordinatorClient
+    from .client import CoordinatorClient
     from .embedded import EmbeddedCluster
     from .hardware import detect, select_queues
 
@@ -279,7 +279,7 @@ def submit(
     Example: DTF_BROKER_URL=redis://127.0.0.1:6379/0 dtf submit examples/smoke.yaml --wait --output-dir reports --baseline latest
     """
     from .app import make_app
-    from .coordinator import CoordinatorClient
+    from .client import CoordinatorClient
 
     if not wait and (output_dir or baseline or fail_on_regression or timeout is not None):
         raise DtfError("--timeout, --output-dir, --baseline and --fail-on-regression need --wait")
@@ -317,7 +317,7 @@ def status(
     Example: dtf status smoke-20261129-180000-abc123 --wait
     """
     from .app import make_app
-    from .coordinator import CoordinatorClient
+    from .client import CoordinatorClient
 
     client = CoordinatorClient(make_app(_settings(broker_url=broker)))
     st = _wait(client, run_id, timeout) if wait else client.call("status", run_id=run_id)
@@ -353,7 +353,7 @@ def results(
             data = {"run": run_row, "tests": store.final_results(run_id)}
     else:
         from .app import make_app
-        from .coordinator import CoordinatorClient
+        from .client import CoordinatorClient
 
         data = CoordinatorClient(make_app(_settings(broker_url=broker))).call("results", run_id=run_id)
     _emit(data, fmt)
@@ -526,7 +526,7 @@ def workers_cmd(
     Example: dtf workers --watch
     """
     from .app import make_app
-    from .coordinator import CoordinatorClient
+    from .client import CoordinatorClient
 
     client = CoordinatorClient(make_app(_settings(broker_url=broker)))
     if fmt == "json":
@@ -641,7 +641,7 @@ def dashboard(
         if settings.embedded:
             raise DtfError("no broker configured: set DTF_BROKER_URL or --broker, or read a file with --db")
         from .app import make_app
-        from .coordinator import CoordinatorClient
+        from .client import CoordinatorClient
 
         source = BrokerSource(CoordinatorClient(make_app(settings)))
     try:
@@ -931,7 +931,7 @@ def report(
             report_data = store.report_data(run_id, baseline=baseline)
     else:
         from .app import make_app
-        from .coordinator import CoordinatorClient
+        from .client import CoordinatorClient
 
         client = CoordinatorClient(make_app(_settings(broker_url=broker)))
         report_data = client.call("report", run_id=run_id, baseline=baseline, timeout_s=120)
@@ -967,7 +967,7 @@ def runs_cmd(
             rows = store.runs(limit)
     else:
         from .app import make_app
-        from .coordinator import CoordinatorClient
+        from .client import CoordinatorClient
 
         rows = CoordinatorClient(make_app(_settings(broker_url=broker))).call("runs", limit=limit)
     if fmt == "json":

@@ -35,7 +35,7 @@ from celery.exceptions import Reject
 
 from . import runner
 from .app import CONTROL_QUEUE, RESULTS_QUEUE, RUN_TEST, result_body, wire_format
-from .coordinator import control_queue, results_queue
+from .client import control_queue, results_queue
 from .guard import GuardLimits, GuardState, ResourceGuard
 from .hardware import cpu_capacity, memory_capacity_gb
 from .health import HealthSample, HealthSampler

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from dtf.app import make_app
-from dtf.coordinator import CoordinatorClient
+from dtf.client import CoordinatorClient
 from dtf.settings import Settings
 
 from .conftest import REPO, Processes, RedisServer, dtf_cmd, dtf_env

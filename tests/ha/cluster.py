@@ -14,7 +14,7 @@ from typing import Any
 import redis
 
 from dtf.app import make_app
-from dtf.coordinator import CoordinatorClient
+from dtf.client import CoordinatorClient
 from dtf.ha import LEADER_KEY
 from dtf.settings import Settings
 from dtf.store import Store

@@ -23,7 +23,7 @@ from kombu.serialization import loads, prepare_accept_content
 
 from dtf import app as app_module
 from dtf.app import RUN_TEST, TASK_EXCHANGE, make_app, result_body, wire_format
-from dtf.coordinator import CoordinatorClient
+from dtf.client import CoordinatorClient
 from dtf.errors import DtfError
 from dtf.model import TestResult, TestSpec
 from dtf.settings import Settings

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from dtf.app import RUN_TEST, make_app
-from dtf.coordinator import CoordinatorClient
+from dtf.client import CoordinatorClient
 from dtf.errors import PayloadTooLarge
 from dtf.model import RenderedTest, TestSpec
 from dtf.settings import Settings

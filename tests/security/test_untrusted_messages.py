@@ -17,7 +17,7 @@ from kombu import Connection, Exchange, Producer, Queue
 
 from dtf import app as app_module
 from dtf.app import RUN_TEST, TASK_EXCHANGE, make_app
-from dtf.coordinator import CoordinatorClient
+from dtf.client import CoordinatorClient
 from dtf.model import TestSpec
 from dtf.settings import Settings
 from dtf.templates import TemplateRegistry
