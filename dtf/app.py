@@ -185,6 +185,21 @@ def test_payload(run_id: str, attempt: int, test: RenderedTest) -> dict[str, Any
     return {"run_id": run_id, "attempt": attempt, "test": test.to_dict()}
 
 
+def send_test(app: Celery, producer: Any, payload: Mapping[str, Any], queue: str, task_id: str) -> None:
+    """Publish one run_test task: what ``app.send_task`` does, minus two per-message costs.
+
+    Celery puts a repr of the arguments (up to 1 KiB of the test's source) in every message
+    header and declares the queue again on every publish; here the header names the test
+    and attempt, and the queue is not declared (the anonymous exchange routes by queue
+    name, and workers declare the queues they consume)."""
+    spec = payload["test"]["spec"]
+    message = app.amqp.create_task_message(
+        task_id, RUN_TEST, args=[payload], kwargs={},
+        argsrepr=f"[{spec.get('test_id')!r} attempt {payload.get('attempt')}]", kwargsrepr="{}",
+    )
+    app.amqp.send_task_message(producer, RUN_TEST, message, queue=queue, declare=[])
+
+
 def task_id_for(run_id: str, test_id: str, attempt: int) -> str:
     """Deterministic task ids: the same test attempt always has the same id."""
     return f"{run_id}:{test_id}:{attempt}"

@@ -30,7 +30,7 @@ from kombu import Consumer, Message, Producer
 from kombu.exceptions import ChannelError
 
 from .acks import ack_all
-from .app import RUN_TEST, task_id_for, wire_format
+from .app import send_test, task_id_for, wire_format
 from .client import (
     QUERY_OPS, _drop_undecodable, _dumps, _first_line, control_queue, control_transport_options,
     results_queue,
@@ -440,7 +440,7 @@ class Coordinator:
         batch = getattr(self._producer, "batch", None)  # kombu >= 5.7
         with batch(1000) if batch is not None else nullcontext():
             for payload, queue, task_id in messages:
-                self.app.send_task(RUN_TEST, args=[payload], queue=queue, task_id=task_id, producer=self._producer)
+                send_test(self.app, self._producer, payload, queue, task_id)
 
     # -- reconciliation ---------------------------------------------------------------------------
     def _mark_published(self, run_id: str, items: Sequence[tuple[str, int]]) -> None:

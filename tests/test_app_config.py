@@ -234,3 +234,23 @@ def test_the_password_authenticates_through_a_real_sentinel_to_its_master(redis_
     _, sentinel_port = redis_with_password
     settings = Settings(sentinels=(f"127.0.0.1:{sentinel_port}",), sentinel_master="dtf-master", redis_password=PASSWORD)
     assert _ping(settings)
+
+
+def test_send_test_publishes_a_run_test_task_that_names_the_test_and_carries_no_source_in_its_headers() -> None:
+    app = make_app(Settings())
+    spec = TestSpec("bert/cpu/bs4/fp32", "bert", "text_embedding", "cpu", 4, "fp32", "generic/default")
+    source = "SECRET_LOOKING_SOURCE = 1\n" * 20
+    payload = app_module.test_payload("run-s", 2, RenderedTest(spec, source, "h"))
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        app_module.hardware_queues()[0](channel).declare()
+        while channel.basic_get("dtf.cpu", no_ack=True) is not None:
+            pass
+        app_module.send_test(app, app.amqp.Producer(channel), payload, "dtf.cpu", task_id_for("run-s", spec.test_id, 2))
+        message = channel.basic_get("dtf.cpu", no_ack=True)
+    assert message is not None and message.content_type == "application/json"
+    assert message.headers["task"] == RUN_TEST and message.headers["id"] == "run-s:bert/cpu/bs4/fp32:2"
+    assert message.headers["argsrepr"] == "['bert/cpu/bs4/fp32' attempt 2]"
+    assert "SECRET_LOOKING_SOURCE" not in str(message.headers)
+    args, kwargs, _ = message.decode()
+    assert args == [payload] and kwargs == {}
