@@ -197,7 +197,8 @@ def send_test(app: Celery, producer: Any, payload: Mapping[str, Any], queue: str
         task_id, RUN_TEST, args=[payload], kwargs={},
         argsrepr=f"[{spec.get('test_id')!r} attempt {payload.get('attempt')}]", kwargsrepr="{}",
     )
-    app.amqp.send_task_message(producer, RUN_TEST, message, queue=queue, declare=[])
+    with app.producer_or_acquire(producer) as pooled:  # None: one from the app's pool
+        app.amqp.send_task_message(pooled, RUN_TEST, message, queue=queue, declare=[])
 
 
 def task_id_for(run_id: str, test_id: str, attempt: int) -> str:
