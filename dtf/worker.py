@@ -28,7 +28,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from celery import Celery, bootsteps
 from celery.exceptions import Reject
@@ -159,6 +159,46 @@ def memory_capacity_for(kind: str, hw: HardwareProfile | None) -> float | None:
     return max(sizes) / 1024 if sizes else None
 
 
+class DelayedNotices:
+    """Sends a message for a key unless the key is cancelled within ``delay_s``.
+
+    One daemon thread for all keys: a timer thread per test cost about a millisecond of
+    start-up handshake each, as much as forking the test."""
+
+    def __init__(self, send: Callable[[Mapping[str, Any]], None], delay_s: float) -> None:
+        self._send = send
+        self._delay_s = delay_s
+        self._due: dict[Any, tuple[float, Mapping[str, Any]]] = {}
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def add(self, key: Any, body: Mapping[str, Any]) -> None:
+        with self._cond:
+            self._due[key] = (time.monotonic() + self._delay_s, body)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, daemon=True, name="dtf-notices")
+                self._thread.start()
+            self._cond.notify()
+
+    def cancel(self, key: Any) -> None:
+        with self._cond:
+            self._due.pop(key, None)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                if not self._due:
+                    self._cond.wait()
+                    continue
+                key, (when, body) = min(self._due.items(), key=lambda item: item[1][0])
+                left = when - time.monotonic()
+                if left > 0:
+                    self._cond.wait(left)
+                    continue
+                del self._due[key]
+            self._send(body)
+
+
 # -- the runtime ---------------------------------------------------------------------------
 class WorkerRuntime:
     """Per-process worker state: identity, spool, health, guard, and how results leave the machine."""
@@ -198,6 +238,7 @@ class WorkerRuntime:
         self.consuming = True  # whether the queue consumers are on (the bootstep keeps it true)
         self._running: dict[tuple[str, str, int], float] = {}
         self._lock = threading.Lock()
+        self._notices = DelayedNotices(self._send_control, STARTED_NOTICE_AFTER_S)
 
     def install(self) -> None:
         """Make this runtime the handler of the app's run_test task."""
@@ -233,11 +274,8 @@ class WorkerRuntime:
         with self.slots.hold(spec.hardware) as device_env:
             # Most tests end within milliseconds, and their result says they ran: only a test
             # still running after STARTED_NOTICE_AFTER_S costs the coordinator a started notice.
-            notice = threading.Timer(STARTED_NOTICE_AFTER_S, self._send_control, args=({
-                "op": "started", "run_id": run_id, "test_id": spec.test_id, "attempt": attempt,
-                "worker_id": self.worker_id},))
-            notice.daemon = True
-            notice.start()
+            self._notices.add(key, {"op": "started", "run_id": run_id, "test_id": spec.test_id, "attempt": attempt,
+                                    "worker_id": self.worker_id})
             timeout = self.execution.timeout_for(spec)
             if timeout != spec.timeout_s:
                 test = dataclasses.replace(test, spec=dataclasses.replace(spec, timeout_s=timeout))
@@ -248,7 +286,7 @@ class WorkerRuntime:
                 result = runner.execute(test, run_id=run_id, attempt=attempt, worker_id=self.worker_id,
                                         hostname=self.hostname, env=env)
             finally:
-                notice.cancel()
+                self._notices.cancel(key)
                 with self._lock:
                     self._running.pop(key, None)
         self.publish_result(result)

@@ -122,3 +122,25 @@ def test_a_test_still_running_after_the_notice_delay_is_reported_started(coordin
     [notice] = _drain(coordinator.app, CONTROL_QUEUE)
     assert notice == {"op": "started", "run_id": "run-n", "test_id": SPEC.test_id, "attempt": 1, "worker_id": "w@test"}
     assert [r["result"]["status"] for r in _drain(coordinator.app, RESULTS_QUEUE)] == ["passed"]
+
+
+def test_delayed_notices_send_in_due_order_and_never_a_cancelled_one() -> None:
+    import threading
+
+    from dtf.worker import DelayedNotices
+
+    sent: list[Any] = []
+    done = threading.Event()
+
+    def send(body: Any) -> None:
+        sent.append(body["n"])
+        if body["n"] == 3:
+            done.set()
+
+    notices = DelayedNotices(send, 0.05)
+    notices.add("a", {"n": 1})
+    notices.add("b", {"n": 2})
+    notices.cancel("a")  # ended in time: no notice
+    notices.add("c", {"n": 3})
+    assert done.wait(30)
+    assert sent == [2, 3]  # due in order, so a notice for "a" would have come first
