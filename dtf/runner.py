@@ -24,14 +24,16 @@ import selectors
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, NoReturn
+from typing import Any, Iterator, Mapping, NoReturn
 
 import psutil
 
@@ -158,6 +160,79 @@ def _wait(child: "_SpawnedChild | _ForkedChild", timeout_s: float) -> tuple[bool
         interval = min(interval * 2, _SAMPLE_INTERVAL_S)
 
 
+class _WorkDirs:
+    """Empty private directories for tests to run in, emptied and reused.
+
+    Each test starts in an empty directory of its own (mode 0700); afterwards everything
+    the test left there is deleted. Reusing the directory saves a mkdir and an rmdir per
+    test (half a millisecond on an ext4 /tmp). A directory that cannot be emptied, or is no
+    longer the very directory that was made (replaced, or turned into a symlink), is
+    removed instead and never reused."""
+
+    def __init__(self, keep: int = 64) -> None:
+        self._keep = keep
+        self._free: list[tuple[str, int, int]] = []  # (path, st_dev, st_ino)
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def lease(self) -> Iterator[Path]:
+        with self._lock:
+            entry = self._free.pop() if self._free else None
+        if entry is None:
+            path = tempfile.mkdtemp(prefix="dtf-test-")
+            st = os.lstat(path)
+            entry = (path, st.st_dev, st.st_ino)
+        try:
+            yield Path(entry[0])
+        finally:
+            if self._emptied(entry):
+                with self._lock:
+                    if len(self._free) < self._keep:
+                        self._free.append(entry)
+                        entry = None
+            if entry is not None:
+                _remove(entry[0])
+
+    def clear(self) -> None:
+        """Remove the directories kept for reuse (at exit)."""
+        with self._lock:
+            free, self._free = self._free, []
+        for path, _, _ in free:
+            shutil.rmtree(path, ignore_errors=True)
+
+    @staticmethod
+    def _emptied(entry: tuple[str, int, int]) -> bool:
+        path, dev, ino = entry
+        try:
+            st = os.lstat(path)
+            if not stat.S_ISDIR(st.st_mode) or (st.st_dev, st.st_ino) != (dev, ino):
+                return False
+            os.chmod(path, 0o700)
+            for child in os.scandir(path):
+                if child.is_dir(follow_symlinks=False):
+                    shutil.rmtree(child.path)
+                else:
+                    os.unlink(child.path)
+            return not os.listdir(path)
+        except OSError:
+            return False
+
+
+def _remove(path: str) -> None:
+    """Delete what is at ``path``: a directory tree, or the link or file a test put there."""
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+_WORK_DIRS = _WorkDirs()
+atexit.register(lambda: _WORK_DIRS.clear())
+
+
 def _spawn(python: str, script: Path, env: Mapping[str, str], stderr_file: Path) -> _SpawnedChild:
     with open(stderr_file, "wb") as err:
         proc = subprocess.Popen(
@@ -180,8 +255,7 @@ def run_source(
     python: str = sys.executable,
 ) -> Execution:
     """Write ``source`` to a temp dir and run it; never raises for what the test does."""
-    with tempfile.TemporaryDirectory(prefix="dtf-test-") as tmp:
-        work = Path(tmp)
+    with _WORK_DIRS.lease() as work:
         script = work / "test_main.py"
         script.write_text(source, encoding="utf-8")
         outcome_file = work / "outcome.json"
@@ -499,8 +573,9 @@ def _fork_server_for(source: str, env: Mapping[str, str], python: str) -> ForkSe
 
 def _forget_server_in_child() -> None:
     # A forked worker process (Celery prefork) starts a fork server of its own when it needs one.
-    global _default_server, _default_lock
+    global _default_server, _default_lock, _WORK_DIRS
     _default_server, _default_lock = None, threading.Lock()
+    _WORK_DIRS = _WorkDirs()  # the parent's directories stay the parent's
 
 
 if hasattr(os, "register_at_fork"):

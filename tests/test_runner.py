@@ -4,6 +4,7 @@ without one, timeouts that take the whole process group down, peak memory, stder
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 import textwrap
@@ -208,3 +209,48 @@ def test_execute_enforces_the_spec_timeout() -> None:
     spec = TestSpec("slow", "m", "f", "cpu", 1, "fp32", "t", timeout_s=1)
     test = RenderedTest(spec, "import time\ntime.sleep(600)\n", "h")
     assert execute(test, run_id="r", attempt=1, worker_id="w", hostname="h").status == "timeout"
+
+
+# -- working directories ----------------------------------------------------------------------
+_LITTER = """
+import os, json
+json.dump({"cwd": os.getcwd(), "entries": sorted(os.listdir("."))}, open(os.environ["SEEN"], "w"))
+os.makedirs("sub/deeper", exist_ok=True)
+open("sub/deeper/left.txt", "w").write("x")
+open("outcome.json", "w").write('{"outcome": "passed"}')
+os.symlink("/etc/hostname", "planted-link")
+os.chmod(".", 0o500)
+"""
+
+
+def test_every_test_starts_in_an_empty_private_directory_whatever_the_last_one_left(tmp_path: Path) -> None:
+    seen = [tmp_path / f"seen{i}.json" for i in range(3)]
+    for path in seen:
+        assert run_source(_LITTER, timeout_s=60, env=dict(os.environ, SEEN=str(path))).status == "passed"
+    import json
+
+    views = [json.loads(p.read_text()) for p in seen]
+    assert [v["entries"] for v in views] == [["stderr.txt", "test_main.py"]] * 3
+    for cwd in {v["cwd"] for v in views if os.path.isdir(v["cwd"])}:  # kept for reuse: private again
+        assert os.stat(cwd).st_mode & 0o777 == 0o700
+    assert os.path.exists("/etc/hostname")  # the planted link was removed, not followed
+
+
+def test_a_directory_the_test_replaced_with_a_symlink_is_never_used_again(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    swap = f"""
+import os
+cwd = os.getcwd()
+os.rename(cwd, cwd + ".moved")
+os.symlink({str(elsewhere)!r}, cwd)
+"""
+    moved = tmp_path / "moved-cwd.txt"
+    run_source(swap + f"open({str(moved)!r}, 'w').write(cwd + '.moved')\n", timeout_s=60)
+    seen = tmp_path / "seen.json"
+    code = "import os, json\njson.dump(os.getcwd(), open(os.environ['SEEN'], 'w'))\n"
+    for _ in range(3):
+        assert run_source(code, timeout_s=60, env=dict(os.environ, SEEN=str(seen))).status == "passed"
+        assert os.path.realpath(seen.read_text().strip('"')) != str(elsewhere)
+    assert list(elsewhere.iterdir()) == []  # nothing was written or deleted through the link
+    shutil.rmtree(moved.read_text(), ignore_errors=True)
