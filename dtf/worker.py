@@ -338,12 +338,14 @@ class WorkerRuntime:
     def publish_result(self, result: TestResult) -> None:
         path = self.spool / f"{uuid.uuid4().hex}.json"
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result_body(result)), encoding="utf-8")
+        body = result_body(result)
+        tmp.write_text(json.dumps(body), encoding="utf-8")
         os.replace(tmp, path)  # atomic: a crash leaves either nothing or a whole file
-        self._publish_results_file(path)
+        self._publish_results_file(path, body)
 
-    def _publish_results_file(self, path: Path) -> None:
-        body = json.loads(path.read_text(encoding="utf-8"))
+    def _publish_results_file(self, path: Path, body: Mapping[str, Any] | None = None) -> None:
+        if body is None:
+            body = json.loads(path.read_text(encoding="utf-8"))
         with self.app.producer_or_acquire() as producer:
             producer.publish(body, exchange="", routing_key=RESULTS_QUEUE, serializer=wire_format(self.app)[0],
                              declare=[results_queue()], retry=True,
