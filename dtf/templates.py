@@ -19,12 +19,14 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import re
+import stat
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import jinja2
 import jinja2.meta
@@ -338,6 +340,12 @@ def _is_partial(name: str) -> bool:
     return any(part.startswith("_") for part in name.split("/"))
 
 
+def _check_public(name: object) -> None:
+    """TemplateNotFound for a malformed name or a partial's."""
+    if any(part.startswith("_") for part in _split_name(name)):
+        raise _not_found(name, "partials can only be included")
+
+
 def _inside(path: Path, root: Path) -> Path | None:
     """The real path of ``path`` if it exists and resolves (symlinks too) inside root."""
     try:
@@ -345,6 +353,99 @@ def _inside(path: Path, root: Path) -> Path | None:
     except (OSError, RuntimeError):
         return None
     return real if real.is_relative_to(root) else None
+
+
+# --- memoised lookups ----------------------------------------------------------------
+#
+# Finding a name resolves every component of a path, and info() also reads metadata and
+# hashes sources: together far more work than rendering a small template, and a suite
+# renders the same few templates thousands of times. So an answer is kept with a watch:
+# the directory entries it depended on and their lstat stamps. It is reused only while a
+# few lstat calls show every entry unchanged; an edited file, a new override in an
+# earlier root or a file swapped for a symlink changes a stamp, and the answer is worked
+# out again with every check. Only answers with no symlink on the way are kept, because
+# then the watched entries by themselves prove that the file lies inside its root.
+
+#: st_mode, st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns of a directory entry itself
+_Stamp = tuple[int, int, int, int, int, int]
+#: (path, its stamp, or None for "nothing there"): what an answer held under
+_Watch = tuple[tuple[str, _Stamp | None], ...]
+_V = TypeVar("_V")
+
+
+def _lstamp(path: str) -> _Stamp | None:
+    """The stamp of the entry at path, not following a symlink; None when there is none."""
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return st.st_mode, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _unchanged(watch: _Watch) -> bool:
+    """Whether every watched entry is as it was (any other error: look again, the slow way)."""
+    try:
+        return all(_lstamp(path) == stamp for path, stamp in watch)
+    except OSError:
+        return False
+
+
+def _absent(path: Path) -> _Watch:
+    """An answer that skipped path holds while nothing is there."""
+    return ((str(path), None),)
+
+
+def _plain_watch(root: Path, path: Path) -> _Watch | None:
+    """The watch of ``<root>/<folder>/<file>`` when root and folder are directories and
+    the file a regular file, none a symlink: its real path is then itself, inside the
+    (resolved) root, for as long as the three are unchanged. None otherwise."""
+    entries = (root, path.parent, path)
+    kinds = (stat.S_ISDIR, stat.S_ISDIR, stat.S_ISREG)
+    try:
+        watch = tuple((str(entry), _lstamp(str(entry))) for entry in entries)
+    except OSError:
+        return None
+    if all(st is not None and is_kind(st[0]) for (_, st), is_kind in zip(watch, kinds)):
+        return watch
+    return None
+
+
+def _joined(*watches: _Watch | None) -> _Watch | None:
+    """All the watches as one (the first stamp of a path wins); None if any is None."""
+    merged: dict[str, _Stamp | None] = {}
+    for watch in watches:
+        if watch is None:
+            return None
+        for path, st in watch:
+            merged.setdefault(path, st)
+    return tuple(merged.items())
+
+
+class _Memo(Generic[_V]):
+    """Answers by name, each kept with the watch that vouches for it."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[_Watch, _V]] = {}
+
+    def get(self, key: str) -> _V | None:
+        """The answer for key while its watch holds, else None."""
+        entry = self._entries.get(key)
+        return entry[1] if entry is not None and _unchanged(entry[0]) else None
+
+    def put(self, key: str, value: _V, watch: _Watch | None) -> None:
+        """Keep value under key, or forget key when no watch can vouch for it."""
+        if watch is None:
+            self._entries.pop(key, None)
+        else:
+            self._entries[key] = (watch, value)
+
+
+class _Found(NamedTuple):
+    """Where a name led: the file's real path, the root holding it, and its watch."""
+
+    path: Path
+    root: Path
+    watch: _Watch | None
 
 
 # --- metadata ------------------------------------------------------------------------
@@ -469,29 +570,39 @@ class TemplateRegistry:
         self.render_timeout_s = render_timeout_s
         self._env = _make_environment(self)
         self._file_cache: dict[tuple[str, Path], tuple[tuple[int, int], Any]] = {}
+        self._found: _Memo[_Found] = _Memo()
+        self._infos: _Memo[TemplateInfo] = _Memo()
 
     # -- finding templates
 
-    def _find(self, name: str) -> tuple[Path, Path]:
-        """(real path, root) of the first root holding ``name``; partials included."""
+    def _find(self, name: str) -> _Found:
+        """The first root holding ``name`` (partials included), remembered while its watch holds."""
         family, variant = _split_name(name)
+        found = self._found.get(name)
+        if found is None:
+            found = self._search(name, family, variant)
+            self._found.put(name, found, found.watch)
+        return found
+
+    def _search(self, name: str, family: str, variant: str) -> _Found:
+        """Every root in order, until one holds the file; it must really lie inside that root."""
+        skipped: list[_Watch] = []
         for root in self.roots:
             candidate = root / family / (variant + TEMPLATE_SUFFIX)
             if not (candidate.exists() or candidate.is_symlink()):
+                skipped.append(_absent(candidate))
                 continue
             real = _inside(candidate, root)
             if real is None or not real.is_file():
                 raise _not_found(name, f"{candidate} is not a file inside its root")
-            return real, root
+            return _Found(real, root, _joined(*skipped, _plain_watch(root, candidate)))
         raise _not_found(name)
 
     def _locate(self, name: str) -> Path:
-        return self._find(name)[0]
+        return self._find(name).path
 
-    def _find_public(self, name: str) -> tuple[Path, Path]:
-        if isinstance(name, str) and _is_partial(name):
-            _split_name(name)
-            raise _not_found(name, "partials can only be included")
+    def _find_public(self, name: str) -> _Found:
+        _check_public(name)
         return self._find(name)
 
     def names(self) -> list[str]:
@@ -517,18 +628,24 @@ class TemplateRegistry:
         self._file_cache[key] = (stamp, value)
         return value
 
-    def _metadata(self, name: str, from_root: Path) -> _Metadata:
+    def _metadata(self, name: str, from_root: Path) -> tuple[_Metadata, _Watch | None]:
         """The first entry for ``name`` in a template.yaml, from the root that holds the
-        template onwards: an override without metadata keeps the overridden one's."""
+        template onwards: an override without metadata keeps the overridden one's. With
+        the watch of the files it read and of those it skipped, which are watched as
+        absent: one skipped as outside its root is looked at afresh until it is gone."""
         family, variant = name.split("/")
+        watches: list[_Watch | None] = []
         for root in self.roots[self.roots.index(from_root) :]:
-            path = _inside(root / family / METADATA_FILE, root)
+            candidate = root / family / METADATA_FILE
+            path = _inside(candidate, root)
             if path is None:
+                watches.append(_absent(candidate))
                 continue
+            watches.append(_plain_watch(root, candidate))
             entry: _Metadata | None = self._cached("meta", path, _parse_metadata_file).get(variant)
             if entry is not None:
-                return entry
-        return _Metadata(description="(no metadata)", families=(family,))
+                return entry, _joined(*watches)
+        return _Metadata(description="(no metadata)", families=(family,)), _joined(*watches)
 
     def _references(self, path: Path) -> list[str]:
         def parse(p: Path) -> list[str]:
@@ -541,38 +658,55 @@ class TemplateRegistry:
         result: list[str] = self._cached("refs", path, parse)
         return result
 
-    def _content_hash(self, name: str, defaults: Mapping[str, Any]) -> str:
+    def _content_hash(self, found: _Found, defaults: Mapping[str, Any]) -> tuple[str, _Watch | None]:
+        """The hash over the defaults and the sources of the template and what it includes,
+        and the watch of those files (None when an include is missing: never kept)."""
         digest = hashlib.sha256(json.dumps(defaults, sort_keys=True, default=repr).encode())
         seen: set[Path] = set()
-        pending = [self._locate(name)]
+        watches: list[_Watch | None] = []
+        pending = [found]
         while pending:
-            path = pending.pop(0)
-            if path in seen:
+            file = pending.pop(0)
+            if file.path in seen:
                 continue
-            seen.add(path)
-            digest.update(self._cached("bytes", path, Path.read_bytes))
-            for ref in self._references(path):
+            seen.add(file.path)
+            watches.append(file.watch)
+            digest.update(self._cached("bytes", file.path, Path.read_bytes))
+            for ref in self._references(file.path):
                 try:
-                    pending.append(self._locate(ref))
+                    pending.append(self._find(ref))
                 except TemplateNotFound:
                     digest.update(f"<missing {ref}>".encode())
-        return digest.hexdigest()[:HASH_HEX_CHARS]
+                    watches.append(None)
+        return digest.hexdigest()[:HASH_HEX_CHARS], _joined(*watches)
 
     # -- public queries
 
     def info(self, name: str) -> TemplateInfo:
-        """Metadata and content hash of one template; TemplateNotFound if there is none."""
-        path, root = self._find_public(name)
-        meta = self._metadata(name, root)
-        return TemplateInfo(
+        """Metadata and content hash of one template; TemplateNotFound if there is none.
+        Each call gets its own ``parameters`` dict, as a remembered answer is shared."""
+        _check_public(name)
+        info = self._infos.get(name)
+        if info is None:
+            info, watch = self._read_info(name)
+            self._infos.put(name, info, watch)
+        return dataclasses.replace(info, parameters=dict(info.parameters))
+
+    def _read_info(self, name: str) -> tuple[TemplateInfo, _Watch | None]:
+        """info() worked out afresh, with the watch of every file it read or skipped."""
+        found = self._find(name)
+        meta, meta_watch = self._metadata(name, found.root)
+        content_hash, hash_watch = self._content_hash(found, {p.name: p.default for p in meta.parameters.values()})
+        info = TemplateInfo(
             name=name,
             description=meta.description,
             families=meta.families,
             hardware=meta.hardware,
             parameters=dict(meta.parameters),
-            path=path,
-            content_hash=self._content_hash(name, {p.name: p.default for p in meta.parameters.values()}),
+            path=found.path,
+            content_hash=content_hash,
         )
+        return info, _joined(found.watch, meta_watch, hash_watch)
 
     def list(self) -> list[TemplateInfo]:
         """Every public template, sorted by name."""
@@ -604,16 +738,19 @@ class TemplateRegistry:
         names none) into a self-contained Python test script."""
         if not spec.template:
             spec = dataclasses.replace(spec, template=self.resolve(spec.family, spec.hardware))
-        info = self.info(spec.template)
+        info = self.info(spec.template)  # checks the name is a public template's
         _check_parameter_types(info, spec.params)
-        source = self.render_source(spec.template, render_context(spec, info))
+        source = self._render(spec.template, render_context(spec, info))
         return RenderedTest(spec, source, info.content_hash)
 
     def render_source(self, name: str, context: Mapping[str, Any]) -> str:
         """Render one public template with a context; every failure is a TemplateError
         naming the template and, where known, the line."""
         self._find_public(name)
-        names = self._filenames()
+        return self._render(name, context)
+
+    def _render(self, name: str, context: Mapping[str, Any]) -> str:
+        """render_source for a name already checked to be a public template's."""
         try:
             with time_limit(self.render_timeout_s):
                 template = self._env.get_template(name)
@@ -623,10 +760,11 @@ class TemplateRegistry:
         except TimeLimitExceeded:
             raise TemplateError(f"template {name}: rendering took longer than {self.render_timeout_s:g} s") from None
         except Exception as exc:  # any failure inside a template is the template's
-            raise _render_error(name, exc, names) from exc
+            raise _render_error(name, exc, self._filenames()) from exc
 
     def _filenames(self) -> dict[str, str]:
-        """Real file path -> template name, to name the template in a traceback frame."""
+        """Real file path -> template name, to name the template in a traceback frame:
+        a walk of every root, so it is done only once a render has failed."""
         mapping: dict[str, str] = {}
         for root in reversed(self.roots):  # earlier roots win
             for path in root.glob(f"*/*{TEMPLATE_SUFFIX}"):

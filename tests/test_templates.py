@@ -577,3 +577,82 @@ def test_a_new_override_in_an_earlier_root_takes_effect_at_once(tmp_path: Path, 
     (tmp_path / "generic").mkdir()
     (tmp_path / "generic" / "default.py.j2").write_text("OVERRIDE = {{ model|pyrepr }}\n")
     assert layered.render(make_spec("generic/default")).source == "OVERRIDE = 'tiny/model'\n"
+
+
+# --- a long-lived registry remembers lookups, and notices every change ----------------------
+
+PARTIAL_USER = '{% include "shared/_part" %}X = {{ 1|pyrepr }}\n'
+META = "variants:\n  t: {{description: {}, families: [fam], hardware: [cpu]}}\n"
+
+
+def write_family(root: Path, description: str = "base") -> None:
+    (root / "fam").mkdir(parents=True)
+    (root / "shared").mkdir()
+    (root / "fam" / "t.py.j2").write_text(PARTIAL_USER)
+    (root / "fam" / "template.yaml").write_text(META.format(description))
+    (root / "shared" / "_part.py.j2").write_text("# base part\n")
+
+
+def warmed(*roots: Path) -> TemplateRegistry:
+    """A registry that has rendered fam/t twice, so its lookups are remembered."""
+    registry = TemplateRegistry(list(roots), include_builtin=False)
+    for _ in range(2):
+        assert registry.render(make_spec("fam/t")).source.endswith("X = 1\n")
+    return registry
+
+
+def test_a_remembered_render_resolves_no_path_and_walks_no_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_family(tmp_path)
+    registry = warmed(tmp_path)
+    calls: list[Path] = []
+    monkeypatch.setattr("dtf.templates._inside", lambda path, root: calls.append(path))
+    monkeypatch.setattr(registry, "_filenames", lambda: pytest.fail("walked the roots without an error"))
+    registry.render(make_spec("fam/t"))
+    assert calls == []
+
+
+@pytest.mark.parametrize("swap", ["template", "partial", "folder", "folder_moved_out_and_linked_back"])
+def test_a_remembered_file_swapped_for_a_symlink_out_of_its_root_is_refused(tmp_path: Path, swap: str) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    write_family(root)
+    registry = warmed(root)
+    outside.mkdir()
+    if swap in ("template", "partial"):
+        victim = root / ("fam/t.py.j2" if swap == "template" else "shared/_part.py.j2")
+        (outside / "secret.py.j2").write_text(victim.read_text())
+        victim.unlink()
+        victim.symlink_to(outside / "secret.py.j2")
+    else:
+        if swap == "folder":
+            shutil.copytree(root / "fam", outside / "fam")
+            shutil.rmtree(root / "fam")
+        else:  # the very same files, inodes and stamps, reached through a symlink
+            (root / "fam").rename(outside / "fam")
+        (root / "fam").symlink_to(outside / "fam", target_is_directory=True)
+    with pytest.raises(TemplateError, match="template not found"):
+        registry.render(make_spec("fam/t"))
+
+
+def test_a_new_partial_or_metadata_in_an_earlier_root_takes_effect_at_once(tmp_path: Path) -> None:
+    early, base = tmp_path / "early", tmp_path / "base"
+    write_family(base)
+    (early / "fam").mkdir(parents=True)
+    (early / "shared").mkdir()
+    (early / "fam" / "t.py.j2").write_text(PARTIAL_USER)  # an override without metadata of its own
+    registry = warmed(early, base)
+    first = registry.render(make_spec("fam/t"))
+    assert first.source.startswith("# base part") and registry.info("fam/t").description == "base"
+    (early / "shared" / "_part.py.j2").write_text("# early part\n")
+    second = registry.render(make_spec("fam/t"))
+    assert second.source.startswith("# early part") and second.template_hash != first.template_hash
+    (early / "fam" / "template.yaml").write_text(META.format("early"))
+    assert registry.info("fam/t").description == "early"
+    (early / "fam" / "template.yaml").unlink()
+    assert registry.info("fam/t").description == "base"
+
+
+def test_each_info_call_gets_its_own_parameters(registry: TemplateRegistry) -> None:
+    registry.info("vision/cpu").parameters.clear()
+    assert "num_classes" in registry.info("vision/cpu").parameters
