@@ -191,7 +191,7 @@ def test_a_lone_surrogate_is_stored_escaped_instead_of_poisoning_the_batch(store
 def test_a_batch_the_database_rejects_raises_store_error_naming_the_cause_and_writes_nothing(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(store_module, "_metrics_json", lambda metrics: "{not json")
+    monkeypatch.setattr(store_module, "_encode_compact", lambda metrics: "{not json")
     with pytest.raises(StoreError) as info:
         store.commit_batch([result()], [{"run_id": "run", "test_id": "t1", "status": "passed"}])
     message = str(info.value)

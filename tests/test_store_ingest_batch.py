@@ -3,9 +3,13 @@ redelivered batch stores nothing twice."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from dtf.model import TestResult
+import pytest
+
+from dtf.errors import FencingError, StoreError
+from dtf.model import RenderedTest, TestResult, TestSpec
 from dtf.store import Store
 
 
@@ -47,3 +51,54 @@ def test_an_empty_batch_still_applies_updates_and_closes_runs(tmp_path: Path) ->
         assert store.ingest_batch([], finished_runs=[("r", "passed")]) == 0
         run = store.run("r")
         assert run is not None and run["status"] == "passed"
+
+
+def rendered(test_id: str) -> RenderedTest:
+    return RenderedTest(TestSpec(test_id, "m", "f", "cpu", 1, "fp32", "t"), "", "h")
+
+
+def test_a_batch_with_one_stored_key_stores_the_rest_and_applies_its_updates_once(tmp_path: Path) -> None:
+    """The plain insert is refused, and the redone transaction still writes everything else."""
+    batch = [r for r in results("r") if r.test_id.isascii()]
+    with Store(tmp_path / "s.duckdb") as store:
+        store.insert_run({"run_id": "r", "suite_name": "s"}, [rendered(r.test_id) for r in batch])
+        assert store.ingest_batch(batch[:1]) == 1
+        updates = [{"run_id": "r", "test_id": r.test_id, "status": r.status, "attempts": r.attempt} for r in batch]
+        assert store.ingest_batch(batch, updates, finished_runs=[("r", "failed")], token=2) == len(batch) - 1
+        assert store.query("SELECT count(*) AS n FROM results")[0]["n"] == len(batch)
+        assert {t["test_id"]: t["status"] for t in store.tests("r")} == {r.test_id: r.status for r in batch}
+        run = store.run("r")
+        assert run is not None and run["status"] == "failed"
+        assert store.max_token() == 2
+
+
+def test_a_stale_token_is_refused_before_any_duplicate_is_looked_at(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.duckdb") as store:
+        store.ingest_batch(results("r"), token=5)
+        with pytest.raises(FencingError):
+            store.ingest_batch(results("r") + results("r2"), token=4)
+        assert store.query("SELECT count(*) AS n FROM results")[0]["n"] == 7
+
+
+def test_a_batch_no_retry_can_store_raises_and_writes_nothing(tmp_path: Path) -> None:
+    """A key column that is NULL fails the plain insert and the ON CONFLICT one alike."""
+    with Store(tmp_path / "s.duckdb") as store:
+        bad = TestResult(None, "t", 1, "passed")  # type: ignore[arg-type]
+        with pytest.raises(StoreError, match="NOT NULL"):
+            store.ingest_batch(results("r") + [bad])
+        assert store.query("SELECT count(*) AS n FROM results")[0]["n"] == 0
+        assert store.ingest_batch(results("r")) == 7  # the connection is usable again
+
+
+@pytest.mark.parametrize("metrics", [
+    {},
+    {"latency_p50_ms": 1.25, "n": 3, "ok": True, "none": None, "big": 10**30},
+    {"nested": {"shape": [4, 384], "names": ["a", "ü", "✓"]}, "tiny": 1e-300, "neg": -0.0},
+    {"quote\"s": "back\\slash\nnewline\t\u0001", "emoji": "🚀"},
+])
+def test_metrics_text_is_what_json_dumps_writes(tmp_path: Path, metrics: dict[str, object]) -> None:
+    """The batch encoder is a faster json.dumps(ensure_ascii=False, allow_nan=False): same text."""
+    with Store(tmp_path / "s.duckdb") as store:
+        store.ingest_batch([TestResult("r", "t", 1, "passed", metrics=metrics)])
+        (row,) = store.query("SELECT CAST(metrics AS VARCHAR) AS m FROM results")
+    assert row["m"] == json.dumps(metrics, ensure_ascii=False, allow_nan=False)
