@@ -40,15 +40,21 @@ class _Watchdog:
         self._deadlines: dict[int, tuple[int, float]] = {}  # token -> (thread id, deadline)
         self._tokens = 0
         self._thread: threading.Thread | None = None
+        self._sleep_until: float | None = None  # when the thread wakes next; None: when notified
 
     def add(self, seconds: float) -> int:
         with self._cond:
+            deadline = time.monotonic() + seconds
+            # Wake the thread only when it would sleep past the new deadline: a wake-up per
+            # limited block was an eighth of a template render.
+            wake = self._sleep_until is None or deadline < self._sleep_until
             self._tokens += 1
-            self._deadlines[self._tokens] = (threading.get_ident(), time.monotonic() + seconds)
+            self._deadlines[self._tokens] = (threading.get_ident(), deadline)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="dtf-deadline", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            elif wake:
+                self._cond.notify()
             return self._tokens
 
     def remove(self, token: int) -> bool:
@@ -69,6 +75,7 @@ class _Watchdog:
                         del self._deadlines[token]  # under the lock: remove() sees it fired
                         _raise_in(thread_id, TimeLimitExceeded)
                 soonest = min((d for _, d in self._deadlines.values()), default=None)
+                self._sleep_until = soonest
                 self._cond.wait(None if soonest is None else max(soonest - now, 0.001))
 
 
