@@ -338,17 +338,15 @@ class Coordinator:
         """One transaction for the whole batch, then ack every message in it."""
         batch, self._results = self._results, []
         started, self._started = self._started, []
-        known = self.store.known_result_keys((r.run_id, r.test_id, r.attempt) for r, _ in batch)
+        # The run graph knows every active test's attempts, so a result for an attempt that
+        # was never dispatched, or for a run that is over, is dropped here; a second result
+        # for an attempt already stored (a task run twice: redelivered past the visibility
+        # timeout, or re-published by reconciliation) changes no state in the graph and is
+        # refused by the key on insert. Either way it is counted, never stored twice.
         fresh: dict[tuple[str, str, int], TestResult] = {}
         for result, _ in batch:
-            key = (result.run_id, result.test_id, result.attempt)
-            if key not in known and self._expected(result):
-                fresh.setdefault(key, result)
-        if len(batch) > len(fresh):
-            # A task run twice (redelivered past the visibility timeout, or re-published by
-            # reconciliation) reports the same key again: stored once, counted here.
-            self.duplicates += len(batch) - len(fresh)
-            log.info("ignored %d duplicate result(s); %d so far", len(batch) - len(fresh), self.duplicates)
+            if self._expected(result):
+                fresh.setdefault((result.run_id, result.test_id, result.attempt), result)
         updates: list[dict[str, Any]] = [_update_row(run_id, u) for run_id, u in started]
         requeue: list[tuple[str, str, int]] = []
         touched: dict[str, RunGraph] = {}
@@ -364,15 +362,17 @@ class Coordinator:
                     requeue.append((graph.run_id, u.test_id, u.attempts))
         finished = [(g.run_id, g.verdict()) for g in touched.values() if g.finished()]
         try:
-            self.ingested += self.store.ingest_batch(
-                list(fresh.values()), updates, finished_runs=finished, token=self.token()
-            )
+            stored = self.store.ingest_batch(list(fresh.values()), updates, finished_runs=finished, token=self.token())
         except FencingError:
             raise
         except Exception:
             for _, message in batch:
                 message.requeue()
             raise
+        self.ingested += stored
+        if stored < len(batch):
+            self.duplicates += len(batch) - stored
+            log.info("ignored %d duplicate result(s); %d so far", len(batch) - stored, self.duplicates)
         ack_all([message for _, message in batch])
         for run_id, _ in finished:
             self.runs.pop(run_id, None)

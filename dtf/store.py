@@ -15,7 +15,7 @@ import operator
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import duckdb
@@ -309,29 +309,6 @@ class Store:
                 self._con.unregister("source_keys")
         return {test_id: (spec, source, template_hash) for test_id, spec, source, template_hash in rows}
 
-    def known_result_keys(self, keys: Iterable[tuple[str, str, int]]) -> set[tuple[str, str, int]]:
-        """Which of these (run_id, test_id, attempt) keys are already stored."""
-        keys = list(keys)
-        if not keys:
-            return set()
-        table = pa.table(
-            {
-                "run_id": [_utf8(k[0]) for k in keys],
-                "test_id": [_utf8(k[1]) for k in keys],
-                "attempt": pa.array([k[2] for k in keys], pa.int32()),
-            }
-        )
-        with self._lock:
-            self._con.register("probe_keys", table)
-            try:
-                found = self._con.execute(
-                    "SELECT r.run_id, r.test_id, r.attempt FROM results r"
-                    " JOIN probe_keys p USING (run_id, test_id, attempt)"
-                ).fetchall()
-            finally:
-                self._con.unregister("probe_keys")
-        return {(a, b, int(c)) for a, b, c in found}
-
     def commit_batch(
         self,
         results: Sequence[TestResult],
@@ -359,8 +336,9 @@ class Store:
         the whole transaction redone with ``ON CONFLICT DO NOTHING``. DuckDB's ON CONFLICT
         probes the key index and deduplicates the input before appending, which costs about
         as much again as the insert itself; new results are the normal case (the
-        coordinator drops keys it knows are stored), so the common batch pays for one
-        index pass, and a duplicate one for two. Either way the stored count is exact."""
+        coordinator's run graph drops results it did not expect; only a task run twice
+        brings a stored key again), so the common batch pays for one index pass, and a
+        duplicate one for two. Either way the stored count is exact."""
         now = time.time()
         table = _result_table(results, now, token)
         try:

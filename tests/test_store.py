@@ -315,12 +315,6 @@ def test_status_counts_group_tests_by_hardware_and_status(store: Store) -> None:
     assert store.status_counts("run") == {"cpu": {"passed": 1, "pending": 1}, "cuda": {"pending": 1}}
 
 
-def test_known_result_keys_reports_only_stored_keys(store: Store) -> None:
-    store.commit_batch([result("t1", 1)])
-    assert store.known_result_keys([("run", "t1", 1), ("run", "t1", 2), ("other", "t1", 1)]) == {("run", "t1", 1)}
-    assert store.known_result_keys([]) == set()
-
-
 def test_latest_run_is_the_last_submitted_optionally_of_one_suite(store: Store) -> None:
     store.insert_run({"run_id": "old", "suite_name": "a", "submitted_at": 1.0}, [])
     store.insert_run({"run_id": "new", "suite_name": "b", "submitted_at": 2.0}, [])
