@@ -182,7 +182,7 @@ class CoordinatorClient:
                 )
         chunks = [dicts[i:i + chunk_size] for i in range(0, len(dicts), chunk_size)] or [[]]
         bodies = [
-            {"op": "submit", "submit_id": submit_id, "chunk": i, "chunks": len(chunks),
+            {"op": "submit", "submit_id": submit_id, "run_id": str(run["run_id"]), "chunk": i, "chunks": len(chunks),
              "tests": chunk, **({"run": dict(run)} if i == 0 else {})}
             for i, chunk in enumerate(chunks)
         ]

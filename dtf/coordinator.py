@@ -22,7 +22,7 @@ import logging
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from celery import Celery
@@ -48,14 +48,8 @@ log = logging.getLogger("dtf.coordinator")
 WORKER_OFFLINE_AFTER_S = 45.0
 RUNNING_GRACE_S = 60.0
 RECONCILE_EVERY_S = 5.0
+STALE_SUBMIT_AFTER_S = 3600.0  # a submit whose chunks stopped coming this long ago is dropped
 MAX_STATUS_WAIT_S = 30.0  # longest a status query with wait_s is held before it is answered
-@dataclass
-class _PendingSubmit:
-    chunks: dict[int, Mapping[str, Any]] = field(default_factory=dict)
-    messages: list[Message] = field(default_factory=list)
-    total: int = 0
-
-
 @dataclass
 class _WorkerSeen:
     queues: tuple[str, ...]
@@ -93,13 +87,13 @@ class Coordinator:
         self.workers: dict[str, _WorkerSeen] = {}
         # Wall time of the last sign of life of each published test (published or started).
         self._silent_since: dict[tuple[str, str], float] = {}
-        self._submits: dict[str, _PendingSubmit] = {}
         self._results: list[tuple[TestResult, Message]] = []
         self._started: list[tuple[str, Update]] = []
         # Status queries held until their run finishes or their wait ends: (deadline, body).
         self._waiting: list[tuple[float, Mapping[str, Any]]] = []
         self._batch_started = 0.0
         self._last_reconcile = 0.0
+        self._last_stale_sweep = 0.0
         self._producer: Producer | None = None
         self.ingested = 0
         self.duplicates = 0  # results whose (run, test, attempt) was already stored: redeliveries
@@ -240,37 +234,59 @@ class Coordinator:
                                    exchange="", routing_key=str(reply_to), retry=True)
 
     def _on_submit_chunk(self, body: Mapping[str, Any], message: Message) -> None:
-        pending = self._submits.setdefault(str(body["submit_id"]), _PendingSubmit())
-        pending.chunks[int(body["chunk"])] = body
-        pending.messages.append(message)
-        pending.total = int(body["chunks"])
-        if len(pending.chunks) < pending.total:
-            return
-        del self._submits[str(body["submit_id"])]
-        first = pending.chunks[0]
+        """Store one chunk of a submit as it arrives, ack it, and start the run when the last
+        chunk is in: memory holds one chunk at a time, however large the run."""
+        reply = {k: body.get(k) for k in ("reply_to", "correlation_id")} if body.get("reply_to") else None
         try:
-            tests = [RenderedTest.from_dict(t) for i in range(pending.total) for t in pending.chunks[i]["tests"]]
-            run_id = self.submit(first["run"], tests)
-            self._reply(first, {"ok": True, "data": {"run_id": run_id}})
-        except FencingError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            log.warning("submit failed: %s", exc)
-            self._reply(first, {"ok": False, "error": str(exc)})
-        for m in pending.messages:
-            m.ack()
+            submit_id, chunk, chunks = str(body["submit_id"]), int(body["chunk"]), int(body["chunks"])
+            run_id = str(body.get("run_id") or body["run"]["run_id"])
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("dropping a malformed submit chunk: %s", exc)
+            if reply is not None:
+                self._reply(reply, {"ok": False, "error": f"malformed submit: {exc}"})
+            message.ack()
+            return
+        if run_id in self.runs or self.store.run(run_id) is not None:  # redelivered: stored already
+            if reply is not None:
+                self._reply(reply, {"ok": True, "data": {"run_id": run_id}})
+            message.ack()
+            return
+        tests: list[RenderedTest] = []
+        try:
+            tests = [RenderedTest.from_dict(t) for t in body["tests"]]
+            _check_hardware(tests)
+            error = None
+        except HardwareError as exc:
+            error = str(exc)
+        except (KeyError, TypeError, ValueError) as exc:
+            error = f"malformed submit: {exc}"
+        staged = self.store.stage_submit_chunk(submit_id, run_id, chunk, chunks, tests, run=body.get("run"),
+                                               reply=reply, error=error, token=self.token())
+        message.ack()
+        if staged < chunks:
+            return
+        done = self.store.finish_submit(submit_id, token=self.token())
+        if done["error"] is None:
+            self._start_run(run_id, [TestSpec.from_dict(spec) for spec in self.store.specs(run_id)])
+        else:
+            log.warning("submit of run %s refused: %s", run_id, done["error"])
+        if done["reply"]:
+            outcome = {"ok": True, "data": {"run_id": run_id}} if done["error"] is None else {"ok": False, "error": done["error"]}
+            self._reply(done["reply"], outcome)
 
     def submit(self, run: Mapping[str, Any], tests: Sequence[RenderedTest]) -> str:
         """Store a run and its tests, skip what no worker can serve, publish what is ready."""
         run_id = str(run["run_id"])
         if run_id in self.runs or self.store.run(run_id) is not None:
             return run_id  # a redelivered submit: already stored
-        unknown = sorted({t.spec.hardware for t in tests} - set(HARDWARE_KINDS))
-        if unknown:  # the CLI refuses these; a forged submit must not reach the store either
-            raise HardwareError(f"unknown hardware {', '.join(map(repr, unknown))} "
-                                f"(expected one of {', '.join(HARDWARE_KINDS)})")
+        _check_hardware(tests)
         self.store.insert_run(run, tests, token=self.token())
-        graph = RunGraph(run_id, [t.spec for t in tests])
+        self._start_run(run_id, [t.spec for t in tests])
+        return run_id
+
+    def _start_run(self, run_id: str, specs: Sequence[TestSpec]) -> None:
+        """Build a stored run's graph, skip what no worker can serve, publish what is ready."""
+        graph = RunGraph(run_id, specs)
         self.runs[run_id] = graph
         if self.servable is not None:
             missing = graph.unservable(self.servable)
@@ -280,7 +296,6 @@ class Coordinator:
                 self._commit([], graph, graph.skip(missing, reason))
         self._dispatch()
         self._finish_if_done(graph)
-        return run_id
 
     def _on_heartbeat(self, body: Mapping[str, Any]) -> None:
         """Store the worker's latest state and health, and append the health to its history.
@@ -479,6 +494,9 @@ class Coordinator:
         # Workers silent too long are offline, including ones only the database remembers
         # (seen by an earlier leader). Tests a dead worker was running are published again
         # now rather than after their timeout: same attempt, so a late result is a no-op.
+        if now - self._last_stale_sweep >= STALE_SUBMIT_AFTER_S / 10:
+            self._last_stale_sweep = now
+            self.store.drop_stale_submits(now - STALE_SUBMIT_AFTER_S, token=self.token())
         stale = [w for w, seen in self.workers.items() if now - seen.last_seen > seen.offline_after_s]
         self.store.mark_silent_workers(now, WORKER_OFFLINE_AFTER_S, token=self.token())
         if stale:
@@ -721,6 +739,13 @@ _QUERIES: dict[str, Callable[[Coordinator, Mapping[str, Any]], Any]] = {
 }
 
 assert set(_QUERIES) == QUERY_OPS, "dtf.client.QUERY_OPS must name exactly the coordinator's queries"
+
+
+def _check_hardware(tests: Sequence[RenderedTest]) -> None:
+    unknown = sorted({t.spec.hardware for t in tests} - set(HARDWARE_KINDS))
+    if unknown:  # the CLI refuses these; a forged submit must not reach the store either
+        raise HardwareError(f"unknown hardware {', '.join(map(repr, unknown))} "
+                            f"(expected one of {', '.join(HARDWARE_KINDS)})")
 
 
 def _update_row(run_id: str, u: Update) -> dict[str, Any]:

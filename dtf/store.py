@@ -63,6 +63,18 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
             PRIMARY KEY (worker_id, seen_at));
         """,
     ),
+    (
+        "0003_staged_submits",
+        # A large submit arrives in chunks; each is stored as it comes (its tests go straight
+        # into `tests`, the run row only when the last chunk is in), so the coordinator never
+        # holds a whole run in memory, and a chunk is acked once it is on disk.
+        """
+        CREATE TABLE IF NOT EXISTS staged_chunks (
+            submit_id VARCHAR, chunk INTEGER, chunks INTEGER, run_id VARCHAR, received_at DOUBLE,
+            run JSON, reply JSON, error VARCHAR,
+            PRIMARY KEY (submit_id, chunk));
+        """,
+    ),
 )
 
 _RESULT_SCHEMA = pa.schema(
@@ -271,22 +283,105 @@ class Store:
     ) -> None:
         """Record a run and its tests (status pending) in one transaction; idempotent."""
         now = time.time()
-        rows = [_test_row(run["run_id"], t, now) for t in tests]
-        table = _table(rows, _TEST_SCHEMA)
+        with self._transaction() as con:
+            self._fence(con, token)
+            self._insert_run_row(con, run, len(tests), now)
+            self._insert_tests(con, str(run["run_id"]), tests, now)
+
+    @staticmethod
+    def _insert_run_row(con: duckdb.DuckDBPyConnection, run: Mapping[str, Any], total: int, now: float) -> None:
+        con.execute(
+            "INSERT INTO runs (run_id, suite_name, suite_hash, submitted_at, git_sha, branch,"
+            " ci_url, status, finished_at, total, info) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)"
+            " ON CONFLICT DO NOTHING",
+            [
+                run["run_id"], run.get("suite_name"), run.get("suite_hash"),
+                run.get("submitted_at", now), run.get("git_sha"), run.get("branch"),
+                run.get("ci_url"), "running", total, json.dumps(run.get("info") or {}),
+            ],
+        )
+
+    def _insert_tests(self, con: duckdb.DuckDBPyConnection, run_id: str, tests: Sequence[RenderedTest], now: float) -> None:
+        table = _table([_test_row(run_id, t, now) for t in tests], _TEST_SCHEMA)
+        with self._arrow_view(con, "new_tests", table):
+            con.execute("INSERT INTO tests SELECT * FROM new_tests ON CONFLICT DO NOTHING")
+
+    def stage_submit_chunk(
+        self,
+        submit_id: str,
+        run_id: str,
+        chunk: int,
+        chunks: int,
+        tests: Sequence[RenderedTest],
+        *,
+        run: Mapping[str, Any] | None = None,
+        reply: Mapping[str, Any] | None = None,
+        error: str | None = None,
+        token: int = 0,
+    ) -> int:
+        """Store one chunk of a submit (idempotent: a redelivered chunk changes nothing) and
+        return how many distinct chunks of it are stored. Its tests go into ``tests`` under
+        ``run_id``, unseen by run queries until ``finish_submit`` adds the run row; a chunk
+        with an error stores no tests, and fails the submit when it finishes."""
+        now = time.time()
         with self._transaction() as con:
             self._fence(con, token)
             con.execute(
-                "INSERT INTO runs (run_id, suite_name, suite_hash, submitted_at, git_sha, branch,"
-                " ci_url, status, finished_at, total, info) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)"
-                " ON CONFLICT DO NOTHING",
-                [
-                    run["run_id"], run.get("suite_name"), run.get("suite_hash"),
-                    run.get("submitted_at", now), run.get("git_sha"), run.get("branch"),
-                    run.get("ci_url"), "running", len(tests), json.dumps(run.get("info") or {}),
-                ],
+                "INSERT INTO staged_chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [submit_id, chunk, chunks, run_id, now, json.dumps(dict(run)) if run is not None else None,
+                 json.dumps(dict(reply)) if reply is not None else None, error],
             )
-            with self._arrow_view(con, "new_tests", table):
-                con.execute("INSERT INTO tests SELECT * FROM new_tests ON CONFLICT DO NOTHING")
+            if tests and error is None:
+                self._insert_tests(con, run_id, tests, now)
+            row = con.execute("SELECT count(*) FROM staged_chunks WHERE submit_id = ?", [submit_id]).fetchone()
+        return int(row[0]) if row else 0
+
+    def finish_submit(self, submit_id: str, *, token: int = 0) -> dict[str, Any]:
+        """Complete a fully staged submit in one transaction: add the run row (status
+        running, total = its tests) unless a chunk failed, in which case its tests are
+        removed; forget the staged chunks either way. Returns {"run_id", "run", "reply",
+        "error", "total"} (run and reply as the chunks carried them)."""
+        with self._transaction() as con:
+            self._fence(con, token)
+            rows = con.execute(
+                "SELECT run_id, run, reply, error FROM staged_chunks WHERE submit_id = ? ORDER BY chunk", [submit_id]
+            ).fetchall()
+            if not rows:
+                raise StoreError(f"submit {submit_id} has no staged chunks")
+            run_id = str(rows[0][0])
+            run = next((json.loads(r[1]) for r in rows if r[1]), None)
+            reply = next((json.loads(r[2]) for r in rows if r[2]), None)
+            error = next((str(r[3]) for r in rows if r[3]), None)
+            if error is None and run is None:
+                error = "submit without its run description (chunk 0)"
+            exists = con.execute("SELECT count(*) FROM runs WHERE run_id = ?", [run_id]).fetchone()[0]
+            total = con.execute("SELECT count(*) FROM tests WHERE run_id = ?", [run_id]).fetchone()[0]
+            if error is not None and not exists:
+                con.execute("DELETE FROM tests WHERE run_id = ?", [run_id])
+            elif error is None and run is not None:
+                self._insert_run_row(con, dict(run, run_id=run_id), int(total), time.time())
+            con.execute("DELETE FROM staged_chunks WHERE submit_id = ?", [submit_id])
+        return {"run_id": run_id, "run": run, "reply": reply, "error": error, "total": int(total)}
+
+    def drop_stale_submits(self, older_than: float, *, token: int = 0) -> int:
+        """Forget submits whose chunks stopped coming before ``older_than`` (a client that
+        died mid-submit): their staged chunks, and their tests if the run never started."""
+        stale = self.query("SELECT DISTINCT submit_id, run_id FROM staged_chunks WHERE received_at < ?", [older_than])
+        if not stale:
+            return 0
+        with self._transaction() as con:
+            self._fence(con, token)
+            for row in stale:
+                con.execute("DELETE FROM tests WHERE run_id = ? AND run_id NOT IN (SELECT run_id FROM runs)",
+                            [row["run_id"]])
+                con.execute("DELETE FROM staged_chunks WHERE submit_id = ?", [row["submit_id"]])
+        return len(stale)
+
+    def specs(self, run_id: str) -> list[dict[str, Any]]:
+        """The spec JSON of every test of a run, decoded, in test id order."""
+        with self._lock:
+            rows = self._con.execute("SELECT spec FROM tests WHERE run_id = ? ORDER BY test_id", [run_id]).fetchall()
+        return [json.loads(r[0]) for r in rows]
 
     def test_sources(self, run_id: str, test_ids: Sequence[str]) -> dict[str, tuple[Any, str, str]]:
         """test_id -> (spec JSON, source, template hash) for these tests of a run.

@@ -1,0 +1,139 @@
+"""A submit arrives in chunks and each is stored as it comes: the run appears whole when the
+last chunk is in, in any order, once however often a chunk is redelivered; a bad chunk
+fails the whole submit and leaves nothing behind; a submit that never completes is dropped."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from kombu import Producer, Queue
+
+from dtf.app import RESULTS_QUEUE, make_app
+from dtf.coordinator import Coordinator
+from dtf.model import RenderedTest, TestSpec
+from dtf.settings import Settings
+from dtf.store import Store
+
+REPLIES = "dtf.reply.staged"
+
+
+def rendered(test_id: str, hardware: str = "cpu") -> RenderedTest:
+    return RenderedTest(TestSpec(test_id, "m", "generic", hardware, 1, "fp32", "generic/x"), f"print({test_id!r})\n", "h")
+
+
+def count(store: Store, sql: str, params: list[Any] | None = None) -> int:
+    return int(store.query(sql, params or [])[0]["n"])
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    with Store(tmp_path / "s.duckdb") as s:
+        yield s
+
+
+def test_chunks_in_any_order_and_redelivered_make_one_run_when_the_last_is_in(store: Store) -> None:
+    run = {"run_id": "run-a", "suite_name": "s"}
+    assert store.stage_submit_chunk("sub", "run-a", 2, 3, [rendered("c")]) == 1
+    assert store.stage_submit_chunk("sub", "run-a", 2, 3, [rendered("c")]) == 1  # redelivered
+    assert store.stage_submit_chunk("sub", "run-a", 0, 3, [rendered("a")], run=run, reply={"reply_to": "q"}) == 2
+    assert store.run("run-a") is None  # not visible until complete
+    assert store.stage_submit_chunk("sub", "run-a", 1, 3, [rendered("b")]) == 3
+    done = store.finish_submit("sub")
+    assert (done["run_id"], done["error"], done["total"], done["reply"]) == ("run-a", None, 3, {"reply_to": "q"})
+    stored = store.run("run-a")
+    assert stored is not None and (stored["status"], stored["total"]) == ("running", 3)
+    assert [s["test_id"] for s in store.specs("run-a")] == ["a", "b", "c"]
+    assert count(store, "SELECT count(*) AS n FROM staged_chunks") == 0
+
+
+def test_a_chunk_with_an_error_fails_the_submit_and_removes_its_tests(store: Store) -> None:
+    store.stage_submit_chunk("bad", "run-b", 0, 2, [rendered("a")], run={"run_id": "run-b"})
+    store.stage_submit_chunk("bad", "run-b", 1, 2, [], error="unknown hardware 'tpu'")
+    done = store.finish_submit("bad")
+    assert done["error"] == "unknown hardware 'tpu'"
+    assert store.run("run-b") is None
+    assert count(store, "SELECT count(*) AS n FROM tests WHERE run_id = 'run-b'") == 0
+
+
+def test_a_submit_that_never_completes_is_dropped_after_the_stale_age(store: Store) -> None:
+    store.stage_submit_chunk("gone", "run-c", 0, 5, [rendered("a")], run={"run_id": "run-c"})
+    assert store.drop_stale_submits(time.time() - 3600) == 0  # still fresh
+    assert store.drop_stale_submits(time.time() + 1) == 1
+    assert count(store, "SELECT count(*) AS n FROM tests WHERE run_id = 'run-c'") == 0
+    assert count(store, "SELECT count(*) AS n FROM staged_chunks") == 0
+
+
+# -- through the coordinator ------------------------------------------------------------------
+class _Message:
+    channel = None
+
+    def __init__(self) -> None:
+        self.acked = False
+
+    def ack(self) -> None:
+        self.acked = True
+
+
+def _drain(app: Any, queue: str) -> list[Any]:
+    with app.connection_for_read() as conn:
+        channel = conn.default_channel
+        out = []
+        while (message := channel.basic_get(queue, no_ack=True)) is not None:
+            out.append(message)
+        return out
+
+
+@pytest.fixture
+def coordinator(tmp_path: Path, store: Store) -> Iterator[Coordinator]:
+    app = make_app(Settings(spool_dir=str(tmp_path / "spool")))
+    c = Coordinator(app, store)
+    with app.connection_for_write() as conn:
+        Queue(REPLIES)(conn.default_channel).declare()
+        for queue in ("dtf.cpu", RESULTS_QUEUE, REPLIES):
+            try:
+                _drain(app, queue)
+            except Exception:  # noqa: BLE001 - not declared yet
+                pass
+        c._producer = Producer(conn.default_channel, serializer="json")
+        yield c
+
+
+def _chunks(run_id: str, tests: list[RenderedTest], size: int) -> list[dict[str, Any]]:
+    parts = [tests[i:i + size] for i in range(0, len(tests), size)]
+    return [{"op": "submit", "submit_id": f"s-{run_id}", "run_id": run_id, "chunk": i, "chunks": len(parts),
+             "tests": [t.to_dict() for t in part],
+             **({"run": {"run_id": run_id, "suite_name": "s"}, "reply_to": REPLIES, "correlation_id": "c"} if i == 0 else {})}
+            for i, part in enumerate(parts)]
+
+
+def test_the_coordinator_acks_each_chunk_when_stored_and_starts_the_run_after_the_last(coordinator: Coordinator) -> None:
+    bodies = _chunks("run-d", [rendered(f"t{i:02d}") for i in range(25)], 10)
+    for body in reversed(bodies):  # the reply-carrying chunk 0 last: order does not matter
+        message = _Message()
+        coordinator._on_control(body, message)  # type: ignore[arg-type]
+        assert message.acked
+        if body is not bodies[0]:
+            assert "run-d" not in coordinator.runs and _drain(coordinator.app, REPLIES) == []
+    [reply] = [m.decode() for m in _drain(coordinator.app, REPLIES)]
+    assert reply == {"ok": True, "data": {"run_id": "run-d"}, "correlation_id": "c"}
+    assert len(coordinator.runs["run-d"].tests) == 25
+    assert len(_drain(coordinator.app, "dtf.cpu")) == 25  # all ready, all published
+
+    coordinator._on_control(bodies[1], _Message())  # type: ignore[arg-type]  # a late redelivery
+    assert count(coordinator.store, "SELECT count(*) AS n FROM staged_chunks") == 0
+    assert _drain(coordinator.app, "dtf.cpu") == []
+
+
+def test_a_chunk_naming_unknown_hardware_fails_the_submit_with_one_error_and_stores_nothing(
+    coordinator: Coordinator,
+) -> None:
+    bodies = _chunks("run-e", [rendered("a"), rendered("b", hardware="tpu")], 1)
+    for body in bodies:
+        coordinator._on_control(body, _Message())  # type: ignore[arg-type]
+    [reply] = [m.decode() for m in _drain(coordinator.app, REPLIES)]
+    assert not reply["ok"] and "unknown hardware 'tpu'" in reply["error"]
+    assert coordinator.store.run("run-e") is None and "run-e" not in coordinator.runs
+    assert count(coordinator.store, "SELECT count(*) AS n FROM tests WHERE run_id = 'run-e'") == 0
