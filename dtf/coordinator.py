@@ -267,7 +267,7 @@ class Coordinator:
             return
         done = self.store.finish_submit(submit_id, token=self.token())
         if done["error"] is None:
-            self._start_run(run_id, [TestSpec.from_dict(spec) for spec in self.store.specs(run_id)])
+            self._start_run(run_id, [TestSpec.from_dict(spec) for spec in self.store.iter_specs(run_id)])
         else:
             log.warning("submit of run %s refused: %s", run_id, done["error"])
         if done["reply"]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import sys
 import enum
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -66,7 +67,7 @@ def _from_fields(cls: type, data: Mapping[str, Any]) -> Any:
     return cls(**{k: v for k, v in data.items() if k in names})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a 100k-test run keeps 100k of these in the coordinator
 class TestSpec:
     """One test of the expanded matrix: a model on one hardware kind at one batch size and precision."""
 
@@ -102,10 +103,14 @@ class TestSpec:
         values = {k: v for k, v in data.items() if k in names}
         values["depends_on"] = tuple(values.get("depends_on") or ())
         values["params"] = dict(values.get("params") or {})
+        for name in _SHARED_TEXT:  # few distinct values across a run: one copy each, not one per test
+            if isinstance(values.get(name), str):
+                values[name] = sys.intern(values[name])
         return cls(**values)
 
 
 _SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(TestSpec))
+_SHARED_TEXT = ("model", "family", "hardware", "precision", "template")
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ _FINAL = {s.value for s in FINAL_STATUSES}
 _FAILING = {s.value for s in FAILING_STATUSES}
 
 
-@dataclass
+@dataclass(slots=True)
 class TestState:
     """The coordinator's view of one test of a run."""
 

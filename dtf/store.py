@@ -377,11 +377,18 @@ class Store:
                 con.execute("DELETE FROM staged_chunks WHERE submit_id = ?", [row["submit_id"]])
         return len(stale)
 
-    def specs(self, run_id: str) -> list[dict[str, Any]]:
-        """The spec JSON of every test of a run, decoded, in test id order."""
+    def iter_specs(self, run_id: str, *, batch: int = 5000) -> Iterator[dict[str, Any]]:
+        """The spec of every test of a run, decoded, in test id order: fetched a batch at a
+        time, so a 100k-test run never has all its JSON text and dicts in memory at once."""
         with self._lock:
-            rows = self._con.execute("SELECT spec FROM tests WHERE run_id = ? ORDER BY test_id", [run_id]).fetchall()
-        return [json.loads(r[0]) for r in rows]
+            cursor = self._con.cursor()
+        try:
+            cursor.execute("SELECT spec FROM tests WHERE run_id = ? ORDER BY test_id", [run_id])
+            while rows := cursor.fetchmany(batch):
+                for (spec,) in rows:
+                    yield json.loads(spec)
+        finally:
+            cursor.close()
 
     def test_sources(self, run_id: str, test_ids: Sequence[str]) -> dict[str, tuple[Any, str, str]]:
         """test_id -> (spec JSON, source, template hash) for these tests of a run.

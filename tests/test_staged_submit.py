@@ -45,7 +45,7 @@ def test_chunks_in_any_order_and_redelivered_make_one_run_when_the_last_is_in(st
     assert (done["run_id"], done["error"], done["total"], done["reply"]) == ("run-a", None, 3, {"reply_to": "q"})
     stored = store.run("run-a")
     assert stored is not None and (stored["status"], stored["total"]) == ("running", 3)
-    assert [s["test_id"] for s in store.specs("run-a")] == ["a", "b", "c"]
+    assert [s["test_id"] for s in store.iter_specs("run-a", batch=2)] == ["a", "b", "c"]
     assert count(store, "SELECT count(*) AS n FROM staged_chunks") == 0
 
 
