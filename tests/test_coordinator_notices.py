@@ -19,39 +19,16 @@ from dtf.settings import Settings
 from dtf.store import Store
 from dtf.worker import WorkerRuntime
 
+from .memory_broker import FakeMessage, drain_bodies, empty
+
 REPLIES = "dtf.reply.test"
 SPEC = TestSpec("m/cpu/bs1/fp32", "m", "generic", "cpu", 1, "fp32", "generic/x")
-
-
-class _Message:
-    """What the coordinator needs of a kombu message it was handed."""
-
-    channel = None
-
-    def __init__(self) -> None:
-        self.acked = False
-
-    def ack(self) -> None:
-        self.acked = True
-
-
-def _drain(app: Any, queue: str) -> list[Any]:
-    with app.connection_for_read() as conn:
-        channel = conn.default_channel
-        messages = []
-        while (message := channel.basic_get(queue, no_ack=True)) is not None:
-            messages.append(message.decode())
-        return messages
 
 
 @pytest.fixture
 def coordinator(tmp_path: Path) -> Iterator[Coordinator]:
     app = make_app(Settings(spool_dir=str(tmp_path / "spool")))
-    for queue in ("dtf.cpu", RESULTS_QUEUE, CONTROL_QUEUE, REPLIES):
-        try:
-            _drain(app, queue)
-        except Exception:  # noqa: BLE001 - not declared yet
-            pass
+    empty(app, "dtf.cpu", RESULTS_QUEUE, CONTROL_QUEUE, REPLIES)
     store = Store(tmp_path / "c.duckdb")
     c = Coordinator(app, store)
     with app.connection_for_write() as conn:
@@ -61,8 +38,8 @@ def coordinator(tmp_path: Path) -> Iterator[Coordinator]:
     store.close()
 
 
-def _ask_status(c: Coordinator, run_id: str, wait_s: float) -> _Message:
-    message = _Message()
+def _ask_status(c: Coordinator, run_id: str, wait_s: float) -> FakeMessage:
+    message = FakeMessage()
     c._on_control({"op": "status", "run_id": run_id, "wait_s": wait_s, "reply_to": REPLIES,
                    "correlation_id": "c1"}, message)  # type: ignore[arg-type]
     return message
@@ -73,13 +50,13 @@ def test_a_held_status_query_is_answered_when_its_run_finishes(coordinator: Coor
     asked = _ask_status(coordinator, "run-w", 30.0)
     assert asked.acked  # held in memory, not in the queue
     coordinator.tick()
-    assert _drain(coordinator.app, REPLIES) == []  # still running: no answer yet
+    assert drain_bodies(coordinator.app, REPLIES) == []  # still running: no answer yet
 
     coordinator._on_result_message({"result": TestResult("run-w", SPEC.test_id, 1, "passed").to_dict()},
-                                   _Message())  # type: ignore[arg-type]
+                                   FakeMessage())  # type: ignore[arg-type]
     coordinator._flush_results()
     coordinator.tick()
-    [reply] = _drain(coordinator.app, REPLIES)
+    [reply] = drain_bodies(coordinator.app, REPLIES)
     assert reply["ok"] and reply["correlation_id"] == "c1"
     assert reply["data"]["finished"] is True and reply["data"]["counts"] == {"cpu": {"passed": 1}}
 
@@ -88,16 +65,16 @@ def test_a_held_status_query_is_answered_when_its_wait_ends(coordinator: Coordin
     coordinator.submit({"run_id": "run-x", "suite_name": "s"}, [RenderedTest(SPEC, "print(1)", "h")])
     _ask_status(coordinator, "run-x", 5.0)
     coordinator.tick(time.monotonic() + 6.0)
-    [reply] = _drain(coordinator.app, REPLIES)
+    [reply] = drain_bodies(coordinator.app, REPLIES)
     assert reply["ok"] and reply["data"]["finished"] is False
 
 
 def test_a_status_query_without_a_wait_or_for_a_finished_run_is_answered_at_once(coordinator: Coordinator) -> None:
     coordinator.submit({"run_id": "run-y", "suite_name": "s"}, [RenderedTest(SPEC, "print(1)", "h")])
     _ask_status(coordinator, "run-y", 0.0)
-    assert len(_drain(coordinator.app, REPLIES)) == 1
+    assert len(drain_bodies(coordinator.app, REPLIES)) == 1
     _ask_status(coordinator, "no-such-run", 10.0)
-    [reply] = _drain(coordinator.app, REPLIES)
+    [reply] = drain_bodies(coordinator.app, REPLIES)
     assert not reply["ok"] and "unknown run" in reply["error"]
 
 
@@ -114,9 +91,9 @@ def test_a_quick_test_sends_its_result_and_no_started_notice(
 ) -> None:
     monkeypatch.setattr("dtf.worker.STARTED_NOTICE_AFTER_S", 60.0)  # "quick", however loaded the machine
     _run(_runtime(coordinator.app, tmp_path), "from dtf import harness\nharness.run(lambda h: h.metric('ok', 1))\n")
-    [result] = _drain(coordinator.app, RESULTS_QUEUE)
+    [result] = drain_bodies(coordinator.app, RESULTS_QUEUE)
     assert result["result"]["status"] == "passed"
-    assert _drain(coordinator.app, CONTROL_QUEUE) == []
+    assert drain_bodies(coordinator.app, CONTROL_QUEUE) == []
 
 
 def test_a_test_still_running_after_the_notice_delay_is_reported_started(
@@ -125,9 +102,9 @@ def test_a_test_still_running_after_the_notice_delay_is_reported_started(
     monkeypatch.setattr("dtf.worker.STARTED_NOTICE_AFTER_S", 0.05)
     source = "import time\nfrom dtf import harness\nharness.run(lambda h: time.sleep(2.0))\n"
     _run(_runtime(coordinator.app, tmp_path), source)
-    [notice] = _drain(coordinator.app, CONTROL_QUEUE)
+    [notice] = drain_bodies(coordinator.app, CONTROL_QUEUE)
     assert notice == {"op": "started", "run_id": "run-n", "test_id": SPEC.test_id, "attempt": 1, "worker_id": "w@test"}
-    assert [r["result"]["status"] for r in _drain(coordinator.app, RESULTS_QUEUE)] == ["passed"]
+    assert [r["result"]["status"] for r in drain_bodies(coordinator.app, RESULTS_QUEUE)] == ["passed"]
 
 
 def test_delayed_notices_send_in_due_order_and_never_a_cancelled_one() -> None:

@@ -18,6 +18,8 @@ from dtf.model import GpuInfo, HardwareProfile, RenderedTest, TestSpec
 from dtf.settings import Settings
 from dtf.store import Store
 
+from .memory_broker import drain
+
 FIXTURES = Path(__file__).parent / "fixtures" / "hardware"
 NVIDIA_H100 = (FIXTURES / "nvidia-smi_query-gpu_csv_h100-80gb-hbm3_allfields.csv").read_text()
 ROCM_MI100 = (FIXTURES / "rocm-smi_json_4x-mi100_rocm602.json").read_text()
@@ -160,25 +162,16 @@ def test_workers_only_the_database_remembers_are_marked_offline_too(tmp_path: Pa
         assert store.mark_silent_workers(time.time(), WORKER_OFFLINE_AFTER_S) == []
 
 
-def _drain(app: Any, queue: str) -> list[Any]:
-    with app.connection_for_read() as conn:
-        channel = conn.default_channel
-        messages = []
-        while (message := channel.basic_get(queue, no_ack=True)) is not None:
-            messages.append(message)
-        return messages
-
-
 def test_a_dead_workers_running_test_is_published_again_with_the_same_attempt(coordinator: Coordinator) -> None:
-    _drain(coordinator.app, "dtf.cpu")
+    drain(coordinator.app, "dtf.cpu")
     spec = TestSpec("m/cpu/bs1/fp32", "m", "generic", "cpu", 1, "fp32", "generic/x")
     coordinator.submit({"run_id": "run-d", "suite_name": "s"}, [RenderedTest(spec, "print(1)", "h")])
-    assert len(_drain(coordinator.app, "dtf.cpu")) == 1  # the first publish, taken by the worker
+    assert len(drain(coordinator.app, "dtf.cpu")) == 1  # the first publish, taken by the worker
     coordinator._on_started({"run_id": "run-d", "test_id": spec.test_id, "attempt": 1, "worker_id": "dead"})
     coordinator._on_heartbeat(heartbeat("dead", running=[("run-d", spec.test_id, 1)]))
     coordinator._on_heartbeat(heartbeat("alive"))
     coordinator._reconcile(time.time() + WORKER_OFFLINE_AFTER_S + 5)
-    [again] = _drain(coordinator.app, "dtf.cpu")
+    [again] = drain(coordinator.app, "dtf.cpu")
     assert again.headers["id"] == f"run-d:{spec.test_id}:1"
     assert again.decode()[0][0]["attempt"] == 1
 

@@ -17,6 +17,8 @@ from dtf.model import RenderedTest, TestSpec
 from dtf.settings import Settings
 from dtf.store import Store
 
+from .memory_broker import FakeMessage, drain, empty
+
 REPLIES = "dtf.reply.staged"
 
 
@@ -67,36 +69,13 @@ def test_a_submit_that_never_completes_is_dropped_after_the_stale_age(store: Sto
 
 
 # -- through the coordinator ------------------------------------------------------------------
-class _Message:
-    channel = None
-
-    def __init__(self) -> None:
-        self.acked = False
-
-    def ack(self) -> None:
-        self.acked = True
-
-
-def _drain(app: Any, queue: str) -> list[Any]:
-    with app.connection_for_read() as conn:
-        channel = conn.default_channel
-        out = []
-        while (message := channel.basic_get(queue, no_ack=True)) is not None:
-            out.append(message)
-        return out
-
-
 @pytest.fixture
 def coordinator(tmp_path: Path, store: Store) -> Iterator[Coordinator]:
     app = make_app(Settings(spool_dir=str(tmp_path / "spool")))
     c = Coordinator(app, store)
     with app.connection_for_write() as conn:
         Queue(REPLIES)(conn.default_channel).declare()
-        for queue in ("dtf.cpu", RESULTS_QUEUE, REPLIES):
-            try:
-                _drain(app, queue)
-            except Exception:  # noqa: BLE001 - not declared yet
-                pass
+        empty(app, "dtf.cpu", RESULTS_QUEUE, REPLIES)
         c._producer = Producer(conn.default_channel, serializer="json")
         yield c
 
@@ -112,19 +91,19 @@ def _chunks(run_id: str, tests: list[RenderedTest], size: int) -> list[dict[str,
 def test_the_coordinator_acks_each_chunk_when_stored_and_starts_the_run_after_the_last(coordinator: Coordinator) -> None:
     bodies = _chunks("run-d", [rendered(f"t{i:02d}") for i in range(25)], 10)
     for body in reversed(bodies):  # the reply-carrying chunk 0 last: order does not matter
-        message = _Message()
+        message = FakeMessage()
         coordinator._on_control(body, message)  # type: ignore[arg-type]
         assert message.acked
         if body is not bodies[0]:
-            assert "run-d" not in coordinator.runs and _drain(coordinator.app, REPLIES) == []
-    [reply] = [m.decode() for m in _drain(coordinator.app, REPLIES)]
+            assert "run-d" not in coordinator.runs and drain(coordinator.app, REPLIES) == []
+    [reply] = [m.decode() for m in drain(coordinator.app, REPLIES)]
     assert reply == {"ok": True, "data": {"run_id": "run-d"}, "correlation_id": "c"}
     assert len(coordinator.runs["run-d"].tests) == 25
-    assert len(_drain(coordinator.app, "dtf.cpu")) == 25  # all ready, all published
+    assert len(drain(coordinator.app, "dtf.cpu")) == 25  # all ready, all published
 
-    coordinator._on_control(bodies[1], _Message())  # type: ignore[arg-type]  # a late redelivery
+    coordinator._on_control(bodies[1], FakeMessage())  # type: ignore[arg-type]  # a late redelivery
     assert count(coordinator.store, "SELECT count(*) AS n FROM staged_chunks") == 0
-    assert _drain(coordinator.app, "dtf.cpu") == []
+    assert drain(coordinator.app, "dtf.cpu") == []
 
 
 def test_a_chunk_naming_unknown_hardware_fails_the_submit_with_one_error_and_stores_nothing(
@@ -132,8 +111,8 @@ def test_a_chunk_naming_unknown_hardware_fails_the_submit_with_one_error_and_sto
 ) -> None:
     bodies = _chunks("run-e", [rendered("a"), rendered("b", hardware="tpu")], 1)
     for body in bodies:
-        coordinator._on_control(body, _Message())  # type: ignore[arg-type]
-    [reply] = [m.decode() for m in _drain(coordinator.app, REPLIES)]
+        coordinator._on_control(body, FakeMessage())  # type: ignore[arg-type]
+    [reply] = [m.decode() for m in drain(coordinator.app, REPLIES)]
     assert not reply["ok"] and "unknown hardware 'tpu'" in reply["error"]
     assert coordinator.store.run("run-e") is None and "run-e" not in coordinator.runs
     assert count(coordinator.store, "SELECT count(*) AS n FROM tests WHERE run_id = 'run-e'") == 0

@@ -19,6 +19,8 @@ from dtf.worker import WorkerRuntime, memory_capacity_for
 
 from .conftest import Processes, RedisServer, dtf_cmd
 from .dtf_cluster import GATE_TEMPLATES, Cluster, Gates
+from .memory_broker import drain
+
 
 PASSING_SOURCE = "from dtf import harness\nharness.run(lambda h: h.metric('ok', 1))\n"
 
@@ -35,20 +37,11 @@ def big_test(memory_gb: float, hardware: str = "cpu") -> RenderedTest:
     return RenderedTest(spec, PASSING_SOURCE, "h")
 
 
-def _drain(app: Any, queue: str) -> list[Any]:
-    with app.connection_for_read() as conn:
-        channel = conn.default_channel
-        messages = []
-        while (message := channel.basic_get(queue, no_ack=True)) is not None:
-            messages.append(message)
-        return messages
-
-
 @pytest.fixture
 def app(tmp_path: Path) -> Any:
     app = make_app(Settings(spool_dir=str(tmp_path / "spool")))
     for queue in ("dtf.cpu", RESULTS_QUEUE, CONTROL_QUEUE):
-        _drain(app, queue)
+        drain(app, queue)
     return app
 
 
@@ -68,15 +61,15 @@ def test_a_too_big_test_goes_back_to_its_queue_and_a_bigger_worker_runs_it(app: 
     small = WorkerRuntime(app, worker_id="small@test", queues=["dtf.cpu"], profile=machine(8), spool_dir=tmp_path)
     big = WorkerRuntime(app, worker_id="big@test", queues=["dtf.cpu"], profile=machine(64), spool_dir=tmp_path)
     small.handle(payload_for("run-m", 1, big_test(20)), delivery())
-    [task] = _drain(app, "dtf.cpu")
+    [task] = drain(app, "dtf.cpu")
     assert task.headers["id"] == "run-m:llm/cpu/bs8/fp32:1"  # same task id: the same attempt
     payload = task.decode()[0][0]
     assert payload["rejections"] == [{"worker_id": "small@test", "capacity_gb": 8.0}]
-    assert [m.decode()["op"] for m in _drain(app, CONTROL_QUEUE)] == []  # never said it started
-    assert _drain(app, RESULTS_QUEUE) == []
+    assert [m.decode()["op"] for m in drain(app, CONTROL_QUEUE)] == []  # never said it started
+    assert drain(app, RESULTS_QUEUE) == []
 
     big.handle(payload, delivery())
-    [result] = [m.decode()["result"] for m in _drain(app, RESULTS_QUEUE)]
+    [result] = [m.decode()["result"] for m in drain(app, RESULTS_QUEUE)]
     assert result["status"] == "passed" and result["worker_id"] == "big@test"
 
 
@@ -85,8 +78,8 @@ def test_after_k_rejections_the_test_fails_with_the_reason(app: Any, tmp_path: P
                            max_rejections=2)
     payload = dict(payload_for("run-m", 1, big_test(20)), rejections=[{"worker_id": "w1@test", "capacity_gb": 4.0}])
     worker.handle(payload, delivery())
-    assert _drain(app, "dtf.cpu") == []
-    [result] = [m.decode()["result"] for m in _drain(app, RESULTS_QUEUE)]
+    assert drain(app, "dtf.cpu") == []
+    [result] = [m.decode()["result"] for m in drain(app, RESULTS_QUEUE)]
     assert result["status"] == "error" and result["attempt"] == 1
     assert result["error"].startswith("needs 20 GB of memory, more than any worker that took it (largest 8 GB)")
     assert "rejected 2 times (limit 2) by w1@test, w2@test" in result["error"]
@@ -96,10 +89,10 @@ def test_a_gpu_test_is_judged_by_gpu_memory_and_a_fitting_test_runs(app: Any, tm
     worker = WorkerRuntime(app, worker_id="gpu@test", queues=["dtf.cpu"], profile=machine(512, gpu_gb=24),
                            spool_dir=tmp_path, max_rejections=1)
     worker.handle(payload_for("run-g", 1, big_test(40, "cuda")), delivery(queue="dtf.cuda"))
-    [result] = [m.decode()["result"] for m in _drain(app, RESULTS_QUEUE)]
+    [result] = [m.decode()["result"] for m in drain(app, RESULTS_QUEUE)]
     assert result["status"] == "error" and "needs 40 GB of device memory" in result["error"]
     worker.handle(payload_for("run-g", 1, big_test(2)), delivery())
-    [result] = [m.decode()["result"] for m in _drain(app, RESULTS_QUEUE)]
+    [result] = [m.decode()["result"] for m in drain(app, RESULTS_QUEUE)]
     assert result["status"] == "passed"
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -14,6 +13,8 @@ from dtf.app import test_payload as payload_for
 from dtf.model import GpuInfo, HardwareProfile, RenderedTest, TestSpec
 from dtf.settings import Settings
 from dtf.worker import PROFILES, DeviceSlots, WorkerRuntime, devices_for
+
+from .memory_broker import drain
 
 CPU_AND_CUDA = ["dtf.cpu", "dtf.cuda"]
 
@@ -88,25 +89,16 @@ def test_device_slots_give_each_test_its_own_gpu_and_make_the_next_wait() -> Non
         assert env == {}
 
 
-def _drain(app: Any, queue: str) -> list[Any]:
-    with app.connection_for_read() as conn:
-        channel = conn.default_channel
-        messages = []
-        while (message := channel.basic_get(queue, no_ack=True)) is not None:
-            messages.append(message)
-        return messages
-
-
 @pytest.mark.slow
 def test_a_benchmark_worker_pins_each_gpu_test_to_its_device(tmp_path: Path) -> None:
     app = make_app(Settings(spool_dir=str(tmp_path / "spool")))
-    _drain(app, RESULTS_QUEUE)
+    drain(app, RESULTS_QUEUE)
     runtime = WorkerRuntime(app, worker_id="bench@test", queues=["dtf.cuda"], profile=host(gpus=1),
                             execution=PROFILES["benchmark"])
     source = ("import os\nfrom dtf import harness\n"
               "harness.run(lambda h: h.metric('device', os.environ.get('CUDA_VISIBLE_DEVICES')))\n")
     runtime.handle(payload_for("run-b", 1, RenderedTest(spec("cuda"), source, "h")))
-    [message] = _drain(app, RESULTS_QUEUE)
+    [message] = drain(app, RESULTS_QUEUE)
     result = message.decode()["result"]
     assert result["status"] == "passed" and result["metrics"]["device"] == "0"
 
