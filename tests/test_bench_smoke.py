@@ -73,7 +73,9 @@ def test_ingest_bench_checks_that_reingesting_changes_nothing() -> None:
         assert r[method]["reingest_same_batches"]["rows_added"] == 0
     per_row = r["per_row_transactions"]
     assert 0 < per_row["measured_on"] <= r["results"] and per_row["projected_wall_s_for_all"] > 0
-    assert set(r["ratios"]) == {"dtf_ingest_batch_vs_per_row", "dtf_commit_batch_vs_per_row"}
+    assert set(r["ratios"]) == {"dtf_ingest_batch_vs_per_row", "dtf_commit_batch_vs_per_row",
+                                "dtf_ingest_batch_vs_duckdb_alone"}
+    assert r["duckdb_alone_prebuilt_arrow"]["rows_per_s"] > 0
 
 
 @pytest.mark.slow
