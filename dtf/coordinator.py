@@ -136,6 +136,11 @@ class Coordinator:
                     self._flush_results()
 
     def tick(self, now: float | None = None) -> None:
+        if self.store.closed:
+            # Demoted (the lease lapsed and the store was closed at once): the serve loop ends
+            # at its next check; unflushed results and held queries are the next leader's.
+            self._waiting = []
+            return
         now = time.monotonic() if now is None else now
         if self._results and (len(self._results) >= self.batch_size or now - self._batch_started >= self.batch_s):
             self._flush_results()
@@ -178,6 +183,11 @@ class Coordinator:
 
     # -- control messages -------------------------------------------------------------------
     def _on_control(self, body: Any, message: Message) -> None:
+        if self.store.closed:
+            # Demoted while this loop still drains (the lease lapsed: the store was closed at
+            # once). Neither answer nor ack: closing the channel gives the message back, for
+            # the next leader.
+            return
         op = body.get("op") if isinstance(body, dict) else None
         try:
             if op == "submit":

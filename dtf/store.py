@@ -168,6 +168,7 @@ class Store:
             if self.path != ":memory:":
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             self._con = duckdb.connect(self.path, read_only=read_only, config=dict(config or {}))
+            self.closed = False
         except (duckdb.Error, OSError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise StoreError(f"cannot open results database {self.path}: {first}") from None
@@ -186,8 +187,11 @@ class Store:
 
     # -- plumbing -------------------------------------------------------------------
     def close(self) -> None:
+        """Close the file; closing again is a no-op."""
         with self._lock:
-            self._con.close()
+            if not self.closed:
+                self.closed = True
+                self._con.close()
 
     def __enter__(self) -> "Store":
         return self

@@ -127,3 +127,15 @@ def test_delayed_notices_send_in_due_order_and_never_a_cancelled_one() -> None:
     notices.add("c", {"n": 3})
     assert done.wait(30)
     assert sent == [2, 3]  # due in order, so a notice for "a" would have come first
+
+
+def test_a_demoted_coordinator_drops_held_queries_and_leaves_new_messages_for_the_next_leader(
+    coordinator: Coordinator,
+) -> None:
+    coordinator.submit({"run_id": "run-z", "suite_name": "s"}, [RenderedTest(SPEC, "print(1)", "h")])
+    _ask_status(coordinator, "run-z", 0.5)
+    coordinator.store.close()  # what losing the lease does first
+    coordinator.tick(time.monotonic() + 5.0)
+    assert drain_bodies(coordinator.app, REPLIES) == []  # no error sent: the client asks the next leader
+    late = _ask_status(coordinator, "run-z", 0.0)
+    assert not late.acked and drain_bodies(coordinator.app, REPLIES) == []
