@@ -2,10 +2,12 @@
 
 It consumes two queues: ``dtf.coordinator`` (submits, status queries, worker heartbeats,
 test-started notices) and ``dtf.results`` (test results). Results are ingested in
-batches: up to N messages or T ms, one DuckDB transaction, then every message of the
-batch is acked, so a crash before the ack redelivers and the (run, test, attempt) key
-makes the second write a no-op. After each batch it publishes the tests whose
-dependencies have now passed, a bounded window per hardware queue at a time.
+batches: up to N messages or T ms (or at once when the batch holds every result still
+outstanding), one DuckDB transaction, then the whole batch is acked in one round trip, so
+a crash before the ack redelivers and the (run, test, attempt) key makes the second write
+a no-op. After each batch it publishes the tests whose dependencies have now passed, a
+bounded window per hardware queue at a time. A submit is stored chunk by chunk as it
+arrives; status queries may be held until their run finishes.
 
 In a high-availability group every `dtf coordinator` is a ``Candidate``: it stands by until
 it holds the leader lease (dtf.ha.LeaderLock), and only then opens the DuckDB file
@@ -50,6 +52,8 @@ RUNNING_GRACE_S = 60.0
 RECONCILE_EVERY_S = 5.0
 STALE_SUBMIT_AFTER_S = 3600.0  # a submit whose chunks stopped coming this long ago is dropped
 MAX_STATUS_WAIT_S = 30.0  # longest a status query with wait_s is held before it is answered
+
+
 @dataclass
 class _WorkerSeen:
     queues: tuple[str, ...]
@@ -192,7 +196,7 @@ class Coordinator:
         try:
             if op == "submit":
                 self._on_submit_chunk(body, message)
-                return  # acked once the whole run is stored
+                return  # acked there, once the chunk is stored
             if op == "status" and self._hold_status(body):
                 pass  # answered by tick() when the run finishes or the wait ends
             elif op == "heartbeat":
