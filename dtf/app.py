@@ -141,6 +141,8 @@ def make_app(settings: Settings, *, extra_queues: tuple[str, ...] = ()) -> Celer
         worker_enable_remote_control=not settings.embedded,
         broker_connection_timeout=5,
     )
+    if settings.embedded:
+        app.conf.broker_transport = "dtf.memory_transport:Transport"  # stops in 0.1 s, not 2 s
     app.dtf_settings = settings  # type: ignore[attr-defined]
     app.dtf_handler = None  # type: ignore[attr-defined]
     if settings.signing_keys:

@@ -254,3 +254,23 @@ def test_send_test_publishes_a_run_test_task_that_names_the_test_and_carries_no_
     assert "SECRET_LOOKING_SOURCE" not in str(message.headers)
     args, kwargs, _ = message.decode()
     assert args == [payload] and kwargs == {}
+
+
+def test_the_embedded_app_uses_the_sliced_memory_transport_so_a_worker_sees_a_stop_within_a_slice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kombu.transport import memory
+
+    from dtf import memory_transport
+
+    app = make_app(Settings())
+    asked: list[float | None] = []
+    monkeypatch.setattr(memory.Transport, "drain_events", lambda self, connection, timeout=None: asked.append(timeout))
+    with app.connection_for_write() as conn:
+        transport = conn.transport
+        assert isinstance(transport, memory_transport.Transport)
+        transport.drain_events(conn, timeout=2.0)  # what Celery's synloop asks for
+        transport.drain_events(conn, timeout=0.05)
+        transport.drain_events(conn)
+    assert asked == [memory_transport.SLICE_S, 0.05, None]
+    assert make_app(Settings(broker_url="redis://127.0.0.1:1/0")).conf.broker_transport is None
