@@ -204,7 +204,7 @@ class Coordinator:
             elif op == "started":
                 self._on_started(body)
             elif op in _QUERIES:
-                self._reply(body, {"ok": True, "data": _QUERIES[op](self, body)})
+                self._answer(body, op, lambda: _QUERIES[op](self, body))
             else:
                 raise DtfError(f"unknown coordinator operation {op!r}")
         except FencingError:
@@ -213,6 +213,18 @@ class Coordinator:
             log.warning("control message %r failed: %s", op, exc)
             self._reply(body, {"ok": False, "error": str(exc)})
         message.ack()
+
+    def _answer(self, body: Mapping[str, Any], op: str, compute: Callable[[], Any]) -> None:
+        """Reply with what ``compute`` returns, or with its error; a fencing error ends the term."""
+        try:
+            data = compute()
+        except FencingError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bad query must not stop the leader
+            log.warning("control message %r failed: %s", op, exc)
+            self._reply(body, {"ok": False, "error": str(exc)})
+            return
+        self._reply(body, {"ok": True, "data": data})
 
     def _hold_status(self, body: Mapping[str, Any]) -> bool:
         """A status query with ``wait_s`` for a running run is answered when the run finishes
@@ -232,13 +244,7 @@ class Coordinator:
             if now < deadline and str(body.get("run_id")) in self.runs:
                 still.append((deadline, body))
                 continue
-            try:
-                self._reply(body, {"ok": True, "data": self.status(str(body["run_id"]))})
-            except FencingError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - as in _on_control
-                log.warning("status query failed: %s", exc)
-                self._reply(body, {"ok": False, "error": str(exc)})
+            self._answer(body, "status", lambda body=body: self.status(str(body["run_id"])))
         self._waiting = still
 
     def _reply(self, body: Mapping[str, Any], payload: Mapping[str, Any]) -> None:
@@ -260,7 +266,7 @@ class Coordinator:
                 self._reply(reply, {"ok": False, "error": f"malformed submit: {exc}"})
             message.ack()
             return
-        if run_id in self.runs or self.store.run(run_id) is not None:  # redelivered: stored already
+        if self._stored(run_id):  # redelivered: stored already
             if reply is not None:
                 self._reply(reply, {"ok": True, "data": {"run_id": run_id}})
             message.ack()
@@ -291,12 +297,15 @@ class Coordinator:
     def submit(self, run: Mapping[str, Any], tests: Sequence[RenderedTest]) -> str:
         """Store a run and its tests, skip what no worker can serve, publish what is ready."""
         run_id = str(run["run_id"])
-        if run_id in self.runs or self.store.run(run_id) is not None:
+        if self._stored(run_id):
             return run_id  # a redelivered submit: already stored
         _check_hardware(tests)
         self.store.insert_run(run, tests, token=self.token())
         self._start_run(run_id, [t.spec for t in tests])
         return run_id
+
+    def _stored(self, run_id: str) -> bool:
+        return run_id in self.runs or self.store.run(run_id) is not None
 
     def _start_run(self, run_id: str, specs: Sequence[TestSpec]) -> None:
         """Build a stored run's graph, skip what no worker can serve, publish what is ready."""

@@ -34,7 +34,7 @@ from celery import Celery, bootsteps
 from celery.exceptions import Reject
 
 from . import runner
-from .app import CONTROL_QUEUE, RESULTS_QUEUE, RUN_TEST, result_body, wire_format
+from .app import CONTROL_QUEUE, RESULTS_QUEUE, result_body, send_test, wire_format
 from .client import control_queue, results_queue
 from .guard import GuardLimits, GuardState, ResourceGuard
 from .hardware import cpu_capacity, memory_capacity_gb
@@ -319,8 +319,7 @@ class WorkerRuntime:
         delivery = getattr(request, "delivery_info", None) or {}
         queue = str(delivery.get("routing_key") or queue_for(spec.hardware))
         task_id = getattr(request, "id", None) or uuid.uuid4().hex
-        with self.app.producer_or_acquire() as producer:
-            self.app.send_task(RUN_TEST, args=[dict(payload)], queue=queue, task_id=task_id, producer=producer)
+        send_test(self.app, None, payload, queue, task_id)
 
     def _too_big_result(self, payload: Mapping[str, Any], spec: TestSpec, rejections: Sequence[Mapping[str, Any]]) -> TestResult:
         what = "device memory" if spec.hardware in _GPU_VENDOR else "memory"
