@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -134,3 +135,21 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
     procs = Processes(logdir)
     yield procs
     procs.stop_all()
+
+
+@contextmanager
+def coordinator_and_worker(root: Path, worker_name: str) -> Iterator[RedisServer]:
+    """A redis-server, a `dtf coordinator` (DuckDB file under ``root``) and one cpu worker
+    with concurrency 1, for a module of tests to share; all stopped on exit."""
+    redis = RedisServer(root / "redis").start()
+    (root / "logs").mkdir()
+    procs = Processes(root / "logs")
+    env = dtf_env(DTF_BROKER_URL=redis.url, DTF_SPOOL_DIR=str(root / "spool"))
+    try:
+        procs.start("coordinator", ["coordinator", "--db", str(root / "central.duckdb")], env, root)
+        procs.start("worker", ["worker", "--name", worker_name, "--queues", "dtf.cpu", "--concurrency", "1",
+                               "--loglevel", "WARNING"], env, root)
+        yield redis
+    finally:
+        procs.stop_all()
+        redis.stop()

@@ -18,7 +18,7 @@ import yaml
 
 from dtf.cli import app
 
-from .conftest import REPO, Processes, RedisServer, dtf_env, need_binary
+from .conftest import REPO, RedisServer, coordinator_and_worker, dtf_env, need_binary
 
 CI = REPO / "ci"
 GITHUB = CI / "github" / "dtf.yml"
@@ -155,16 +155,8 @@ FAILING = ("name: ci-fail\ndefaults: {iterations: 10, warmup: 1, retries: 0}\nmo
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RedisServer, Path]]:
     """One redis-server, coordinator and worker for the script runs of this module."""
     root = tmp_path_factory.mktemp("ci-cluster")
-    redis = RedisServer(root / "redis").start()
-    (root / "logs").mkdir()
-    procs = Processes(root / "logs")
-    env = dtf_env(DTF_BROKER_URL=redis.url, DTF_SPOOL_DIR=str(root / "spool"))
-    procs.start("coordinator", ["coordinator", "--db", str(root / "ci.duckdb")], env, root)
-    procs.start("worker", ["worker", "--name", "ci@test", "--queues", "dtf.cpu", "--concurrency", "1",
-                           "--loglevel", "WARNING"], env, root)
-    yield redis, root
-    procs.stop_all()
-    redis.stop()
+    with coordinator_and_worker(root, "ci@test") as redis:
+        yield redis, root
 
 
 def run_script(cluster: tuple[RedisServer, Path], tmp_path: Path, suite_text: str, *args: str) -> tuple[subprocess.CompletedProcess[str], Path]:

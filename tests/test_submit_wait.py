@@ -14,7 +14,7 @@ from typing import Iterator
 import junitparser
 import pytest
 
-from .conftest import Processes, RedisServer, dtf_cmd, dtf_env
+from .conftest import coordinator_and_worker, dtf_cmd, dtf_env
 
 pytestmark = pytest.mark.redis
 
@@ -27,17 +27,8 @@ PASSING = "name: quick\ndefaults: {iterations: 10, warmup: 1, retries: 0}\nmodel
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A redis-server, a coordinator and a cpu worker shared by this module's tests."""
-    root = tmp_path_factory.mktemp("submit-wait")
-    redis = RedisServer(root / "redis").start()
-    (root / "logs").mkdir()
-    procs = Processes(root / "logs")
-    env = dtf_env(DTF_BROKER_URL=redis.url, DTF_SPOOL_DIR=str(root / "spool"))
-    procs.start("coordinator", ["coordinator", "--db", str(root / "c.duckdb")], env, root)
-    procs.start("worker", ["worker", "--name", "sw@test", "--queues", "dtf.cpu", "--concurrency", "1",
-                           "--loglevel", "WARNING"], env, root)
-    yield redis.url
-    procs.stop_all()
-    redis.stop()
+    with coordinator_and_worker(tmp_path_factory.mktemp("submit-wait"), "sw@test") as redis:
+        yield redis.url
 
 
 def suite(tmp_path: Path, text: str) -> Path:
