@@ -10,13 +10,11 @@ import base64
 import json
 import os
 import shutil
-import struct
 import subprocess
 import tempfile
 import threading
 import urllib.error
 import urllib.request
-import zlib
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -30,6 +28,7 @@ from dtf.store import Store
 
 from .conftest import Processes, RedisServer, free_port, need_binary, wait_for_port
 from .dtf_cluster import Cluster, Gates, gated_suite, wait_for
+from .png import png_pixels
 
 
 # -- the queries --------------------------------------------------------------------------------
@@ -243,41 +242,6 @@ def _chromium(profile: Path) -> tuple[subprocess.Popen[bytes], str]:
     wait_for(lambda: active.exists() and len(active.read_text().split()) >= 2, "Chromium's DevTools port", 60)
     port, path = active.read_text().split()[:2]
     return proc, f"ws://127.0.0.1:{port}{path}"
-
-
-def png_pixels(data: bytes) -> tuple[int, int, list[bytes]]:
-    """(width, height, rows of RGB(A) bytes) of an 8-bit RGB or RGBA PNG; enough for screenshots."""
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, chunks, idat = 8, {}, b""
-    while pos < len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        body = data[pos + 8:pos + 8 + length]
-        if kind == b"IDAT":
-            idat += body
-        chunks[kind] = body
-        pos += 12 + length
-    width, height, depth, color = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
-    assert depth == 8 and color in (2, 6)
-    bpp = 4 if color == 6 else 3
-    raw, stride, rows, prev = zlib.decompress(idat), width * bpp, [], bytearray(width * bpp)
-    for y in range(height):
-        kind, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
-        for i in range(stride):
-            a = line[i - bpp] if i >= bpp else 0
-            b, c = prev[i], prev[i - bpp] if i >= bpp else 0
-            if kind == 1:
-                line[i] = (line[i] + a) & 255
-            elif kind == 2:
-                line[i] = (line[i] + b) & 255
-            elif kind == 3:
-                line[i] = (line[i] + (a + b) // 2) & 255
-            elif kind == 4:
-                p = a + b - c
-                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
-        rows.append(bytes(line))
-        prev = line
-    return width, height, rows
 
 
 def _ink(png: bytes) -> float:

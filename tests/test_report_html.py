@@ -4,9 +4,7 @@ headless Chromium with no console errors and a screenshot that shows something."
 from __future__ import annotations
 
 import re
-import struct
 import subprocess
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ from dtf.report import build_report, render
 from dtf.report.html import CSP
 
 from .conftest import need_binary
+from .png import png_pixels
 from .test_report_rows import BASE_ID, mixed_tests, row_for, run_row
 
 
@@ -94,48 +93,13 @@ def console_messages(log: str) -> list[str]:
     return [line for line in log.splitlines() if ":CONSOLE" in line or "Refused to" in line]
 
 
-def png_pixels(path: Path) -> tuple[int, int, list[bytes]]:
-    """Width, height and the raw rows of an 8-bit RGB or RGBA PNG (what Chromium writes)."""
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, idat, header = 8, b"", b""
-    while pos < len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        chunk = data[pos + 8:pos + 8 + length]
-        header = chunk if kind == b"IHDR" else header
-        idat += chunk if kind == b"IDAT" else b""
-        pos += 12 + length
-    width, height, depth, color = struct.unpack(">IIBB", header[:10])
-    assert depth == 8 and color in (2, 6)
-    bpp = 3 if color == 2 else 4
-    raw, stride, rows, prev = zlib.decompress(idat), width * bpp, [], bytearray(width * bpp)
-    for y in range(height):
-        kind, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
-        for i in range(stride):
-            left = line[i - bpp] if i >= bpp else 0
-            up, corner = prev[i], prev[i - bpp] if i >= bpp else 0
-            if kind == 1:
-                line[i] = (line[i] + left) & 255
-            elif kind == 2:
-                line[i] = (line[i] + up) & 255
-            elif kind == 3:
-                line[i] = (line[i] + (left + up) // 2) & 255
-            elif kind == 4:
-                p = left + up - corner
-                pa, pb, pc = abs(p - left), abs(p - up), abs(p - corner)
-                line[i] = (line[i] + (left if pa <= pb and pa <= pc else up if pb <= pc else corner)) & 255
-        rows.append(bytes(line))
-        prev = line
-    return width, height, rows
-
-
 @pytest.mark.slow
 def test_the_report_loads_in_headless_chromium_without_console_errors_and_draws(html: str, tmp_path: Path) -> None:
     page, shot = tmp_path / "report.html", tmp_path / "report.png"
     page.write_text(html, encoding="utf-8")
     log = chromium_screenshot(page, shot, tmp_path / "profile")
     assert console_messages(log) == []
-    width, height, rows = png_pixels(shot)
+    width, height, rows = png_pixels(shot.read_bytes())
     assert (width, height) == (1280, 2400)
     colours = {row[i:i + 3] for row in rows[::7] for i in range(0, len(row), 3 * 5)}
     assert len(colours) > 50, "the screenshot is (nearly) blank"
