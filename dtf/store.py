@@ -415,18 +415,6 @@ class Store:
                 self._con.unregister("source_keys")
         return {test_id: (spec, source, template_hash) for test_id, spec, source, template_hash in rows}
 
-    def commit_batch(
-        self,
-        results: Sequence[TestResult],
-        updates: Sequence[TestUpdate] = (),
-        *,
-        finished_runs: Sequence[tuple[str, str]] = (),
-        token: int = 0,
-    ) -> int:
-        """One transaction: insert results (duplicates ignored), apply test status updates,
-        close finished runs. Returns the number of result rows now stored by this call."""
-        return self.ingest_batch(results, updates, finished_runs=finished_runs, token=token)
-
     def ingest_batch(
         self,
         results: Sequence[TestResult],
@@ -435,7 +423,9 @@ class Store:
         finished_runs: Sequence[tuple[str, str]] = (),
         token: int = 0,
     ) -> int:
-        """See ``commit_batch``: the coordinator's write path.
+        """One transaction: insert results (duplicates ignored), apply test status updates,
+        close finished runs. Returns the number of result rows stored by this call. The
+        coordinator's write path, also named ``commit_batch``.
 
         The batch is written optimistically as a plain INSERT, and only when the key
         constraint refuses it (a redelivered result, or a key repeated inside the batch) is
@@ -451,6 +441,8 @@ class Store:
             return self._write_batch(table, updates, finished_runs, now, token, skip_duplicates=False)
         except _DuplicateKey:
             return self._write_batch(table, updates, finished_runs, now, token, skip_duplicates=True)
+
+    commit_batch = ingest_batch  # the name dtf calls it by; both names are public
 
     def _write_batch(
         self,
