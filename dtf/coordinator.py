@@ -54,6 +54,10 @@ STALE_SUBMIT_AFTER_S = 3600.0  # a submit whose chunks stopped coming this long 
 MAX_STATUS_WAIT_S = 30.0  # longest a status query with wait_s is held before it is answered
 
 
+class _Demoted(Exception):
+    """The lease lapsed while a message was handled: it is left for the next leader."""
+
+
 @dataclass
 class _WorkerSeen:
     queues: tuple[str, ...]
@@ -210,6 +214,10 @@ class Coordinator:
         except FencingError:
             raise
         except Exception as exc:  # noqa: BLE001 - a bad message must not stop the leader
+            if self.store.closed:
+                # Demoted while handling it (the lock's thread closes the store the moment the
+                # lease lapses): neither answered nor acked, so the next leader gets it.
+                return
             log.warning("control message %r failed: %s", op, exc)
             self._reply(body, {"ok": False, "error": str(exc)})
         message.ack()
@@ -221,6 +229,10 @@ class Coordinator:
         except FencingError:
             raise
         except Exception as exc:  # noqa: BLE001 - a bad query must not stop the leader
+            if self.store.closed:
+                # The lease lapsed while it ran (the store is closed from the lock's thread):
+                # no error for the client, which asks again and reaches the next leader.
+                raise _Demoted() from exc
             log.warning("control message %r failed: %s", op, exc)
             self._reply(body, {"ok": False, "error": str(exc)})
             return
@@ -244,7 +256,11 @@ class Coordinator:
             if now < deadline and str(body.get("run_id")) in self.runs:
                 still.append((deadline, body))
                 continue
-            self._answer(body, "status", lambda body=body: self.status(str(body["run_id"])))
+            try:
+                self._answer(body, "status", lambda body=body: self.status(str(body["run_id"])))
+            except _Demoted:
+                still = []  # the clients ask the next leader
+                break
         self._waiting = still
 
     def _reply(self, body: Mapping[str, Any], payload: Mapping[str, Any]) -> None:

@@ -139,3 +139,34 @@ def test_a_demoted_coordinator_drops_held_queries_and_leaves_new_messages_for_th
     assert drain_bodies(coordinator.app, REPLIES) == []  # no error sent: the client asks the next leader
     late = _ask_status(coordinator, "run-z", 0.0)
     assert not late.acked and drain_bodies(coordinator.app, REPLIES) == []
+
+
+def test_a_query_the_lease_runs_out_under_gets_no_error_and_stays_unacked(
+    coordinator: Coordinator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    coordinator.submit({"run_id": "run-q", "suite_name": "s"}, [RenderedTest(SPEC, "print(1)", "h")])
+    real_status = coordinator.status
+
+    def status_while_demoted(run_id: str) -> Any:
+        coordinator.store.close()  # the lock's thread, mid-query
+        return real_status(run_id)
+
+    monkeypatch.setattr(coordinator, "status", status_while_demoted)
+    asked = _ask_status(coordinator, "run-q", 0.0)
+    assert not asked.acked and drain_bodies(coordinator.app, REPLIES) == []
+
+
+def test_a_held_query_the_lease_runs_out_under_is_dropped_without_an_error(
+    coordinator: Coordinator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    coordinator.submit({"run_id": "run-h", "suite_name": "s"}, [RenderedTest(SPEC, "print(1)", "h")])
+    _ask_status(coordinator, "run-h", 0.5)
+    real_status = coordinator.status
+
+    def status_while_demoted(run_id: str) -> Any:
+        coordinator.store.close()
+        return real_status(run_id)
+
+    monkeypatch.setattr(coordinator, "status", status_while_demoted)
+    coordinator._answer_waiting(time.monotonic() + 5.0)
+    assert drain_bodies(coordinator.app, REPLIES) == [] and coordinator._waiting == []
