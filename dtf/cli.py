@@ -25,6 +25,7 @@ from . import __version__
 from .errors import DtfError
 from .model import RenderedTest
 from .settings import EMBEDDED_BROKER, Settings
+from .state import remove_worker_record, write_worker_record
 
 __all__ = ["app", "main"]
 
@@ -477,13 +478,52 @@ def worker(
     beats = threading.Thread(target=runtime.heartbeat_forever, args=(stop,), daemon=True, name="dtf-heartbeat")
     beats.start()
     try:
+        record = write_worker_record(settings.state_dir, worker_id, queue_list)  # for `dtf worker-health`
+    except OSError as exc:
+        raise DtfError(f"DTF_STATE_DIR {settings.state_dir}: cannot write: {exc.strerror or exc}") from None
+    try:
         celery_app.Worker(
             hostname=worker_id, queues=queue_list, concurrency=concurrency, pool=pool,
             loglevel=loglevel, without_mingle=True, without_gossip=True, quiet=True,
         ).start()
     finally:
+        remove_worker_record(record)
         stop.set()
         beats.join(timeout=5)  # lets the last heartbeat say "offline"
+
+
+@app.command("worker-health")
+def worker_health(
+    name: Annotated[Optional[str], typer.Option("--name", "-n", envvar="DTF_WORKER_NAME", help="Check this worker (default: every worker running here).")] = None,
+    broker: BrokerOpt = None,
+    timeout: Annotated[float, typer.Option("--timeout", envvar="DTF_HEALTH_TIMEOUT", help="Seconds to wait for the worker's answer.")] = 10.0,
+) -> None:
+    """Check that the worker(s) running here are alive and answer through the broker.
+
+    What the container HEALTHCHECK, the compose health check and the Kubernetes
+    livenessProbe run. Exit 0: healthy; 1: no worker here, its process is gone, or it did not
+    answer a ping through the broker within --timeout (also a bad setting: Docker reserves 2).
+
+    Example: dtf worker-health --timeout 5
+    """
+    from .state import check_worker_health
+
+    try:
+        settings = _settings(broker_url=broker)
+        if settings.embedded:
+            raise DtfError("no broker configured: set DTF_BROKER_URL or --broker")
+        if timeout <= 0:
+            raise DtfError(f"--timeout: expected a positive number of seconds, got {timeout:g}")
+        from .app import make_app
+
+        verdict = check_worker_health(make_app(settings), settings.state_dir, name=name, timeout_s=timeout)
+    except DtfError as exc:
+        err.print(f"unhealthy: {exc}", markup=False)
+        raise typer.Exit(EXIT_FAILED) from None
+    if not verdict.healthy:
+        err.print(f"unhealthy: {verdict.message}", markup=False)
+        raise typer.Exit(EXIT_FAILED)
+    out.print(verdict.message, markup=False)
 
 
 def _split(value: Optional[str]) -> list[str]:

@@ -85,6 +85,8 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("DTF_PROFILE", "Run profile: benchmark, test or light."),
     EnvVar("DTF_LOG_LEVEL", "Log level: DEBUG, INFO, WARNING, ERROR."),
     EnvVar("DTF_SPOOL_DIR", "Directory where a worker keeps results until they are published."),
+    EnvVar("DTF_STATE_DIR", "Local state of dtf processes (default $XDG_STATE_HOME/dtf or ~/.local/state/dtf)."),
+    EnvVar("DTF_HEALTH_TIMEOUT", "Seconds `dtf worker-health` waits for the worker's answer (default 10)."),
     EnvVar("DTF_FLOWER_BASIC_AUTH", "Flower basic auth user:password; prefer the _FILE form.", secret=True),
     EnvVar("DTF_FLOWER_BASIC_AUTH_FILE", "File holding Flower basic auth user:password."),
     EnvVar("DTF_TLS_CA", "CA bundle that verifies the Redis server (rediss://)."),

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .errors import DtfError
+from .state import default_state_dir
 
 __all__ = ["Settings", "EMBEDDED_BROKER", "redact_url", "ENV_PREFIX", "SECRET_ENV_VARS", "scrub_secrets"]
 
@@ -101,6 +102,7 @@ class Settings:
     tls_key: str | None = None
     db_path: str = "dtf.duckdb"
     spool_dir: str = ".dtf-spool"
+    state_dir: str = field(default_factory=lambda: default_state_dir(os.environ))  # dtf.state
     template_dirs: tuple[str, ...] = ()
     visibility_timeout_s: int = 4 * 3600
     result_batch_size: int = 500
@@ -154,6 +156,7 @@ class Settings:
             "tls_key": "DTF_TLS_KEY",
             "db_path": "DTF_DB",
             "spool_dir": "DTF_SPOOL_DIR",
+            "state_dir": "DTF_STATE_DIR",
             "log_level": "DTF_LOG_LEVEL",
         }
         for attr, var in simple.items():
@@ -194,5 +197,6 @@ class Settings:
         signing_keys = _read_secret(env, "DTF_SIGNING_KEY")
         if signing_keys:  # a key file may hold several, one a line, for rotation
             values["signing_keys"] = tuple(k.strip() for k in signing_keys.splitlines() if k.strip())
+        values.setdefault("state_dir", default_state_dir(env))
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
