@@ -79,6 +79,16 @@ def _settings(**overrides: Any) -> Settings:
     return settings
 
 
+def _broker_settings(broker: Optional[str], *, db_too: bool = False) -> Settings:
+    """Settings for a command that talks to the coordinator: with no broker configured it
+    says so at once instead of asking the in-process memory:// broker, where nobody answers."""
+    settings = _settings(broker_url=broker)
+    if settings.embedded:
+        raise DtfError("no broker configured: set DTF_BROKER_URL or --broker"
+                       + (", or read a DuckDB file with --db" if db_too else ""))
+    return settings
+
+
 # -- preparing a suite ---------------------------------------------------------------------
 def _registry(settings: Settings, templates: Sequence[Path] | None) -> Any:
     from .templates import TemplateRegistry
@@ -320,7 +330,7 @@ def status(
     from .app import make_app
     from .client import CoordinatorClient
 
-    client = CoordinatorClient(make_app(_settings(broker_url=broker)))
+    client = CoordinatorClient(make_app(_broker_settings(broker)))
     st = _wait(client, run_id, timeout) if wait else client.call("status", run_id=run_id)
     out.print(_progress_line(st))
     out.print(f"state: {st['run']['status']}")
@@ -356,7 +366,7 @@ def results(
         from .app import make_app
         from .client import CoordinatorClient
 
-        data = CoordinatorClient(make_app(_settings(broker_url=broker))).call("results", run_id=run_id)
+        data = CoordinatorClient(make_app(_broker_settings(broker, db_too=True))).call("results", run_id=run_id)
     _emit(data, fmt)
     raise typer.Exit(_exit_code(data))
 
@@ -568,7 +578,7 @@ def workers_cmd(
     from .app import make_app
     from .client import CoordinatorClient
 
-    client = CoordinatorClient(make_app(_settings(broker_url=broker)))
+    client = CoordinatorClient(make_app(_broker_settings(broker)))
     if fmt == "json":
         out.print_json(json.dumps(client.call("workers"), default=str))
         return
@@ -973,7 +983,7 @@ def report(
         from .app import make_app
         from .client import CoordinatorClient
 
-        client = CoordinatorClient(make_app(_settings(broker_url=broker)))
+        client = CoordinatorClient(make_app(_broker_settings(broker, db_too=True)))
         report_data = client.call("report", run_id=run_id, baseline=baseline, timeout_s=120)
     doc = _build_report(report_data)
     if output_dir is not None:
@@ -1009,7 +1019,7 @@ def runs_cmd(
         from .app import make_app
         from .client import CoordinatorClient
 
-        rows = CoordinatorClient(make_app(_settings(broker_url=broker))).call("runs", limit=limit)
+        rows = CoordinatorClient(make_app(_broker_settings(broker, db_too=True))).call("runs", limit=limit)
     if fmt == "json":
         out.print_json(json.dumps(rows, default=str))
         return

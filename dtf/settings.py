@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from .errors import DtfError
 from .state import default_state_dir
 
-__all__ = ["Settings", "EMBEDDED_BROKER", "redact_url", "ENV_PREFIX", "SECRET_ENV_VARS", "scrub_secrets"]
+__all__ = ["Settings", "EMBEDDED_BROKER", "check_broker_url", "redact_url", "ENV_PREFIX", "SECRET_ENV_VARS", "scrub_secrets"]
 
 EMBEDDED_BROKER = "memory://"
 ENV_PREFIX = "DTF_"
@@ -47,6 +47,31 @@ def redact_url(url: str) -> str:
     if netloc == parts.netloc and query == parts.query:
         return url
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+#: Broker URL schemes dtf works with (Redis, Redis over TLS, Sentinel, the embedded one).
+BROKER_SCHEMES = ("redis", "rediss", "sentinel", "memory")
+
+
+def check_broker_url(url: str) -> None:
+    """Refuse, in one line, a broker URL dtf cannot use (kombu would fail later with a
+    traceback, or read ``not-a-url`` as an AMQP host name)."""
+    where = "broker URL (--broker or DTF_BROKER_URL)"
+    shown = redact_url(url)
+    for part in url.split(";"):  # kombu's failover list: each must be usable
+        try:
+            parts = urlsplit(part.strip())
+            parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+        except ValueError as exc:
+            raise DtfError(f"{where} {shown!r}: {exc}") from None
+        if not parts.scheme or "://" not in part:
+            raise DtfError(f"{where} {shown!r} is not a URL; expected e.g. redis://127.0.0.1:6379/0")
+        if parts.scheme not in BROKER_SCHEMES:
+            raise DtfError(f"{where} {shown!r}: unsupported scheme {parts.scheme!r}; dtf uses redis://, rediss:// "
+                           "or Redis Sentinel (DTF_SENTINELS)")
+        db = parts.path.strip("/")
+        if parts.scheme in ("redis", "rediss") and db and not db.isdigit():
+            raise DtfError(f"{where} {shown!r}: the path must be a database number, e.g. /0, not {parts.path!r}")
 
 
 def _split(value: str | None) -> tuple[str, ...]:
@@ -199,4 +224,6 @@ class Settings:
             values["signing_keys"] = tuple(k.strip() for k in signing_keys.splitlines() if k.strip())
         values.setdefault("state_dir", default_state_dir(env))
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if "broker_url" in values:
+            check_broker_url(str(values["broker_url"]))
         return cls(**values)
