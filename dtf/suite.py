@@ -32,6 +32,7 @@ import yaml
 
 from .errors import DtfError, SuiteError
 from .model import HARDWARE_KINDS, PRECISIONS, TestSpec
+from .models.source import MODEL_SOURCE_KEY, MODEL_SOURCES, TASKS, WEIGHTS, ModelSource, template_for
 
 __all__ = [
     "FAMILIES",
@@ -74,9 +75,12 @@ GENERIC_TEMPLATE_FAMILY = "generic"  # template folder for models of family "unk
 RUN_SETTING_KEYS = ("timeout_s", "retries", "iterations", "warmup")
 SUITE_KEYS = (
     "name", "description", "defaults", "models", "hardware", "batch_sizes", "precisions",
-    *RUN_SETTING_KEYS, "depends_on", "chain_batch_sizes",
+    *RUN_SETTING_KEYS, "depends_on", "chain_batch_sizes", "source", "parity",
 )
-MODEL_KEYS = ("name", "family", "template", "params", "hardware", "batch_sizes", "precisions", *RUN_SETTING_KEYS)
+SOURCE_KEYS = ("source", "weights", "path", "revision", "task", "parity")
+MODEL_KEYS = (
+    "name", "family", "template", "params", "hardware", "batch_sizes", "precisions", *RUN_SETTING_KEYS, *SOURCE_KEYS,
+)
 EDGE_KEYS = ("test", "after")
 
 _SUITE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
@@ -121,6 +125,8 @@ class ModelEntry:
     batch_sizes: tuple[int, ...] | None = None
     precisions: tuple[str, ...] | None = None
     overrides: Mapping[str, float | int] = field(default_factory=dict)  # subset of RUN_SETTING_KEYS
+    source: ModelSource = ModelSource(source="synthetic")  # where the model comes from (resolved)
+    source_keys: Mapping[str, Any] = field(default_factory=dict)  # the source keys as written
 
     @property
     def resolved_family(self) -> str:
@@ -155,6 +161,8 @@ class Suite:
     description: str = ""
     source_hash: str = ""
     path: str = "<suite>"
+    default_source: str = "hf"
+    parity: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """The suite as a JSON-safe document that `parse_suite` accepts again."""
@@ -168,6 +176,8 @@ class Suite:
             "precisions": list(self.precisions),
             "depends_on": [{"test": e.test, "after": e.after} for e in self.depends_on],
             "chain_batch_sizes": self.chain_batch_sizes,
+            "source": self.default_source,
+            "parity": self.parity,
         }
 
 
@@ -189,6 +199,7 @@ def _model_to_dict(entry: ModelEntry) -> dict[str, Any]:
     if entry.params:
         out["params"] = copy.deepcopy(dict(entry.params))
     out.update(entry.overrides)
+    out.update(entry.source_keys)
     return out
 
 
@@ -271,17 +282,22 @@ def parse_suite(data: object, path: str, *, source_hash: str | None = None) -> S
     if not isinstance(data, dict):
         raise check.error(None, f"expected a mapping at the top level, got {_show(data)}")
     check.known_keys(data, SUITE_KEYS, None)
+    default_source = check.one_of(_default(data.get("source"), "hf"), "source", MODEL_SOURCES, "source")
+    parity = check.flag(_default(data.get("parity"), True), "parity")
+    base = _suite_dir(path)
     suite = Suite(
         name=check.suite_name(data),
         description=check.optional_text(data.get("description"), "description"),
         defaults=_read_defaults(check, data),
-        models=_read_models(check, data),
+        models=_read_models(check, data, ModelSource(source=default_source, parity=parity), base),
         hardware=check.choices(data, "hardware", HARDWARE_KINDS, "hardware", required=True) or (),
         batch_sizes=check.batch_sizes(data, "batch_sizes", required=True) or (),
         precisions=check.choices(data, "precisions", PRECISIONS, "precision", required=False) or ("fp32",),
         depends_on=_read_edges(check, data.get("depends_on")),
         chain_batch_sizes=check.flag(_default(data.get("chain_batch_sizes"), True), "chain_batch_sizes"),
         path=path,
+        default_source=default_source,
+        parity=parity,
     )
     if source_hash is None:
         canonical = json.dumps(suite.to_dict(), sort_keys=True, separators=(",", ":"))
@@ -342,6 +358,11 @@ class _Checker:
             return None
         if not isinstance(value, str) or not pattern.fullmatch(value):
             raise self.error(where, f"expected {what}, got {_show(value)}")
+        return value
+
+    def one_of(self, value: object, where: str, allowed: Sequence[str], what: str) -> str:
+        if not isinstance(value, str) or value not in allowed:
+            raise self.error(where, f"unknown {what} {_show(value)} (expected one of {', '.join(allowed)})")
         return value
 
     def flag(self, value: object, where: str) -> bool:
@@ -448,14 +469,49 @@ def _read_defaults(check: _Checker, data: Mapping[str, object]) -> RunSettings:
     return _with_settings(RunSettings(), {**nested, **top})
 
 
-def _read_models(check: _Checker, data: Mapping[str, object]) -> tuple[ModelEntry, ...]:
+def _suite_dir(path: str) -> Path:
+    """Where a model's relative `path:` starts: the suite file's folder, else the cwd."""
+    candidate = Path(path)
+    return candidate.parent.resolve() if candidate.suffix in (".yaml", ".yml", ".json") else Path.cwd()
+
+
+def _read_source(check: _Checker, spec: Mapping[str, Any], where: str, default: ModelSource, base: Path,
+                 has_template: bool) -> tuple[ModelSource, dict[str, Any]]:
+    """The model's source, resolved: its own keys over the suite's default. An entry that
+    names its own template and no source runs that template (labelled synthetic)."""
+    written = {k: spec[k] for k in SOURCE_KEYS if spec.get(k) is not None}
+    fallback = "synthetic" if has_template else default.source
+    source = check.one_of(written.get("source", fallback), f"{where}source", MODEL_SOURCES, "source")
+    weights = check.one_of(written.get("weights", "pretrained"), f"{where}weights", WEIGHTS, "weights")
+    task = check.one_of(written.get("task", "auto"), f"{where}task", TASKS, "task")
+    parity = check.flag(written.get("parity", default.parity), f"{where}parity")
+    revision = check.optional_text(written.get("revision"), f"{where}revision") or None
+    path: str | None = None
+    if "path" in written:
+        raw = check.optional_text(written["path"], f"{where}path")
+        if not raw or _CONTROL_CHARS.search(raw):
+            raise check.error(f"{where}path", f"expected a file or folder path, got {_show(written['path'])}")
+        path = str((base / Path(raw).expanduser()).resolve())
+    if source == "synthetic":
+        extra = sorted(set(written) - {"source", "parity"})
+        if extra:
+            raise check.error(f"{where}{extra[0]}", "applies to the hf, timm and onnx sources, not synthetic")
+    if source == "onnx":
+        if path is None:
+            raise check.error(f"{where}path", "an onnx model needs path: to its .onnx file")
+        if "weights" in written:
+            raise check.error(f"{where}weights", "an onnx file carries its own weights")
+    return ModelSource(source, weights, path, revision, task, parity), written
+
+
+def _read_models(check: _Checker, data: Mapping[str, object], default: ModelSource, base: Path) -> tuple[ModelEntry, ...]:
     if "models" not in data:
         raise check.error("models", "required field missing")
     items = check.nonempty_list(data["models"], "models", "models")
     entries: list[ModelEntry] = []
     seen: dict[str, int] = {}
     for i, item in enumerate(items):
-        entry = _read_model(check, item, f"models[{i}]")
+        entry = _read_model(check, item, f"models[{i}]", default, base)
         if entry.name in seen:
             raise check.error(f"models[{i}].name", f"duplicate model {entry.name!r} (also models[{seen[entry.name]}])")
         seen[entry.name] = i
@@ -463,15 +519,18 @@ def _read_models(check: _Checker, data: Mapping[str, object]) -> tuple[ModelEntr
     return tuple(entries)
 
 
-def _read_model(check: _Checker, item: object, where: str) -> ModelEntry:
-    if isinstance(item, str):  # a bare name is short for {name: ...}
-        return ModelEntry(name=_model_name(check, item, where))
+def _read_model(check: _Checker, item: object, where: str, default: ModelSource, base: Path) -> ModelEntry:
+    if isinstance(item, str):  # a bare name is short for {name: ...}: the real model by default
+        return ModelEntry(name=_model_name(check, item, where), source=default)
     spec = check.mapping(item, where, "a model name or a mapping with a name")
     check.known_keys(spec, MODEL_KEYS, where)
     if "name" not in spec:
         raise check.error(f"{where}.name", "required field missing")
     prefix = f"{where}."
+    source, written = _read_source(check, spec, prefix, default, base, spec.get("template") is not None)
     return ModelEntry(
+        source=source,
+        source_keys=written,
         name=_model_name(check, spec["name"], f"{prefix}name"),
         family=check.optional_pattern(
             spec.get("family"), f"{prefix}family", _FAMILY_NAME, "a family name such as text_embedding"
@@ -876,8 +935,11 @@ def _expand_model(suite: Suite, index: int, slug: str, resolve: TemplateResolver
     entry = suite.models[index]
     family = entry.resolved_family
     settings = entry.run_settings(suite.defaults)
+    params = dict(entry.params)
+    if entry.source.real:
+        params[MODEL_SOURCE_KEY] = entry.source.to_dict()
     for hardware in entry.hardware or suite.hardware:
-        template = _resolve(suite, index, resolve, family, hardware)
+        template = _resolve(suite, index, resolve, family, hardware, entry.template or template_for(entry.source, hardware))
         for batch_size in sorted(entry.batch_sizes or suite.batch_sizes):
             for precision in entry.precisions or suite.precisions:
                 yield TestSpec(
@@ -888,7 +950,7 @@ def _expand_model(suite: Suite, index: int, slug: str, resolve: TemplateResolver
                     batch_size=batch_size,
                     precision=precision,
                     template=template,
-                    params=copy.deepcopy(dict(entry.params)),
+                    params=copy.deepcopy(params),
                     timeout_s=settings.timeout_s,
                     retries=settings.retries,
                     iterations=settings.iterations,
@@ -898,10 +960,11 @@ def _expand_model(suite: Suite, index: int, slug: str, resolve: TemplateResolver
                 )
 
 
-def _resolve(suite: Suite, index: int, resolve: TemplateResolver, family: str, hardware: str) -> str:
+def _resolve(suite: Suite, index: int, resolve: TemplateResolver, family: str, hardware: str,
+             explicit: str | None) -> str:
     where = f"models[{index}].template"
     try:
-        name = resolve(family, hardware, suite.models[index].template)
+        name = resolve(family, hardware, explicit)
     except SuiteError:
         raise
     except DtfError as exc:  # e.g. TemplateNotFound: say which model asked for it

@@ -50,6 +50,7 @@ def doc(**overrides: Any) -> dict[str, Any]:
         "models": ["bert-base-uncased", "gpt2"],
         "hardware": ["cpu"],
         "batch_sizes": [1, 2, 4],
+        "source": "synthetic",  # these tests are about the built-in templates; real models: tests/models/
     }
     for key, value in overrides.items():
         if value is None:
