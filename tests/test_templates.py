@@ -539,7 +539,7 @@ def copy_builtins(target: Path) -> None:
 def test_the_content_hash_follows_the_partials_a_template_includes(tmp_path: Path) -> None:
     copy_builtins(tmp_path)
     registry = TemplateRegistry([tmp_path], include_builtin=False)
-    before = {i.name: i.content_hash for i in registry.list()}
+    before = {i.name: i.content_hash for i in registry.list() if not i.name.startswith("models/")}
     assert before == {i.name: i.content_hash for i in BUILTINS}
     checks = tmp_path / "_shared" / "numpy_backend.py.j2"
     checks.write_text(checks.read_text() + "\n# changed\n")
