@@ -112,6 +112,10 @@ def broker_connection_args(settings: Settings) -> tuple[str, dict[str, Any]]:
 def make_app(settings: Settings, *, extra_queues: tuple[str, ...] = ()) -> Celery:
     """A Celery app for one settings object; never the global current_app."""
     url, transport_options = broker_connection_args(settings)
+    if not settings.embedded:
+        from .wire import install_transport_guard
+
+        install_transport_guard()  # a malformed item on a Redis list never reaches kombu or Celery
     app = Celery("dtf", broker=url, set_as_current=False)
     tls = _tls_options(settings)
     app.conf.update(

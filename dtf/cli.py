@@ -143,7 +143,9 @@ def _progress_line(status: dict[str, Any]) -> str:
     per_hw = "; ".join(
         f"{hw}: " + " ".join(f"{k}={v}" for k, v in sorted(per.items())) for hw, per in sorted(status["counts"].items())
     )
-    return f"{status['run']['run_id']}: {done}/{total} done, {', '.join(parts)}  [{per_hw}]"
+    refused = f"; {status['refused_messages']} hostile or broken messages refused (see dtf.dead)" \
+        if status.get("refused_messages") else ""
+    return f"{status['run']['run_id']}: {done}/{total} done, {', '.join(parts)}  [{per_hw}]{refused}"
 
 
 def _wait(client: Any, run_id: str, timeout_s: float | None, *, interval_s: float = 0.5) -> dict[str, Any]:

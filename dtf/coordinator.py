@@ -32,7 +32,7 @@ from kombu import Consumer, Message, Producer
 from kombu.exceptions import ChannelError
 
 from .acks import ack_all
-from .app import send_test, task_id_for, wire_format
+from .app import CONTROL_QUEUE, RESULTS_QUEUE, send_test, task_id_for, wire_format
 from .client import (
     QUERY_OPS, _drop_undecodable, _dumps, _first_line, control_queue, control_transport_options,
     results_queue,
@@ -42,6 +42,10 @@ from .model import HARDWARE_KINDS, RenderedTest, Status, TestResult, TestSpec, q
 from .schedule import RunGraph, Update
 from .ha import LeaderLock, NotLeader
 from .store import Store
+from .wire import (
+    MessageRefused, check_control, dead_letter, dead_letter_count, heartbeat_from_wire, result_from_wire,
+    started_from_wire,
+)
 
 __all__ = ["Candidate", "Coordinator"]
 
@@ -105,6 +109,7 @@ class Coordinator:
         self._producer: Producer | None = None
         self.ingested = 0
         self.duplicates = 0  # results whose (run, test, attempt) was already stored: redeliveries
+        self.refused = 0  # messages that failed their schema (dtf.wire): dead-lettered by this leader
 
     # -- life cycle -----------------------------------------------------------------------
     def serve(
@@ -196,7 +201,11 @@ class Coordinator:
             # once). Neither answer nor ack: closing the channel gives the message back, for
             # the next leader.
             return
-        op = body.get("op") if isinstance(body, dict) else None
+        try:
+            op = check_control(body, QUERY_OPS)
+        except MessageRefused as exc:
+            self._refuse(CONTROL_QUEUE, exc, body, message)
+            return
         try:
             if op == "submit":
                 self._on_submit_chunk(body, message)
@@ -213,12 +222,15 @@ class Coordinator:
                 raise DtfError(f"unknown coordinator operation {op!r}")
         except FencingError:
             raise
+        except MessageRefused as exc:
+            self._refuse(CONTROL_QUEUE, exc, body, message)
+            return
         except Exception as exc:  # noqa: BLE001 - a bad message must not stop the leader
             if self.store.closed:
                 # Demoted while handling it (the lock's thread closes the store the moment the
                 # lease lapses): neither answered nor acked, so the next leader gets it.
                 return
-            log.warning("control message %r failed: %s", op, exc)
+            log.warning("control message %r failed: %s", op, _first_line(exc)[:300])
             self._reply(body, {"ok": False, "error": str(exc)})
         message.ack()
 
@@ -268,6 +280,17 @@ class Coordinator:
         if reply_to and self._producer is not None:
             self._producer.publish(dict(payload, correlation_id=body.get("correlation_id")),
                                    exchange="", routing_key=str(reply_to), retry=True)
+
+    def _redis(self) -> Any:
+        """The broker's redis-py client (None on the in-memory broker)."""
+        channel = getattr(self._producer, "channel", None)
+        return getattr(channel, "client", None) if not self.app.dtf_settings.embedded else None  # type: ignore[attr-defined]
+
+    def _refuse(self, queue: str, exc: Exception, body: Any, message: Message) -> None:
+        """A message that failed its schema: dead-lettered, counted, logged once, acked."""
+        self.refused += 1
+        dead_letter(self._redis(), queue, str(exc), body)
+        message.ack()
 
     def _on_submit_chunk(self, body: Mapping[str, Any], message: Message) -> None:
         """Store one chunk of a submit as it arrives, ack it, and start the run when the last
@@ -342,9 +365,9 @@ class Coordinator:
         last_seen is this coordinator's clock, not the worker's: clocks across hosts differ.
         A worker silent for WORKER_OFFLINE_AFTER_S (or three of its heartbeat intervals, if
         longer) is marked offline by _reconcile; a worker that stops cleanly says so itself."""
-        info = dict(body["worker"])
+        info = heartbeat_from_wire(body)
         worker_id = str(info["worker_id"])
-        health = info.get("health") if isinstance(info.get("health"), dict) else {}
+        health = info["health"]
         now = time.time()
         info.update(state=str(info.get("state") or "online"), last_seen=now, health=health)
         if info["state"] == "offline":
@@ -357,10 +380,11 @@ class Coordinator:
         self.store.record_worker_health(worker_id, now, info["state"], health, token=self.token())
 
     def _on_started(self, body: Mapping[str, Any]) -> None:
-        graph = self.runs.get(str(body["run_id"]))
+        run_id, test_id, attempt = started_from_wire(body)
+        graph = self.runs.get(run_id)
         if graph is None:
             return
-        update = graph.mark_running(str(body["test_id"]), int(body["attempt"]))
+        update = graph.mark_running(test_id, attempt)
         if update is not None:
             self._silent_since[(graph.run_id, update.test_id)] = time.time()
             self._started.append((graph.run_id, update))
@@ -368,10 +392,9 @@ class Coordinator:
     # -- results ----------------------------------------------------------------------------
     def _on_result_message(self, body: Any, message: Message) -> None:
         try:
-            result = TestResult.from_dict(body["result"])
-        except Exception as exc:  # noqa: BLE001 - a malformed result is dropped, loudly
-            log.error("dropping malformed result message: %s", exc)
-            message.ack()
+            result = result_from_wire(body)
+        except MessageRefused as exc:  # wrong types, sizes or an invented status: never stored
+            self._refuse(RESULTS_QUEUE, exc, body, message)
             return
         if not self._results:
             self._batch_started = time.monotonic()
@@ -580,7 +603,8 @@ class Coordinator:
             raise DtfError(f"unknown run {run_id!r}")
         counts = self.store.status_counts(run_id)
         return {"run": run, "counts": counts, "idle_queues": self.idle_queues(run_id),
-                "finished": run["status"] != "running", "ingested": self.ingested, "duplicates_ignored": self.duplicates}
+                "finished": run["status"] != "running", "ingested": self.ingested, "duplicates_ignored": self.duplicates,
+                "refused_messages": max(self.refused, dead_letter_count(self._redis()))}
 
 
 class Candidate:
