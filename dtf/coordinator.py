@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from celery import Celery
-from kombu import Consumer, Message, Producer
+from kombu import Consumer, Message, Producer, Queue
 from kombu.exceptions import ChannelError
 
 from .acks import ack_all
@@ -56,6 +56,9 @@ RUNNING_GRACE_S = 60.0
 RECONCILE_EVERY_S = 5.0
 STALE_SUBMIT_AFTER_S = 3600.0  # a submit whose chunks stopped coming this long ago is dropped
 MAX_STATUS_WAIT_S = 30.0  # longest a status query with wait_s is held before it is answered
+# One message nobody consumes: when it is missing, the broker lost its data (dtf.coordinator
+# re-creates the queues and re-publishes in-flight tests from DuckDB).
+MARKER_QUEUE = "dtf.coordinator.marker"
 
 
 class _Demoted(Exception):
@@ -134,8 +137,11 @@ class Coordinator:
             res = Consumer(conn.channel(), [results_queue()], callbacks=[self._on_result_message],
                            accept=accept, prefetch_count=self.batch_size, on_decode_error=_drop_undecodable)
             self._producer = Producer(conn.channel(), serializer=serializer)
+            lost = self._broker_lost_data()
             self._restore_active_runs()
-            self.reconcile_on_election()
+            self.reconcile_on_election(republish=lost)
+            if lost:
+                self._put_marker()
             with ctrl, res:
                 if ready is not None:
                     ready.set()
@@ -178,21 +184,53 @@ class Coordinator:
             if row.get("state") != "offline" and now - float(row.get("last_seen") or 0) < WORKER_OFFLINE_AFTER_S:
                 self.workers[str(row["worker_id"])] = _WorkerSeen(tuple(row.get("queues") or ()), now)
 
-    def reconcile_on_election(self) -> None:
+    def reconcile_on_election(self, *, republish: bool = False) -> None:
         """What a new leader does before consuming: close runs that are done, give every
         in-flight test a fresh silence clock, publish what is ready and was never published.
 
         In-flight tests are not re-published at once: their tasks are most likely still in
         the queues or running, and the started notices and results the old leader had taken
         come back after the control visibility timeout. ``_reconcile`` re-publishes those
-        still silent after the grace period (queued) or their timeout plus grace (running)."""
+        still silent after the grace period (queued) or their timeout plus grace (running).
+        With ``republish`` (the broker came back without its data, so those tasks are gone)
+        every in-flight test is published again at once, same attempt: a result that does
+        arrive from the old task is keyed the same, and the second write is a no-op."""
         now = time.time()
+        lost: dict[str, list[tuple[str, int]]] = {}
         for graph in list(self.runs.values()):
             for test_id, t in graph.tests.items():
                 if t.status in (Status.QUEUED.value, Status.RUNNING.value):
                     self._silent_since[(graph.run_id, test_id)] = now
+                    lost.setdefault(graph.run_id, []).append((test_id, t.attempts))
             self._finish_if_done(graph)
+        if republish:
+            count = sum(len(items) for run_id, items in lost.items() if run_id in self.runs)
+            (log.warning if count else log.info)(
+                "the broker lost its data (new, or restarted without persistence): queues re-created; "
+                "re-publishing %d in-flight tests from the database", count)
+            for run_id, items in lost.items():
+                if run_id in self.runs:
+                    self._publish(run_id, items)
         self._dispatch()
+
+    def _broker_lost_data(self) -> bool:
+        """Re-create the hardware queues (a Redis that restarted empty lost the exchange
+        bindings too, and a publish to them would fail) and say whether the broker lost its
+        data: dtf's marker message, put there by an earlier term, is gone with it."""
+        from .app import hardware_queues
+
+        settings = self.app.dtf_settings  # type: ignore[attr-defined]
+        if settings.embedded or self._producer is None:
+            return False
+        channel = self._producer.channel
+        for queue in hardware_queues():
+            queue.bind(channel).declare()
+        return self._queue_depth(MARKER_QUEUE) == 0
+
+    def _put_marker(self) -> None:
+        if self._producer is not None:
+            self._producer.publish({"marker": "dtf", "at": time.time()}, exchange="", routing_key=MARKER_QUEUE,
+                                   declare=[Queue(MARKER_QUEUE, durable=True)])
 
     # -- control messages -------------------------------------------------------------------
     def _on_control(self, body: Any, message: Message) -> None:
@@ -681,7 +719,9 @@ class Candidate:
             token = self.lock.raise_token(store.max_token() + 1)
             self.terms.append(token)
             log.warning("%s: leading with fencing token %d, db %s", self.lock.node_id, token, self.db_path)
-            while not stop.is_set() and self.lock.is_leader():
+            # A new term (the lease was lost and won again, as after a Redis restart without
+            # its data) closed this store: leave, and lead the new term with a fresh one.
+            while not stop.is_set() and self.lock.is_leader() and self.lock.token() == token and not store.closed:
                 self._serve_term(store, stop)
         except FencingError as exc:
             log.error("%s: %s; stepping down", self.lock.node_id, exc)
@@ -701,6 +741,8 @@ class Candidate:
         except (StoreError, NotLeader):  # FencingError included: the caller steps down
             raise
         except Exception as exc:  # noqa: BLE001 - kombu and redis raise many kinds
+            if store.closed:
+                return  # demoted mid-loop: the store was closed under it; the caller leaves this term
             log.warning("%s: broker connection lost (%s); reconnecting", self.lock.node_id, _first_line(exc))
             stop.wait(1.0)
 
