@@ -32,6 +32,10 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = None
+    if "dtf" in out and out["dtf"] is None:  # run from a checkout, not installed
+        from . import __version__
+
+        out["dtf"] = f"{__version__} (source tree)"
     if out.get("onnxruntime") is None and out.get("onnxruntime-gpu"):
         out["onnxruntime"] = out["onnxruntime-gpu"]
     out.pop("onnxruntime-gpu", None)

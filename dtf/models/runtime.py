@@ -18,6 +18,7 @@ that says where to fetch it.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import resource
 import sys
 import time
@@ -167,6 +168,9 @@ def _run_torch(h: Any, cfg: Mapping[str, Any], source: ModelSource) -> None:
     _check_precision(torch, device, precision)
     h.metric("provenance", stack(device))
 
+    start = time.perf_counter()
+    importlib.import_module("timm" if source.source == "timm" else "transformers")
+    h.metric("import_time_s", round(time.perf_counter() - start, 4))  # once per test process
     start = time.perf_counter()
     model = _load_torch(cfg, source, params, seed)
     h.metric("load_time_s", round(time.perf_counter() - start, 4))
