@@ -149,9 +149,14 @@ def make_app(settings: Settings, *, extra_queues: tuple[str, ...] = ()) -> Celer
         app.conf.broker_transport = "dtf.memory_transport:Transport"  # stops in 0.1 s, not 2 s
     app.dtf_settings = settings  # type: ignore[attr-defined]
     app.dtf_handler = None  # type: ignore[attr-defined]
-    if settings.signing_keys:
+    keys = settings.signing_keys
+    if not keys and not settings.embedded:
+        from .signing import default_signing_keys
+
+        keys = default_signing_keys(settings)  # signing is on by default (dtf.signing)
+    if keys:
         # Signed messages only: an unsigned or forged task is refused before it is decoded.
-        signed = _signed_serializer(settings)
+        signed = _signed_serializer(settings, keys)
         app.conf.update(task_serializer=signed, result_serializer=signed,
                         accept_content=[signed], result_accept_content=[signed])
 
@@ -174,10 +179,45 @@ def make_app(settings: Settings, *, extra_queues: tuple[str, ...] = ()) -> Celer
     return app
 
 
-def _signed_serializer(settings: Settings) -> str:
+def _signed_serializer(settings: Settings, keys: tuple[str, ...]) -> str:
     from .signing import MessageSigner, register_serializer
 
-    return register_serializer(MessageSigner(settings.signing_keys, max_age_s=settings.signing_max_age_s))
+    return register_serializer(MessageSigner(keys, max_age_s=settings.signing_max_age_s))
+
+
+def check_broker_credentials(settings: Settings) -> None:
+    """Ask the broker once whether it takes our credentials; BrokerError (one line, exit 2)
+    when it refuses them. Celery and the coordinator retry a refused login forever, as if
+    the broker were down; a wrong password is not something waiting fixes. An unreachable
+    broker passes here: the processes' own retries handle that."""
+    import redis
+
+    from .errors import BrokerError
+    from .ha import redis_from_settings
+
+    if settings.embedded:
+        return
+    client = None
+    try:
+        client = redis_from_settings(settings)
+        client.ping()
+    except (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError) as exc:
+        raise BrokerError(f"broker {settings.safe_broker} refused the credentials: {_one_line(exc)} "
+                          "(check DTF_REDIS_PASSWORD / DTF_REDIS_USERNAME)") from None
+    except redis.exceptions.ResponseError as exc:
+        if any(word in str(exc) for word in ("NOAUTH", "WRONGPASS", "NOPERM", "invalid password")):
+            raise BrokerError(f"broker {settings.safe_broker} refused the credentials: {_one_line(exc)} "
+                              "(check DTF_REDIS_PASSWORD / DTF_REDIS_USERNAME)") from None
+    except Exception:  # noqa: BLE001 - unreachable or failing over: left to the normal retries
+        return
+    finally:
+        if client is not None:
+            client.close()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200]
 
 
 def wire_format(app: Celery) -> tuple[str, list[str]]:

@@ -6,6 +6,7 @@ or timed out, 2 bad input or an infrastructure failure (one line on stderr, no t
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -15,7 +16,7 @@ import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional, Sequence, TypeVar
+from typing import Annotated, Any, Callable, Iterator, Optional, Sequence, TypeVar
 
 import typer
 from rich.console import Console
@@ -24,7 +25,7 @@ from rich.table import Table
 from . import __version__
 from .errors import DtfError
 from .model import RenderedTest
-from .settings import EMBEDDED_BROKER, Settings
+from .settings import EMBEDDED_BROKER, Settings, hide_own_secrets
 from .state import remove_worker_record, write_worker_record
 
 __all__ = ["app", "main"]
@@ -38,6 +39,8 @@ app = typer.Typer(
 )
 templates_app = typer.Typer(help="Inspect the test templates.", no_args_is_help=True)
 app.add_typer(templates_app, name="templates")
+models_app = typer.Typer(help="Real models: what this machine can run, fetch into the HF cache, inspect.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
 
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -104,8 +107,29 @@ def _prepare(suite_path: Path, settings: Settings, templates: Sequence[Path] | N
 
     registry = _registry(settings, templates)
     suite = load_suite(suite_path)
+    from .models.inspect import with_param_counts  # real parameter counts for memory estimates
+
+    suite = with_param_counts(suite)
     specs = expand_suite(suite, resolve_template=registry.resolve)
     return suite, render_suite(suite, specs, registry.render)
+
+
+@contextlib.contextmanager
+def _report_store(db: str) -> Iterator[Any]:
+    """A DuckDB file given with --db, opened locked down (Store.open_for_reports: no file,
+    network or extension access); a query it refuses (a crafted file whose view reads local
+    files) or a broken file is one line and exit 2, never a traceback."""
+    import duckdb
+
+    from .errors import StoreError
+    from .store import Store
+
+    with Store.open_for_reports(db) as store:
+        try:
+            yield store
+        except duckdb.Error as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StoreError(f"cannot read results database {db}: {first}") from None
 
 
 def _run_meta(suite: Any) -> dict[str, Any]:
@@ -185,14 +209,18 @@ _STATUS_STYLE = {"passed": "green", "failed": "red", "error": "red", "timeout": 
 
 
 def _print_results(data: dict[str, Any]) -> None:
+    from .report.parity import parity_label, source_label
+
     table = Table(title=f"run {data['run']['run_id']} ({data['run']['suite_name']})")
-    for col in ("test", "status", "time s", "peak MB", "p50 ms", "items/s", "reason"):
+    for col in ("test", "source", "status", "parity", "time s", "peak MB", "p50 ms", "items/s", "reason"):
         table.add_column(col, overflow="fold")
     for row in data["tests"]:
         m = row.get("metrics") or {}
         style = _STATUS_STYLE.get(row["status"], "")
+        parity = parity_label(row)
         table.add_row(
-            row["test_id"], f"[{style}]{row['status']}[/{style}]" if style else row["status"],
+            row["test_id"], source_label(row), f"[{style}]{row['status']}[/{style}]" if style else row["status"],
+            f"[red]{parity}[/red]" if parity.startswith("FAIL") else parity,
             _fmt(row.get("duration_s")), _fmt(row.get("peak_memory_mb"), 1), _fmt(m.get("latency_p50_ms")),
             _fmt(m.get("throughput_items_s"), 1), (row.get("reason") or "")[:120],
         )
@@ -210,6 +238,10 @@ def _exit_code(data: dict[str, Any]) -> int:
 
 def _emit(data: dict[str, Any], fmt: str) -> None:
     if fmt == "json":
+        from .report.parity import lift
+
+        # source, provenance and parity at each result's top level (dtf.report.parity.lift).
+        data = {**data, "tests": [lift(row) for row in data["tests"]]}
         # Plain, not rich's print_json: highlighting a large run's JSON took seconds.
         sys.stdout.write(json.dumps(data, default=str, indent=2) + "\n")
         sys.stdout.flush()
@@ -262,6 +294,14 @@ def run(
     raise typer.Exit(_conclude(data, report_data, status_now, timeout, output_dir, fail_on_regression))
 
 
+def _unserved(client: Any, tests: Sequence[RenderedTest]) -> list[str]:
+    """Hardware kinds of these tests whose queue no live worker consumes, per the coordinator."""
+    from .model import queue_for
+
+    served = {q for w in client.call("workers") if w.get("state") != "offline" for q in (w.get("queues") or ())}
+    return sorted({t.spec.hardware for t in tests if queue_for(t.spec.hardware) not in served})
+
+
 def _collect(client: Any, run_id: str, baseline: Optional[str], output_dir: Optional[Path]) -> tuple[Any, Any]:
     """A finished run's results, and its report data when reports or a baseline were asked for."""
     data = client.call("results", run_id=run_id)
@@ -282,8 +322,13 @@ def submit(
     output_dir: OutputDirOpt = None,
     baseline: BaselineOpt = None,
     fail_on_regression: FailOnRegressionOpt = False,
+    wait_unserved: Annotated[bool, typer.Option("--wait-unserved", help="With --wait: also wait for hardware no live worker serves (default: its tests are skipped, and named).")] = False,
 ) -> None:
     """Submit a suite to the coordinator through the broker; --wait watches it to the end.
+
+    With --wait, tests for hardware that no live worker serves (say cuda on a CPU-only
+    cluster) are skipped with the reason, so the run finishes; --wait-unserved waits for
+    a worker instead.
 
     With --wait it writes the reports (--output-dir) and exits 0 when all passed, 1 on
     failures (or regressions with --fail-on-regression), 2 on bad input, an
@@ -303,7 +348,17 @@ def submit(
     parsed, tests = _prepare(suite, settings, templates)
     client = CoordinatorClient(make_app(settings))
     _check_baseline(client, baseline)
-    run_id = client.submit(_run_meta(parsed), tests)
+    meta = _run_meta(parsed)
+    unserved = _unserved(client, tests)
+    if unserved:
+        count = sum(1 for t in tests if t.spec.hardware in unserved)
+        kinds = ", ".join(unserved)
+        if wait and not wait_unserved:
+            meta["info"]["skip_hardware"] = unserved
+            err.print(f"warning: no live worker serves {kinds}: its {count} tests are skipped (--wait-unserved waits for one)")
+        else:
+            err.print(f"warning: no live worker serves {kinds}: its {count} tests wait until one starts")
+    run_id = client.submit(meta, tests)
     out.print(run_id)
     if not wait:
         return
@@ -357,9 +412,7 @@ def results(
     Example: dtf results RUN_ID --format json
     """
     if db:
-        from .store import Store
-
-        with Store(db, read_only=True) as store:
+        with _report_store(db) as store:
             run_row = store.run(run_id)
             if run_row is None:
                 raise DtfError(f"unknown run {run_id!r} in {db}")
@@ -393,6 +446,11 @@ def coordinator(
     from .store import Store
 
     settings = _settings(broker_url=broker, db_path=db, leader_ttl_ms=lease_ttl_ms)
+    hide_own_secrets()  # read: out of os.environ and /proc/<pid>/environ
+    if not settings.embedded:
+        from .app import check_broker_credentials
+
+        check_broker_credentials(settings)  # a wrong password: one line, exit 2, not retries forever
     if settings.embedded:
         raise DtfError("no broker configured: set DTF_BROKER_URL or --broker")
     celery_app = make_app(settings)
@@ -455,6 +513,11 @@ def worker(
     from .worker import PROFILES, WorkerRuntime
 
     settings = _settings(broker_url=broker, log_level=loglevel, task_events=events)
+    hide_own_secrets()  # read: out of os.environ and /proc/<pid>/environ, where tests could look
+    if not settings.embedded:
+        from .app import check_broker_credentials
+
+        check_broker_credentials(settings)  # a wrong password: one line, exit 2, not retries forever
     if settings.embedded:
         raise DtfError("no broker configured: set DTF_BROKER_URL or --broker (or use `dtf run` for the embedded mode)")
     if profile not in PROFILES:
@@ -617,7 +680,7 @@ _STATE_STYLE = {"online": "green", "constrained": "yellow", "offline": "red"}
 
 def _workers_table(rows: Sequence[dict[str, Any]], now: float) -> Table:
     table = Table(title=f"workers ({datetime.fromtimestamp(now).strftime('%H:%M:%S')})")
-    for col in ("worker", "host", "state", "queues", "cpu %", "mem %", "load", "disk free GB", "gpu util/mem",
+    for col in ("worker", "host", "state", "queues", "sources", "cpu %", "mem %", "load", "disk free GB", "gpu util/mem",
                 "running", "profile", "last seen"):
         table.add_column(col, overflow="fold")
     for w in rows:
@@ -628,7 +691,8 @@ def _workers_table(rows: Sequence[dict[str, Any]], now: float) -> Table:
         shown = f"[{style}]{state}[/{style}]" if style else state
         table.add_row(
             w["worker_id"], w.get("hostname") or "", shown + (f" ({reasons})" if reasons and state == "constrained" else ""),
-            ", ".join(w.get("queues") or []), _fmt(h.get("cpu_percent"), 0), _fmt(h.get("memory_percent"), 0),
+            ", ".join(w.get("queues") or []), ", ".join((w.get("hardware") or {}).get("model_sources") or []) or "-",
+            _fmt(h.get("cpu_percent"), 0), _fmt(h.get("memory_percent"), 0),
             _fmt((h.get("load") or [None])[0]), _fmt(h.get("disk_free_gb"), 1), _gpu_cell(h.get("gpus") or []),
             _fmt(h.get("running")), h.get("profile") or "-",
             _age(now - float(w["last_seen"])) if w.get("last_seen") else "-",
@@ -789,10 +853,89 @@ def templates_render(
     sys.stdout.write(registry.render(spec).source)
 
 
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+@models_app.command("list")
+@_errors
+def models_list(as_json: JsonOpt = False) -> None:
+    """What this machine can run: model sources and their packages, ONNX providers, the HF cache.
+
+    Example: dtf models list
+    """
+    from .models.commands import list_models
+
+    raise typer.Exit(list_models(out, as_json=as_json))
+
+
+@models_app.command("fetch")
+@_errors
+def models_fetch(
+    name: Annotated[str, typer.Argument(help="Hub id, e.g. prajjwal1/bert-tiny.")],
+    revision: Annotated[Optional[str], typer.Option("--revision", help="Branch, tag or commit.")] = None,
+) -> None:
+    """Download a model into the Hugging Face cache (needs the network; exit 2 offline).
+
+    Example: dtf models fetch prajjwal1/bert-tiny
+    """
+    from .models.commands import fetch_model
+
+    raise typer.Exit(fetch_model(out, name, revision=revision))
+
+
+@models_app.command("inspect")
+@_errors
+def models_inspect(
+    name: Annotated[str, typer.Argument(help="Model name or hub id.")],
+    source: Annotated[str, typer.Option("--source", help="hf or timm.")] = "hf",
+    weights: Annotated[str, typer.Option("--weights", help="pretrained (config from path or cache) or random (else defaults).")] = "pretrained",
+    path: Annotated[Optional[str], typer.Option("--path", help="A save_pretrained folder.")] = None,
+    revision: Annotated[Optional[str], typer.Option("--revision")] = None,
+    task: Annotated[str, typer.Option("--task")] = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Batch for the scheduler's estimate.")] = 1,
+    hardware: Annotated[str, typer.Option("--hardware", help="Hardware for the scheduler's estimate.")] = "cpu",
+    as_json: JsonOpt = False,
+) -> None:
+    """Architecture, parameter count and memory per precision, on torch's meta device (no weights).
+
+    Example: dtf models inspect bert-base-uncased --weights random
+    """
+    from .models.commands import inspect_command
+
+    raise typer.Exit(inspect_command(out, name, source=source, weights=weights, path=path, revision=revision, task=task,
+                                     batch_size=batch_size, hardware=hardware, as_json=as_json))
+
+
 @app.command()
 def version() -> None:
     """Print the dtf version."""
     out.print(__version__)
+
+
+@app.command()
+@_errors
+def keygen(
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="Key file (default: the state dir's signing.key).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing key file.")] = False,
+    rotate: Annotated[bool, typer.Option("--rotate", help="Sign with a new key; keep verifying with the old ones.")] = False,
+) -> None:
+    """Write a new message-signing key (readable by this user only) and print its path.
+
+    Copy the file to every host that runs dtf (or point DTF_SIGNING_KEY_FILE at it). With
+    --rotate the new key signs and the old keys still verify; drop them later with --force.
+
+    Example: dtf keygen && scp ~/.local/state/dtf/signing.key worker1:.local/state/dtf/
+    """
+    from .signing import default_key_file, generate_key, key_id, read_key_file, write_key_file
+
+    path = out_file or default_key_file()
+    old = read_key_file(path) if rotate and path.exists() else ()
+    if path.exists() and not (force or rotate):
+        raise DtfError(f"{path} exists: --rotate to add a new signing key, --force to replace it")
+    key = generate_key()
+    write_key_file(path, [key, *old], replace=True)
+    out.print(str(path))
+    err.print(f"signing key {key_id(key)} written to {path}" + (f"; {len(old)} older key(s) still verify" if old else ""))
 
 
 # -- submit-and-wait: progress, reports, verdicts ---------------------------------------------
@@ -916,7 +1059,8 @@ def _regression_summary(doc: dict[str, Any]) -> Optional[str]:
     runs = ", ".join(r["run_id"] for r in (doc.get("baseline") or {}).get("runs") or []) or "none found"
     counts = comparison["counts"]
     flagged = [e for e in comparison["entries"] if e["verdict"] == "regression"]
-    detail = "; ".join(f"{e['test_id']} {e['change']:+.0%}" for e in flagged[:10])
+    detail = "; ".join(f"{e['test_id']} {e['change']:+.0%}" + (f" ({e['stack_change']})" if e.get("stack_change") else "")
+                       for e in flagged[:10])
     return (f"performance vs baseline {runs}: {counts['regression']} regression(s), {counts['improvement']} improvement(s), "
             f"{counts['unchanged']} unchanged, {counts['noisy']} within noise" + (f" — {detail}" if detail else ""))
 
@@ -977,9 +1121,7 @@ def report(
         raise DtfError(f"--format: unknown report format {fmt!r} (expected one of {', '.join(_REPORT_FORMATS)})")
     baseline = _baseline_choice(baseline, fail_on_regression)
     if db:
-        from .store import Store
-
-        with Store.open_for_reports(db) as store:
+        with _report_store(db) as store:
             report_data = store.report_data(run_id, baseline=baseline)
     else:
         from .app import make_app
@@ -1013,9 +1155,7 @@ def runs_cmd(
     Example: dtf runs --limit 5
     """
     if db:
-        from .store import Store
-
-        with Store.open_for_reports(db) as store:
+        with _report_store(db) as store:
             rows = store.runs(limit)
     else:
         from .app import make_app

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -18,7 +19,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from .errors import DtfError
 from .state import default_state_dir
 
-__all__ = ["Settings", "EMBEDDED_BROKER", "check_broker_url", "redact_url", "ENV_PREFIX", "SECRET_ENV_VARS", "scrub_secrets"]
+__all__ = ["Settings", "EMBEDDED_BROKER", "check_broker_url", "redact_url", "ENV_PREFIX", "SECRET_ENV_VARS", "scrub_secrets", "hide_own_secrets"]
 
 EMBEDDED_BROKER = "memory://"
 ENV_PREFIX = "DTF_"
@@ -105,12 +106,53 @@ def _read_secret(env: Mapping[str, str], name: str) -> str | None:
 #: _FILE forms: see scrub_secrets.
 SECRET_ENV_VARS: tuple[str, ...] = (
     "DTF_REDIS_PASSWORD", "DTF_SENTINEL_PASSWORD", "DTF_SIGNING_KEY", "DTF_FLOWER_BASIC_AUTH",
+    "DTF_DASHBOARD_BASIC_AUTH",
 )  # fmt: skip
 
 
 def scrub_secrets(env: Mapping[str, str]) -> dict[str, str]:
-    """``env`` without the secret variables and their ``_FILE`` forms."""
-    return {k: v for k, v in env.items() if k not in SECRET_ENV_VARS and k.removesuffix("_FILE") not in SECRET_ENV_VARS}
+    """``env`` without the secret variables and their ``_FILE`` forms, and with any password
+    written into ``DTF_BROKER_URL`` replaced by ***."""
+    scrubbed = {k: v for k, v in env.items() if k not in SECRET_ENV_VARS and k.removesuffix("_FILE") not in SECRET_ENV_VARS}
+    if scrubbed.get("DTF_BROKER_URL"):
+        scrubbed["DTF_BROKER_URL"] = redact_url(scrubbed["DTF_BROKER_URL"])
+    return scrubbed
+
+
+def hide_own_secrets() -> list[str]:
+    """Remove the secret variables (and a password inside ``DTF_BROKER_URL``) from this
+    process, once its settings are read: from ``os.environ`` and, on Linux, from the
+    environment block the kernel shows as ``/proc/<pid>/environ`` to any process of the same
+    user (a test the worker runs included). Scrubbing ``os.environ`` alone does not change
+    that block, so its bytes are overwritten in place (as setproctitle does for argv).
+    Returns the names hidden."""
+    names = [k for k in os.environ if k in SECRET_ENV_VARS]
+    if os.environ.get("DTF_BROKER_URL") and redact_url(os.environ["DTF_BROKER_URL"]) != os.environ["DTF_BROKER_URL"]:
+        names.append("DTF_BROKER_URL")
+    if names and sys.platform.startswith("linux"):
+        _blank_environment_block({n.encode() for n in names})
+    for name in names:
+        os.environ.pop(name, None)
+    return names
+
+
+def _blank_environment_block(names: set[bytes]) -> None:
+    import ctypes
+
+    try:
+        with open("/proc/self/stat", "rb") as fh:
+            stat = fh.read()
+        fields = stat[stat.rindex(b")") + 2:].split()
+        start, end = int(fields[47]), int(fields[48])  # env_start, env_end (fields 50 and 51)
+        block = ctypes.string_at(start, end - start)
+    except (OSError, ValueError, IndexError):
+        return  # no /proc, or an old kernel: os.environ is still scrubbed
+    offset = 0
+    for entry in block.split(b"\0"):
+        name, eq, value = entry.partition(b"=")
+        if eq and name in names and value:
+            ctypes.memset(start + offset + len(name) + 1, ord("*"), len(value))
+        offset += len(entry) + 1
 
 
 @dataclass(frozen=True)

@@ -26,14 +26,24 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
+import os
+import secrets
 import time
+from pathlib import Path
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 from .errors import DtfError
 
 __all__ = [
+    "default_key_file",
+    "default_signing_keys",
+    "generate_key",
+    "is_loopback_broker",
+    "INSECURE_ENV",
     "SERIALIZER",
     "CONTENT_TYPE",
     "MIN_KEY_CHARS",
@@ -128,3 +138,97 @@ def register_serializer(signer: MessageSigner) -> str:
 
     register(SERIALIZER, signer.dumps, signer.loads, content_type=CONTENT_TYPE, content_encoding="utf-8")
     return SERIALIZER
+
+
+# -- signing on by default ------------------------------------------------------------------------
+INSECURE_ENV = "DTF_INSECURE_NO_SIGNING"  # the one, loudly named, opt-out
+KEY_FILE_NAME = "signing.key"
+
+
+def default_key_file(env: Mapping[str, str] | None = None) -> Path:
+    """``$DTF_STATE_DIR/signing.key``, else ``${XDG_STATE_HOME:-~/.local/state}/dtf/signing.key``."""
+    from .state import default_state_dir
+
+    return Path(default_state_dir(os.environ if env is None else env)) / KEY_FILE_NAME
+
+
+def generate_key() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def _hosts(settings: Any) -> list[str]:
+    if settings.sentinels:
+        return [h.rsplit(":", 1)[0].strip("[]") for h in settings.sentinels]
+    try:
+        return [urlsplit(part).hostname or "localhost" for part in settings.broker_url.split(";")]
+    except ValueError:
+        return [""]
+
+
+def is_loopback_broker(settings: Any) -> bool:
+    """Whether every broker (or Sentinel) host is this machine: localhost or a loopback address."""
+    for host in _hosts(settings):
+        if host == "localhost":
+            continue
+        try:
+            if not ipaddress.ip_address(host).is_loopback:
+                return False
+        except ValueError:
+            return False
+    return True
+
+
+def write_key_file(path: Path, keys: Sequence[str], *, replace: bool = False) -> None:
+    """Write keys (one a line) readable by this user only; atomically, never half a file.
+    Without ``replace`` an existing file is kept (FileExistsError)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write("".join(f"{k}\n" for k in keys))
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # fails if another process created it first: theirs wins
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_key_file(path: Path) -> tuple[str, ...]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DtfError(f"cannot read the signing key file {path}: {exc.strerror}") from None
+    return tuple(k.strip() for k in text.splitlines() if k.strip())
+
+
+def default_signing_keys(settings: Any, env: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The keys a process uses when none is configured: signing is on by default.
+
+    Against a broker on this machine (loopback), the key file in the state dir is created on
+    first use, so every dtf process of this user shares it with no setup. Against a broker
+    on the network the file must exist (``dtf keygen``, then copy it to every host, or set
+    ``DTF_SIGNING_KEY_FILE``): a key made up on each host would only make workers refuse
+    everything. ``DTF_INSECURE_NO_SIGNING=1`` turns signing off (empty tuple)."""
+    env = os.environ if env is None else env
+    flag = (env.get(INSECURE_ENV) or "").strip().lower()
+    if flag in {"1", "true", "yes", "on"}:
+        return ()
+    path = default_key_file(env)
+    if not path.exists():
+        if not is_loopback_broker(settings):
+            raise DtfError(
+                f"no signing key for a broker on the network ({settings.safe_broker}): run `dtf keygen` "
+                f"(writes {path}) and copy that file to every host, or set DTF_SIGNING_KEY_FILE; "
+                f"{INSECURE_ENV}=1 runs unsigned (anyone who can write to the queues runs code on the workers)")
+        try:
+            write_key_file(path, [generate_key()])
+        except FileExistsError:
+            pass  # another dtf process made it first
+        except OSError as exc:
+            raise DtfError(f"cannot create the signing key file {path}: {exc.strerror}") from None
+    keys = read_key_file(path)
+    if not keys:
+        raise DtfError(f"the signing key file {path} is empty: run `dtf keygen --force`")
+    return keys

@@ -136,3 +136,18 @@ def test_without_a_client_certificate_the_server_refuses_the_connection(
 def test_plain_redis_is_not_spoken_to_a_tls_port(tmp_path: Path, tls_redis: RedisServer) -> None:
     env = dtf_env(DTF_BROKER_URL=tls_redis.url, DTF_REDIS_PASSWORD=SECRET)
     _one_line_refusal(_submit(tmp_path, env))
+
+
+@pytest.mark.parametrize("command", ["worker", "coordinator"])
+def test_a_worker_or_coordinator_with_a_wrong_password_exits_in_one_line(
+    tmp_path: Path, password_redis: RedisServer, command: str
+) -> None:
+    """Not an endless retry (issue 14, item 6): exit 2, one line naming the refusal, no password."""
+    env = dtf_env(DTF_BROKER_URL=password_redis.url, DTF_REDIS_PASSWORD="not-" + SECRET, DTF_LOG_LEVEL="WARNING")
+    args = ["worker", "--queues", "dtf.cpu", "--loglevel", "WARNING"] if command == "worker" else \
+        ["coordinator", "--db", str(tmp_path / "c.duckdb")]
+    proc = subprocess.run(dtf_cmd(*args), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "refused the credentials" in lines[0], proc.stderr
+    assert SECRET not in proc.stderr

@@ -25,7 +25,7 @@ from dtf.cli import app as cli_app
 from dtf.deploy import PLATFORMS, render_deploy
 from dtf.model import TestSpec
 from dtf.settings import Settings, redact_url, scrub_secrets
-from dtf.signing import CONTENT_TYPE, MessageSigner
+from dtf.signing import CONTENT_TYPE, MessageSigner, default_key_file, read_key_file
 from dtf.store import Store
 from dtf.templates import TemplateRegistry
 
@@ -65,6 +65,12 @@ def readable(raw: bytes | str) -> str:
     return "\n".join(found)
 
 
+def _default_keys() -> tuple[str, ...]:
+    """The session's default signing key (signing is on by default), if one was made."""
+    path = default_key_file()
+    return read_key_file(path) if path.exists() else ()
+
+
 def _bodies(value: Any) -> list[str]:
     if isinstance(value, list):
         return [b for v in value for b in _bodies(v)]
@@ -73,7 +79,7 @@ def _bodies(value: Any) -> list[str]:
     if isinstance(value.get("body"), str) and value.get("properties", {}).get("body_encoding") == "base64":
         body = base64.b64decode(value["body"]).decode(errors="replace")
         if value.get("content-type") == CONTENT_TYPE:
-            body += "\n" + json.dumps(MessageSigner([SIGNING_SECRET], max_age_s=1e9).loads(body))
+            body += "\n" + json.dumps(MessageSigner([SIGNING_SECRET, *_default_keys()], max_age_s=1e9).loads(body))
         return [body]
     return [b for v in value.values() for b in _bodies(v)]
 
@@ -205,3 +211,29 @@ def test_a_test_that_dumps_its_environment_finds_no_secret(
     stored = readable(conn.lindex("dtf.results", 0))
     assert "dumped the environment" in stored and "DTF_BROKER_URL" in stored  # the dump did reach the result
     assert leaks({"result": stored, "worker": processes.log("worker")}) == {}
+
+
+PROC_SUITE = """\
+name: proc
+models:
+  - {{name: snoop, family: sec, template: sec/proc_environ, params: {{out: "{out}"}}}}
+hardware: [cpu]
+batch_sizes: [1]
+"""
+
+
+def test_a_test_finds_no_secret_in_its_environment_nor_in_any_ancestor_proc_environ(
+    tmp_path: Path, password_redis: RedisServer, processes: Processes
+) -> None:
+    """The password inside DTF_BROKER_URL and a signing key given in the environment: the
+    test reads its own environment and /proc/<pid>/environ of the fork server, the worker
+    and every other ancestor, and finds neither (issue 14, item 3)."""
+    out = tmp_path / "snooped.txt"
+    url = f"redis://:{quote(SECRET, safe='')}@127.0.0.1:{password_redis.port}/0"
+    env = dtf_env(DTF_BROKER_URL=url, DTF_SIGNING_KEY=SIGNING_SECRET, DTF_SPOOL_DIR=str(tmp_path / "spool"))
+    run = run_tiny_suite(tmp_path, processes, env, name="proc", suite=PROC_SUITE.format(out=out))
+    assert {t["status"] for t in run.data["tests"]} == {"passed"}, run.data
+    snooped = out.read_text()
+    assert snooped.count("--- ") >= 2, snooped  # the worker's environ was read (and the fork server's or pool's)
+    assert "DTF_SPOOL_DIR" in snooped and "DTF_BROKER_URL=***" in snooped  # read, and blanked in place
+    assert not leaks({"test": snooped}), snooped
