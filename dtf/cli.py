@@ -39,8 +39,6 @@ app = typer.Typer(
 )
 templates_app = typer.Typer(help="Inspect the test templates.", no_args_is_help=True)
 app.add_typer(templates_app, name="templates")
-models_app = typer.Typer(help="Real models: what this machine can run, fetch into the HF cache, inspect.", no_args_is_help=True)
-app.add_typer(models_app, name="models")
 
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -107,9 +105,6 @@ def _prepare(suite_path: Path, settings: Settings, templates: Sequence[Path] | N
 
     registry = _registry(settings, templates)
     suite = load_suite(suite_path)
-    from .models.inspect import with_param_counts  # real parameter counts for memory estimates
-
-    suite = with_param_counts(suite)
     specs = expand_suite(suite, resolve_template=registry.resolve)
     return suite, render_suite(suite, specs, registry.render)
 
@@ -209,18 +204,14 @@ _STATUS_STYLE = {"passed": "green", "failed": "red", "error": "red", "timeout": 
 
 
 def _print_results(data: dict[str, Any]) -> None:
-    from .report.parity import parity_label, source_label
-
     table = Table(title=f"run {data['run']['run_id']} ({data['run']['suite_name']})")
-    for col in ("test", "source", "status", "parity", "time s", "peak MB", "p50 ms", "items/s", "reason"):
+    for col in ("test", "status", "time s", "peak MB", "p50 ms", "items/s", "reason"):
         table.add_column(col, overflow="fold")
     for row in data["tests"]:
         m = row.get("metrics") or {}
         style = _STATUS_STYLE.get(row["status"], "")
-        parity = parity_label(row)
         table.add_row(
-            row["test_id"], source_label(row), f"[{style}]{row['status']}[/{style}]" if style else row["status"],
-            f"[red]{parity}[/red]" if parity.startswith("FAIL") else parity,
+            row["test_id"], f"[{style}]{row['status']}[/{style}]" if style else row["status"],
             _fmt(row.get("duration_s")), _fmt(row.get("peak_memory_mb"), 1), _fmt(m.get("latency_p50_ms")),
             _fmt(m.get("throughput_items_s"), 1), (row.get("reason") or "")[:120],
         )
@@ -238,10 +229,6 @@ def _exit_code(data: dict[str, Any]) -> int:
 
 def _emit(data: dict[str, Any], fmt: str) -> None:
     if fmt == "json":
-        from .report.parity import lift
-
-        # source, provenance and parity at each result's top level (dtf.report.parity.lift).
-        data = {**data, "tests": [lift(row) for row in data["tests"]]}
         # Plain, not rich's print_json: highlighting a large run's JSON took seconds.
         sys.stdout.write(json.dumps(data, default=str, indent=2) + "\n")
         sys.stdout.flush()
@@ -294,14 +281,6 @@ def run(
     raise typer.Exit(_conclude(data, report_data, status_now, timeout, output_dir, fail_on_regression))
 
 
-def _unserved(client: Any, tests: Sequence[RenderedTest]) -> list[str]:
-    """Hardware kinds of these tests whose queue no live worker consumes, per the coordinator."""
-    from .model import queue_for
-
-    served = {q for w in client.call("workers") if w.get("state") != "offline" for q in (w.get("queues") or ())}
-    return sorted({t.spec.hardware for t in tests if queue_for(t.spec.hardware) not in served})
-
-
 def _collect(client: Any, run_id: str, baseline: Optional[str], output_dir: Optional[Path]) -> tuple[Any, Any]:
     """A finished run's results, and its report data when reports or a baseline were asked for."""
     data = client.call("results", run_id=run_id)
@@ -322,13 +301,8 @@ def submit(
     output_dir: OutputDirOpt = None,
     baseline: BaselineOpt = None,
     fail_on_regression: FailOnRegressionOpt = False,
-    wait_unserved: Annotated[bool, typer.Option("--wait-unserved", help="With --wait: also wait for hardware no live worker serves (default: its tests are skipped, and named).")] = False,
 ) -> None:
     """Submit a suite to the coordinator through the broker; --wait watches it to the end.
-
-    With --wait, tests for hardware that no live worker serves (say cuda on a CPU-only
-    cluster) are skipped with the reason, so the run finishes; --wait-unserved waits for
-    a worker instead.
 
     With --wait it writes the reports (--output-dir) and exits 0 when all passed, 1 on
     failures (or regressions with --fail-on-regression), 2 on bad input, an
@@ -348,17 +322,7 @@ def submit(
     parsed, tests = _prepare(suite, settings, templates)
     client = CoordinatorClient(make_app(settings))
     _check_baseline(client, baseline)
-    meta = _run_meta(parsed)
-    unserved = _unserved(client, tests)
-    if unserved:
-        count = sum(1 for t in tests if t.spec.hardware in unserved)
-        kinds = ", ".join(unserved)
-        if wait and not wait_unserved:
-            meta["info"]["skip_hardware"] = unserved
-            err.print(f"warning: no live worker serves {kinds}: its {count} tests are skipped (--wait-unserved waits for one)")
-        else:
-            err.print(f"warning: no live worker serves {kinds}: its {count} tests wait until one starts")
-    run_id = client.submit(meta, tests)
+    run_id = client.submit(_run_meta(parsed), tests)
     out.print(run_id)
     if not wait:
         return
@@ -680,7 +644,7 @@ _STATE_STYLE = {"online": "green", "constrained": "yellow", "offline": "red"}
 
 def _workers_table(rows: Sequence[dict[str, Any]], now: float) -> Table:
     table = Table(title=f"workers ({datetime.fromtimestamp(now).strftime('%H:%M:%S')})")
-    for col in ("worker", "host", "state", "queues", "sources", "cpu %", "mem %", "load", "disk free GB", "gpu util/mem",
+    for col in ("worker", "host", "state", "queues", "cpu %", "mem %", "load", "disk free GB", "gpu util/mem",
                 "running", "profile", "last seen"):
         table.add_column(col, overflow="fold")
     for w in rows:
@@ -691,8 +655,7 @@ def _workers_table(rows: Sequence[dict[str, Any]], now: float) -> Table:
         shown = f"[{style}]{state}[/{style}]" if style else state
         table.add_row(
             w["worker_id"], w.get("hostname") or "", shown + (f" ({reasons})" if reasons and state == "constrained" else ""),
-            ", ".join(w.get("queues") or []), ", ".join((w.get("hardware") or {}).get("model_sources") or []) or "-",
-            _fmt(h.get("cpu_percent"), 0), _fmt(h.get("memory_percent"), 0),
+            ", ".join(w.get("queues") or []), _fmt(h.get("cpu_percent"), 0), _fmt(h.get("memory_percent"), 0),
             _fmt((h.get("load") or [None])[0]), _fmt(h.get("disk_free_gb"), 1), _gpu_cell(h.get("gpus") or []),
             _fmt(h.get("running")), h.get("profile") or "-",
             _age(now - float(w["last_seen"])) if w.get("last_seen") else "-",
@@ -853,59 +816,6 @@ def templates_render(
     sys.stdout.write(registry.render(spec).source)
 
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-
-
-@models_app.command("list")
-@_errors
-def models_list(as_json: JsonOpt = False) -> None:
-    """What this machine can run: model sources and their packages, ONNX providers, the HF cache.
-
-    Example: dtf models list
-    """
-    from .models.commands import list_models
-
-    raise typer.Exit(list_models(out, as_json=as_json))
-
-
-@models_app.command("fetch")
-@_errors
-def models_fetch(
-    name: Annotated[str, typer.Argument(help="Hub id, e.g. prajjwal1/bert-tiny.")],
-    revision: Annotated[Optional[str], typer.Option("--revision", help="Branch, tag or commit.")] = None,
-) -> None:
-    """Download a model into the Hugging Face cache (needs the network; exit 2 offline).
-
-    Example: dtf models fetch prajjwal1/bert-tiny
-    """
-    from .models.commands import fetch_model
-
-    raise typer.Exit(fetch_model(out, name, revision=revision))
-
-
-@models_app.command("inspect")
-@_errors
-def models_inspect(
-    name: Annotated[str, typer.Argument(help="Model name or hub id.")],
-    source: Annotated[str, typer.Option("--source", help="hf or timm.")] = "hf",
-    weights: Annotated[str, typer.Option("--weights", help="pretrained (config from path or cache) or random (else defaults).")] = "pretrained",
-    path: Annotated[Optional[str], typer.Option("--path", help="A save_pretrained folder.")] = None,
-    revision: Annotated[Optional[str], typer.Option("--revision")] = None,
-    task: Annotated[str, typer.Option("--task")] = "auto",
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Batch for the scheduler's estimate.")] = 1,
-    hardware: Annotated[str, typer.Option("--hardware", help="Hardware for the scheduler's estimate.")] = "cpu",
-    as_json: JsonOpt = False,
-) -> None:
-    """Architecture, parameter count and memory per precision, on torch's meta device (no weights).
-
-    Example: dtf models inspect bert-base-uncased --weights random
-    """
-    from .models.commands import inspect_command
-
-    raise typer.Exit(inspect_command(out, name, source=source, weights=weights, path=path, revision=revision, task=task,
-                                     batch_size=batch_size, hardware=hardware, as_json=as_json))
-
-
 @app.command()
 def version() -> None:
     """Print the dtf version."""
@@ -1059,8 +969,7 @@ def _regression_summary(doc: dict[str, Any]) -> Optional[str]:
     runs = ", ".join(r["run_id"] for r in (doc.get("baseline") or {}).get("runs") or []) or "none found"
     counts = comparison["counts"]
     flagged = [e for e in comparison["entries"] if e["verdict"] == "regression"]
-    detail = "; ".join(f"{e['test_id']} {e['change']:+.0%}" + (f" ({e['stack_change']})" if e.get("stack_change") else "")
-                       for e in flagged[:10])
+    detail = "; ".join(f"{e['test_id']} {e['change']:+.0%}" for e in flagged[:10])
     return (f"performance vs baseline {runs}: {counts['regression']} regression(s), {counts['improvement']} improvement(s), "
             f"{counts['unchanged']} unchanged, {counts['noisy']} within noise" + (f" — {detail}" if detail else ""))
 
