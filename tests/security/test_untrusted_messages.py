@@ -95,7 +95,7 @@ def test_a_worker_refuses_pickled_and_mislabelled_tasks_and_still_runs_a_good_on
     assert wait_until(good.exists, 60), processes.log("worker")
     assert wait_until(lambda: conn.llen("dtf.results") == 1, 30)
     result = json.loads(conn.lindex("dtf.results", 0))
-    assert result["content-type"] == "application/json"
+    assert result["content-type"] == "application/x-dtf-signed+json"  # JSON, signed by default
 
     log = processes.log("worker")
     assert not any(m.exists() for m in markers), log
