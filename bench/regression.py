@@ -26,10 +26,10 @@ from _common import PYTHON, REPO, add_common_args, dtf_env, emit, repeats_of, wo
 SUITE = """
 name: regression-probe
 defaults: {{timeout_s: 120, retries: 0, iterations: {iterations}, warmup: 20}}
-models:
-  - {{name: mlp-probe, iterations: {mlp_iterations}}}   # generic/default: the template that gets slowed
-  - bert-base-uncased                     # text_embedding: a control, never slowed
-  - microsoft/resnet-50                   # vision: a control, never slowed
+models:   # synthetic: the built-in workloads whose templates this probe slows (a bare name is the real model)
+  - {{name: mlp-probe, source: synthetic, family: generic, iterations: {mlp_iterations}}}   # generic/default: slowed
+  - {{name: bert-base-uncased, source: synthetic}}     # text_embedding: a control, never slowed
+  - {{name: microsoft/resnet-50, source: synthetic}}   # vision: a control, never slowed
 hardware: [cpu]
 batch_sizes: [1]
 precisions: [fp32]

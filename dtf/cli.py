@@ -204,14 +204,18 @@ _STATUS_STYLE = {"passed": "green", "failed": "red", "error": "red", "timeout": 
 
 
 def _print_results(data: dict[str, Any]) -> None:
+    from .report.parity import parity_label, source_label
+
     table = Table(title=f"run {data['run']['run_id']} ({data['run']['suite_name']})")
-    for col in ("test", "status", "time s", "peak MB", "p50 ms", "items/s", "reason"):
+    for col in ("test", "source", "status", "parity", "time s", "peak MB", "p50 ms", "items/s", "reason"):
         table.add_column(col, overflow="fold")
     for row in data["tests"]:
         m = row.get("metrics") or {}
         style = _STATUS_STYLE.get(row["status"], "")
+        parity = parity_label(row)
         table.add_row(
-            row["test_id"], f"[{style}]{row['status']}[/{style}]" if style else row["status"],
+            row["test_id"], source_label(row), f"[{style}]{row['status']}[/{style}]" if style else row["status"],
+            f"[red]{parity}[/red]" if parity.startswith("FAIL") else parity,
             _fmt(row.get("duration_s")), _fmt(row.get("peak_memory_mb"), 1), _fmt(m.get("latency_p50_ms")),
             _fmt(m.get("throughput_items_s"), 1), (row.get("reason") or "")[:120],
         )
@@ -229,6 +233,10 @@ def _exit_code(data: dict[str, Any]) -> int:
 
 def _emit(data: dict[str, Any], fmt: str) -> None:
     if fmt == "json":
+        from .report.parity import lift
+
+        # source, provenance and parity at each result's top level (dtf.report.parity.lift).
+        data = {**data, "tests": [lift(row) for row in data["tests"]]}
         # Plain, not rich's print_json: highlighting a large run's JSON took seconds.
         sys.stdout.write(json.dumps(data, default=str, indent=2) + "\n")
         sys.stdout.flush()
@@ -969,7 +977,8 @@ def _regression_summary(doc: dict[str, Any]) -> Optional[str]:
     runs = ", ".join(r["run_id"] for r in (doc.get("baseline") or {}).get("runs") or []) or "none found"
     counts = comparison["counts"]
     flagged = [e for e in comparison["entries"] if e["verdict"] == "regression"]
-    detail = "; ".join(f"{e['test_id']} {e['change']:+.0%}" for e in flagged[:10])
+    detail = "; ".join(f"{e['test_id']} {e['change']:+.0%}" + (f" ({e['stack_change']})" if e.get("stack_change") else "")
+                       for e in flagged[:10])
     return (f"performance vs baseline {runs}: {counts['regression']} regression(s), {counts['improvement']} improvement(s), "
             f"{counts['unchanged']} unchanged, {counts['noisy']} within noise" + (f" — {detail}" if detail else ""))
 

@@ -1,6 +1,7 @@
 """`dtf dashboard`: a small read-only web page of test results, which Flower does not show.
 
-Runs and their live progress, the pass/fail matrix (models x hardware) of the chosen run,
+Runs and their live progress, the pass/fail matrix (models x hardware, each model with its
+source: hf, timm, onnx, or "synthetic" for a built-in workload) of the chosen run,
 latency and throughput trends over runs per (model, hardware, batch size, precision), and
 the workers' health. Served by the standard library's threading HTTP server: one page,
 its script and style (inline here, no CDN, nothing to install) and a JSON API the page
@@ -324,6 +325,8 @@ table{border-collapse:collapse;background:#fff;min-width:40%} th,td{padding:.3em
 .charts{display:flex;flex-wrap:wrap;gap:1em} figure{margin:0;background:#fff;padding:.5em}
 svg{width:480px;height:200px} .axis{stroke:#a0a7b4} .grid{stroke:#eceef1}
 .line{fill:none;stroke:#2f6fdb;stroke-width:2} .dot{fill:#2f6fdb} svg text{font-size:11px;fill:#6b7280}
+.source{font-size:.75em;font-weight:normal;padding:0 .4em;border-radius:.6em;background:#e8f0ff;color:#2f6fdb}
+.source-synthetic{background:#eceef1;color:#6b7280}
 .state-online{color:#2e9d57} .state-constrained{color:#b7791f} .state-offline{color:#d64541}
 """
 
@@ -391,6 +394,12 @@ function renderMatrix(data) {
   const models = [...new Set(data.matrix.map(c => c.model))].sort();
   head.append(el('tr', {}, el('th', {}, 'model'), ...hardware.map(h => el('th', {}, h))));
   for (const model of models) {
+    const sources = [...new Set(data.matrix.filter(c => c.model === model).flatMap(c => c.sources || []))];
+    const label = el('th', {}, model);
+    for (const source of sources) {
+      label.append(' ', el('span', {class: 'source source-' + (source === 'synthetic' ? 'synthetic' : 'real'),
+        title: source === 'synthetic' ? 'a built-in synthetic workload, not the real model' : 'real model from ' + source}, source));
+    }
     const cells = hardware.map(hw => {
       const cell = data.matrix.find(c => c.model === model && c.hardware === hw);
       if (!cell) return el('td', {}, '');
@@ -399,7 +408,7 @@ function renderMatrix(data) {
       const why = cell.failures.map(f => `${f.test_id}: ${f.status} ${f.reason}`).join('\n');
       return el('td', {class: cls, title: why}, `${c.passed || 0}/${total(c)}`);
     });
-    body.append(el('tr', {}, el('th', {}, model), ...cells));
+    body.append(el('tr', {}, label, ...cells));
   }
 }
 
@@ -425,7 +434,10 @@ function drawChart(svg, points, field) {
   svg.append(el('svg:text', {x: L, y: H - 8}, 'older'), el('svg:text', {x: W - R - 36, y: H - 8}, 'newer'));
 }
 
-function seriesKey(s) { return `${s.model} · ${s.hardware} · bs${s.batch_size} · ${s.precision}`; }
+function seriesKey(s) {
+  const sources = (s.sources || []).join('+');
+  return `${s.model} · ${s.hardware} · bs${s.batch_size} · ${s.precision}${sources ? " · " + sources : ""}`;
+}
 function renderTrends() {
   const select = document.getElementById('series');
   const keep = select.value;

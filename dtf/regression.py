@@ -25,6 +25,12 @@ Why: iterations within one run are not independent of that run's conditions (ano
 process on the core, a per-process memory layout), so two runs of an unchanged tree differ
 by more than Mann-Whitney alone expects. docs/reports.md records the false alarms and
 the sensitivity this gives, measured.
+
+Every comparison also says when the *stack* under the test changed between the baseline
+and now (``stack_change``: "the stack changed: torch 2.13.0 -> 2.14.1"), from the
+provenance real-model tests record (``metrics["provenance"]``, ``metrics["revision"]``,
+``metrics["source"]``), since a new torch, driver or device is the first suspect for a
+slowdown.
 """
 
 from __future__ import annotations
@@ -45,6 +51,10 @@ __all__ = [
     "compare_samples",
     "compare_runs",
     "count_verdicts",
+    "STACK_KEYS",
+    "stack_of",
+    "stack_changes",
+    "stack_change_text",
 ]
 
 VERDICTS: tuple[str, ...] = ("regression", "improvement", "noisy", "unchanged", "new", "no-data")
@@ -91,6 +101,8 @@ class Comparison:
     current_throughput: float | None = None
     template_changed: bool = False
     note: str = ""
+    stack_change: str = ""  # "the stack changed: torch 2.13.0 -> 2.14.1" when it did
+
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,6 +115,48 @@ class Comparison:
 def key_of(row: Mapping[str, Any]) -> MetricKey:
     """(model, hardware, batch size, precision) of a test row."""
     return (str(row["model"]), str(row["hardware"]), int(row["batch_size"]), str(row["precision"]))
+
+
+# -- the stack a result ran on ------------------------------------------------------------------
+# Provenance keys whose change explains a performance change, in the order they are named, with
+# the words a finding uses for them. "source" and "revision" are read from the metrics.
+STACK_KEYS: tuple[str, ...] = ("source", "torch", "transformers", "timm", "onnxruntime", "torch_cuda", "torch_hip",
+                               "driver", "device_name", "onnx_provider", "revision")
+_STACK_WORDS = {"torch_cuda": "CUDA", "torch_hip": "HIP", "device_name": "device", "onnx_provider": "ONNX provider",
+                "revision": "model revision", "source": "model source"}
+
+
+def stack_of(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The stack keys of a result row; {} when it recorded no provenance (a synthetic
+    workload, or a result from before provenance was recorded), except its source."""
+    metrics = row.get("metrics") or {}
+    prov = metrics.get("provenance")
+    source = metrics.get("source") or row.get("model_source") or "synthetic"
+    out: dict[str, Any] = {"source": str(source)}
+    if isinstance(prov, Mapping):
+        for key in STACK_KEYS[1:-1]:
+            out[key] = prov.get(key)
+    revision = metrics.get("revision") or (prov.get("revision") if isinstance(prov, Mapping) else None)
+    if revision is not None:
+        out["revision"] = revision
+    return out
+
+
+def stack_changes(baseline: Mapping[str, Any], current: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(key, before, after) for every stack key that differs between two result rows.
+    A key one side did not record at all (no provenance, no revision) is not a change."""
+    old, new = stack_of(baseline), stack_of(current)
+    return [(key, old[key], new[key]) for key in STACK_KEYS
+            if key in old and key in new and old[key] != new[key]]
+
+
+def stack_change_text(changes: Sequence[tuple[str, Any, Any]]) -> str:
+    """"the stack changed: torch 2.13.0 -> 2.14.1, driver 550.54 -> 560.28"; "" for none."""
+    if not changes:
+        return ""
+    shown = ", ".join(f"{_STACK_WORDS.get(key, key)} {'none' if old is None else old} -> {'none' if new is None else new}"
+                      for key, old, new in changes)
+    return f"the stack changed: {shown}"
 
 
 # -- statistics ----------------------------------------------------------------------------
@@ -312,7 +366,7 @@ def _compare_row(
         baseline_throughput=_throughput(base),
         template_changed=bool(base.get("template_hash") and row.get("template_hash")
                               and base.get("template_hash") != row.get("template_hash")),
-        note=v.note, **common,
+        note=v.note, stack_change=stack_change_text(stack_changes(base, row)), **common,
     )
 
 

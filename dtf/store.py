@@ -554,12 +554,15 @@ class Store:
         return rows
 
     def final_results(self, run_id: str) -> list[dict[str, Any]]:
-        """One row per test: the test's final state joined with its last attempt's result."""
+        """One row per test: the test's final state joined with its last attempt's result.
+        ``model_source`` is the source the suite named for a real model (hf, timm, onnx),
+        None for a synthetic workload."""
         rows = self.query(
             """
             SELECT t.run_id, t.test_id, t.model, t.family, t.hardware, t.batch_size, t.precision,
                    t.template, t.template_hash, t.priority, t.memory_gb, t.depends_on,
                    t.status, t.attempts, t.reason, t.queued_at, t.finished_at AS test_finished_at,
+                   json_extract_string(t.spec, '$.params.model_source.source') AS model_source,
                    r.attempt, r.worker_id, r.hostname, r.duration_s, r.peak_memory_mb, r.metrics,
                    r.error, r.stderr_tail, r.started_at, r.finished_at
             FROM tests t
@@ -738,18 +741,23 @@ class Store:
         return runs
 
     def run_matrix(self, run_id: str, *, failures_per_cell: int = 20) -> list[dict[str, Any]]:
-        """One cell per (model, hardware) of a run: {status: count} and its failing tests."""
+        """One cell per (model, hardware) of a run: {status: count}, its failing tests and the
+        model sources its tests ran ("synthetic" for the built-in workloads)."""
         cells: dict[tuple[str, str], dict[str, Any]] = {}
         for row in self.query(
-            "SELECT t.model, t.hardware, t.test_id, t.status, coalesce(t.reason, r.error) AS reason"
-            " FROM tests t LEFT JOIN (SELECT run_id, test_id, error FROM results QUALIFY row_number() OVER"
+            "SELECT t.model, t.hardware, t.test_id, t.status, coalesce(t.reason, r.error) AS reason,"
+            " coalesce(r.metrics->>'$.source', json_extract_string(t.spec, '$.params.model_source.source'),"
+            " 'synthetic') AS model_source"
+            " FROM tests t LEFT JOIN (SELECT run_id, test_id, error, metrics FROM results QUALIFY row_number() OVER"
             " (PARTITION BY run_id, test_id ORDER BY attempt DESC) = 1) r USING (run_id, test_id)"
             " WHERE t.run_id = ? ORDER BY t.model, t.hardware, t.test_id",
             [run_id],
         ):
             cell = cells.setdefault((row["model"], row["hardware"]), {
-                "model": row["model"], "hardware": row["hardware"], "counts": {}, "failures": []})
+                "model": row["model"], "hardware": row["hardware"], "counts": {}, "failures": [], "sources": []})
             cell["counts"][row["status"]] = cell["counts"].get(row["status"], 0) + 1
+            if row["model_source"] not in cell["sources"]:
+                cell["sources"].append(row["model_source"])
             if row["status"] in ("failed", "error", "timeout") and len(cell["failures"]) < failures_per_cell:
                 reason = (row["reason"] or "").strip().splitlines()
                 cell["failures"].append({"test_id": row["test_id"], "status": row["status"],
@@ -758,7 +766,8 @@ class Store:
 
     def metric_trends(self, runs: int = 30, *, suite_name: str | None = None) -> list[dict[str, Any]]:
         """Latency p50 and throughput of passed tests over the newest ``runs`` runs, one
-        series per (model, hardware, batch size, precision), points oldest first."""
+        series per (model, hardware, batch size, precision), points oldest first, with the
+        model sources its points ran ("synthetic" for the built-in workloads)."""
         rows = self.query(
             """
             WITH recent AS (SELECT run_id, submitted_at FROM runs
@@ -766,6 +775,7 @@ class Store:
                  last AS (SELECT run_id, test_id, metrics FROM results QUALIFY row_number() OVER
                           (PARTITION BY run_id, test_id ORDER BY attempt DESC) = 1)
             SELECT t.model, t.hardware, t.batch_size, t.precision, t.run_id, recent.submitted_at,
+                   coalesce(last.metrics->>'$.source', 'synthetic') AS model_source,
                    TRY_CAST(last.metrics->>'$.latency_p50_ms' AS DOUBLE) AS latency_p50_ms,
                    TRY_CAST(last.metrics->>'$.throughput_items_s' AS DOUBLE) AS throughput_items_s
             FROM tests t JOIN recent USING (run_id) JOIN last USING (run_id, test_id)
@@ -778,7 +788,9 @@ class Store:
         for row in rows:
             key = (row["model"], row["hardware"], row["batch_size"], row["precision"])
             entry = series.setdefault(key, {"model": key[0], "hardware": key[1], "batch_size": key[2],
-                                            "precision": key[3], "points": []})
+                                            "precision": key[3], "points": [], "sources": []})
+            if row["model_source"] not in entry["sources"]:
+                entry["sources"].append(row["model_source"])
             entry["points"].append({"run_id": row["run_id"], "at": row["submitted_at"],
                                     "latency_p50_ms": _finite(row["latency_p50_ms"]),
                                     "throughput_items_s": _finite(row["throughput_items_s"])})

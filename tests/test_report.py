@@ -117,7 +117,7 @@ def test_markdown_has_totals_matrix_failures_regressions_and_slowest_tests() -> 
     md = render(build_report(run_row(), tests, baseline=baseline_for(tests, slower="gpt2")), "md")
     assert md.startswith("## ⏳ dtf: incomplete, 1 performance regression(s)")
     assert "**8 tests** · ✅ 3 passed · ❌ 1 failed · 💥 1 error · ⌛ 1 timeout · ⏭️ 1 skipped · ⏳ 1 never finished" in md
-    assert "| model | cpu | cuda |" in md and "| `gpt2` | ❌ 1 of 2 failed | ⏳ 1 of 1 unfinished |" in md
+    assert "| model | cpu | cuda |" in md and "| `gpt2` (synthetic) | ❌ 1 of 2 failed | ⏳ 1 of 1 unfinished |" in md
     assert "### Failures (4)" in md and "AssertionError: check failed: logits are all finite" in md
     assert "**Regressions (1)**" in md and "`gpt2/cpu/bs1/fp32`" in md and "+25.0%" in md
     assert "### Slowest tests" in md

@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..regression import Rule, compare_runs, count_verdicts, key_of
+from .parity import lift, parity_matrix, source_label, stack_table
 
 __all__ = [
     "SCHEMA",
@@ -93,6 +94,10 @@ def _test_entry(row: Mapping[str, Any]) -> dict[str, Any]:
     entry["started_at"] = iso_time(row.get("started_at"))
     entry["finished_at"] = iso_time(row.get("finished_at"))
     entry["metrics"] = dict(row.get("metrics") or {})
+    lifted = lift(row)
+    for name in ("source", "weights", "provenance", "parity"):
+        if name in lifted:
+            entry[name] = lifted[name]
     return entry
 
 
@@ -111,6 +116,11 @@ def _totals(tests: Sequence[Mapping[str, Any]]) -> dict[str, int]:
 
 def _matrix(tests: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     models = list(dict.fromkeys(t["model"] for t in tests))
+    sources: dict[str, list[str]] = {}
+    for t in tests:
+        label = source_label(t)
+        if label not in sources.setdefault(t["model"], []):
+            sources[t["model"]].append(label)
     hardware = sorted({t["hardware"] for t in tests})
     cells = []
     for model in models:
@@ -118,7 +128,16 @@ def _matrix(tests: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             here = [t for t in tests if t["model"] == model and t["hardware"] == hw]
             if here:
                 cells.append({"model": model, "hardware": hw, **_totals(here), "outcome": _outcome(here)})
-    return {"models": models, "hardware": hardware, "cells": cells}
+    return {"models": models, "hardware": hardware, "cells": cells, "sources": sources}
+
+
+def _sources(tests: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """{source: number of tests}; "synthetic" counts the built-in workloads."""
+    counts: dict[str, int] = {}
+    for t in tests:
+        label = source_label(t)
+        counts[label] = counts.get(label, 0) + 1
+    return counts
 
 
 def _outcome(tests: Sequence[Mapping[str, Any]]) -> str:
@@ -209,6 +228,9 @@ def build_report(
         "hardware": {hw: _totals([t for t in tests if t["hardware"] == hw])
                      for hw in sorted({t["hardware"] for t in tests})},
         "matrix": _matrix(tests),
+        "sources": _sources(tests),
+        "parity": parity_matrix(tests),
+        "stacks": stack_table(tests),
         "slowest": [t["test_id"] for t in timed[:SLOWEST]],
         "tests": entries,
         "baseline": base_section,

@@ -2,9 +2,11 @@
 script (sortable tables), nothing fetched from anywhere; a Content-Security-Policy that
 forbids every load makes sure of it.
 
-Sections: verdict and totals, the pass/fail matrix, latency and throughput against batch
-size per model and hardware (p10-p90 bars, the baseline dashed), the distribution of
-test durations, the comparison with the baseline, failures, and every test.
+Sections: verdict and totals, the pass/fail matrix (each model with its source; built-in
+workloads say "synthetic"), the parity of real models against cpu/fp32, latency and
+throughput against batch size per model and hardware (p10-p90 bars, the baseline dashed),
+the distribution of test durations, the comparison with the baseline (with a changed stack
+named next to a slowdown), the stacks results ran on, failures, and every test.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any, Mapping, Sequence
 
 from ..regression import quantile
 from .document import FAILING_STATUSES, UNFINISHED_STATUSES, comparisons_of
+from .parity import STACK_COLUMNS, parity_label, sci
 from .svg import PALETTE, Point, Series, change_bars, fmt_number, histogram, line_chart
 
 __all__ = ["render_html", "CSP"]
@@ -41,6 +44,10 @@ th{background:#f3f4f6;cursor:default}table.sortable th{cursor:pointer}td.num{tex
 .chartcard h3{font-size:13px;margin:0 0 4px}
 pre{background:#111827;color:#e5e7eb;padding:8px;border-radius:6px;overflow:auto;max-height:280px;font-size:12px}
 code{font-size:12px}.muted{color:#6b7280}
+.source{font-size:11px;padding:0 6px;border-radius:8px;background:#e0e7ff;color:#3730a3;margin-left:4px}
+.source.synthetic{background:#f3f4f6;color:#6b7280}
+.parity td.verdict{font-weight:600}.parity td.pass{color:#2e7d32}.parity td.fail{color:#c62828}
+.parity td.ref,.parity td.na{color:#6b7280}
 """
 
 _SCRIPT = """
@@ -122,8 +129,65 @@ def _matrix(report: Mapping[str, Any]) -> str:
                     "skipped": f"{cell['skipped']} skipped"}.get(key, f"{cell['passed']}/{cell['tests']} passed")
             tip = ", ".join(f"{n} {s}" for s, n in cell.items() if s in STATUS_COLOR and isinstance(n, int) and n)
             tds.append(f'<td style="background:{STATUS_COLOR.get(key, "#616161")}" title="{_e(tip)}">{_e(text)}</td>')
-        rows.append(f'<tr><td class="model"><code>{_e(model)}</code></td>{"".join(tds)}</tr>')
+        tags = "".join(_source_tag(src) for src in (matrix.get("sources") or {}).get(model) or [])
+        rows.append(f'<tr><td class="model"><code>{_e(model)}</code>{tags}</td>{"".join(tds)}</tr>')
     return f'<table class="matrix"><thead><tr><th>model</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def _source_tag(source: Any) -> str:
+    source = source or "synthetic"
+    if source == "synthetic":
+        return '<span class="source synthetic" title="a built-in synthetic workload, not the real model">synthetic</span>'
+    return f'<span class="source" title="real model from {_e(source)}">{_e(source)}</span>'
+
+
+
+_VERDICT_CLASS = {"pass": "pass", "fail": "fail", "reference": "ref", "n/a": "na", "off": "na"}
+
+
+def _parity(report: Mapping[str, Any]) -> str:
+    groups = report.get("parity") or []
+    if not groups:
+        return '<p class="muted">No real-model results: synthetic workloads record no outputs to compare.</p>'
+    parts = ['<p>Each backend and precision against the cpu/fp32 result of the same model and batch size in this run, '
+             "from the output fingerprints the tests recorded. Tolerance = atol + rtol &times; RMS of the reference, "
+             "per precision (<code>dtf.parity.TOLERANCES</code>).</p>"]
+    for group in groups:
+        ref = (f"reference <code>{_e(group['reference_test_id'])}</code>" if group.get("reference_test_id")
+               else f"no {_e(group['reference'])} result in this run")
+        rows = []
+        for c in group["cells"]:
+            verdict = {"fail": "FAIL"}.get(c["verdict"], c["verdict"])
+            if c.get("basis") == "test" and c["verdict"] in ("pass", "fail"):
+                verdict += " (test's own check)"
+            rows.append(
+                f'<tr><td><code>{_e(c["candidate"])}</code></td><td>{_e(c["status"])}</td>'
+                f'<td class="num">{sci(c.get("max_abs"))}</td><td class="num">{sci(c.get("max_rel"))}</td>'
+                f'<td class="num">{sci(c.get("tolerance"))}</td><td>{_e(c.get("output") or "")}</td>'
+                f'<td class="verdict {_VERDICT_CLASS.get(c["verdict"], "na")}" title="{_e(c.get("message"))}">{_e(verdict)}</td>'
+                f'<td class="muted">{_e(c.get("message") if c["verdict"] in ("fail", "n/a") else "")}</td></tr>')
+        parts.append(
+            f"<h3><code>{_e(group['model'])}</code>{_source_tag(group['source'])} batch {_e(group['batch_size'])}: {ref}</h3>"
+            '<table class="parity"><thead><tr><th>backend/precision</th><th>status</th><th>max abs</th><th>max rel</th>'
+            f'<th>tolerance</th><th>output</th><th>verdict</th><th></th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
+    return "".join(parts)
+
+
+def _stacks(report: Mapping[str, Any]) -> str:
+    stacks = report.get("stacks") or []
+    synthetic = (report.get("sources") or {}).get("synthetic", 0)
+    note = (f'<p class="muted">{synthetic} synthetic test(s) (built-in workloads) record no stack.</p>'
+            if synthetic else "")
+    if not stacks:
+        return '<p class="muted">No result recorded its stack.</p>' + note
+    columns = [(k, h) for k, h in STACK_COLUMNS if any(s["stack"].get(k) is not None for s in stacks)]
+    head = "".join(f"<th>{_e(h)}</th>" for _, h in columns)
+    rows = "".join(
+        f'<tr><td>{_e(s["hardware"])}</td><td class="num">{s["tests"]}</td><td>{_e(", ".join(s["hosts"]))}</td>'
+        + "".join(f"<td>{_e('–' if s['stack'].get(k) is None else s['stack'][k])}</td>" for k, _ in columns) + "</tr>"
+        for s in stacks)
+    return (f'<table class="sortable"><thead><tr><th>hardware</th><th>tests</th><th>hosts</th>{head}</tr></thead>'
+            f"<tbody>{rows}</tbody></table>{note}")
 
 
 def _metric(test: Mapping[str, Any], name: str) -> float | None:
@@ -209,7 +273,8 @@ def _comparison(report: Mapping[str, Any]) -> str:
     entries.sort(key=lambda e: -(e["change"] or 0))
     rows = [(e["test_id"], e["change"], e.get("noise") or 0.0, VERDICT_COLOR.get(e["verdict"], "#90a4ae"),
              f"{e['verdict']}: {e['change']:+.1%} (p10 {fmt_number(e.get('baseline_fast_ms') or 0)} → "
-             f"{fmt_number(e.get('current_fast_ms') or 0)} ms, p={e.get('p_value') or 0:.2g})")
+             f"{fmt_number(e.get('current_fast_ms') or 0)} ms, p={e.get('p_value') or 0:.2g})"
+             + (f"; {e['stack_change']}" if e.get("stack_change") else ""))
             for e in entries[:MAX_CHANGE_ROWS]]
     chart = change_bars(rows, title="change against the baseline, per test") if rows else ""
     more = f'<p class="muted">{len(entries) - MAX_CHANGE_ROWS} more in the JSON report.</p>' if len(entries) > MAX_CHANGE_ROWS else ""
@@ -224,7 +289,8 @@ def _flagged_table(report: Mapping[str, Any]) -> str:
         f'<tr><td><code>{_e(e["test_id"])}</code></td><td style="color:{VERDICT_COLOR[e["verdict"]]}">{_e(e["verdict"])}</td>'
         f'{_num_cell(e.get("baseline_fast_ms"))}{_num_cell(e.get("current_fast_ms"))}'
         f'<td class="num" data-v="{e["change"]!r}">{e["change"]:+.1%}</td><td class="num">±{(e.get("noise") or 0):.0%}</td>'
-        f'<td class="num">{e.get("p_value") or 0:.2g}</td><td>{"template changed" if e.get("template_changed") else ""}</td></tr>'
+        f'<td class="num">{e.get("p_value") or 0:.2g}</td>'
+        f'<td>{_e("; ".join(x for x in ("template changed" if e.get("template_changed") else "", e.get("stack_change") or "") if x))}</td></tr>'
         for e in flagged)
     return ('<table class="sortable"><thead><tr><th>test</th><th>verdict</th><th>baseline p10 ms</th><th>now p10 ms</th>'
             f'<th>change</th><th>noise</th><th>p</th><th></th></tr></thead><tbody>{rows}</tbody></table>')
@@ -259,12 +325,13 @@ def _tests_table(report: Mapping[str, Any]) -> str:
         m = t.get("metrics") or {}
         color = STATUS_COLOR.get(t["status"], STATUS_COLOR["unfinished"])
         rows.append(
-            f'<tr><td><code>{_e(t["test_id"])}</code></td><td style="color:{color}">{_e(t["status"])}</td>'
+            f'<tr><td><code>{_e(t["test_id"])}</code></td><td>{_source_tag(t.get("source"))}</td>'
+            f'<td style="color:{color}">{_e(t["status"])}</td><td>{_e(parity_label(t.get("parity")))}</td>'
             f'{_num_cell(t.get("duration_s"))}{_num_cell(m.get("latency_p50_ms"))}{_num_cell(m.get("latency_p99_ms"))}'
             f'{_num_cell(m.get("throughput_items_s"))}{_num_cell(t.get("peak_memory_mb"))}'
             f'<td>{_e(verdicts.get(t["test_id"], ""))}</td><td>{_e(t.get("worker_id"))}</td></tr>'
         )
-    return ('<table class="sortable"><thead><tr><th>test</th><th>status</th><th>time s</th><th>p50 ms</th><th>p99 ms</th>'
+    return ('<table class="sortable"><thead><tr><th>test</th><th>source</th><th>status</th><th>parity</th><th>time s</th><th>p50 ms</th><th>p99 ms</th>'
             f'<th>items/s</th><th>peak MB</th><th>vs baseline</th><th>worker</th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
 
 
@@ -273,9 +340,11 @@ def render_html(report: Mapping[str, Any]) -> str:
     run = report["run"]
     sections = [
         ("Pass/fail matrix", _matrix(report)),
+        ("Parity against cpu/fp32", _parity(report)),
         ("Latency and throughput against batch size", _perf_charts(report)),
         ("Duration distribution", _durations(report)),
         ("Comparison with the baseline", _comparison(report)),
+        ("Stack", _stacks(report)),
         ("Failures", _failures(report)),
         ("All tests", _tests_table(report)),
     ]

@@ -2,6 +2,14 @@
 ``<testsuites>`` holding one ``<testsuite>`` per hardware kind, one ``<testcase>`` per
 test with classname ``family.model`` and name ``bs<N> <precision>``; failures carry the
 error and the stderr tail, skips their reason. Valid against Jenkins' junit-10.xsd.
+
+Real models: a test that failed its cross-hardware parity check is a ``<failure
+type="parity">`` whose message is the parity message ("cuda/fp16 differs from cpu/fp32:
+max abs 3.1e-1 > 5e-2 on logits"). Every test's parity verdict is a property: since the
+schema allows ``<properties>`` only on a testsuite, it is the suite's property
+``dtf.parity.<classname>.<name>`` (value "pass max_rel=2.4e-02 tolerance=2.1e-01 ..."), and
+a ``parity:`` line of the test's system-out; its source ("synthetic" for a built-in
+workload) is a ``source:`` line there too.
 """
 
 from __future__ import annotations
@@ -57,6 +65,9 @@ def _system_out(test: Mapping[str, Any], comparison: Mapping[str, Any] | None) -
              f"worker: {test.get('worker_id') or '-'} on {test.get('hostname') or '-'}; attempts {test.get('attempts')}"]
     if test.get("peak_memory_mb") is not None:
         lines.append(f"peak_memory_mb: {test['peak_memory_mb']:.1f}")
+    lines.append(f"source: {test.get('source') or 'synthetic'}")
+    if test.get("parity"):
+        lines.append(f"parity: {_parity_value(test['parity'])}")
     for name, value in sorted((test.get("metrics") or {}).items()):
         if name not in _SKIP_METRICS and isinstance(value, (int, float, str)):
             lines.append(f"{name}: {value}")
@@ -65,17 +76,36 @@ def _system_out(test: Mapping[str, Any], comparison: Mapping[str, Any] | None) -
     return _xml_text("\n".join(lines))
 
 
+def _parity_value(parity: Mapping[str, Any]) -> str:
+    """"pass max_abs=2.4e-02 max_rel=2.4e-02 tolerance=2.1e-01 reference=cpu/fp32 on last_hidden_state"."""
+    parts = [str(parity.get("verdict"))]
+    for name in ("max_abs", "max_rel", "tolerance"):
+        value = parity.get(name)
+        if isinstance(value, (int, float)):
+            parts.append(f"{name}={value:.1e}")
+    if parity.get("reference"):
+        parts.append(f"reference={parity['reference']}")
+    if parity.get("output"):
+        parts.append(f"on {parity['output']}")
+    return " ".join(parts)
+
+
 def _comparison_line(c: Mapping[str, Any]) -> str:
     if c.get("change") is None:
         return f"{c['verdict']} {c.get('note') or ''}".strip()
     return (f"{c['verdict']}: {c['change']:+.1%} fast-tail latency vs run {c.get('baseline_run_id')}"
-            f" (noise band {c.get('noise') or 0:.0%}, p={c.get('p_value') or 0:.2g})")
+            f" (noise band {c.get('noise') or 0:.0%}, p={c.get('p_value') or 0:.2g})"
+            + (f"; {c['stack_change']}" if c.get("stack_change") else ""))
 
 
 def _outcome_element(case: ET.Element, test: Mapping[str, Any]) -> None:
     status = test["status"]
     detail = "\n\n".join(x for x in (test.get("error"), test.get("stderr_tail") and f"stderr (tail):\n{test['stderr_tail']}") if x)
-    if status == "failed":
+    parity = test.get("parity") or {}
+    if status == "failed" and parity.get("verdict") == "fail" and parity.get("message"):
+        el = ET.SubElement(case, "failure", type="parity", message=_first_line(parity["message"], "parity failed"))
+        el.text = _xml_text(detail or parity["message"])
+    elif status == "failed":
         el = ET.SubElement(case, "failure", type="failed", message=_first_line(test.get("error"), "test failed"))
         el.text = _xml_text(detail)
     elif status in ("error", "timeout"):
@@ -108,7 +138,7 @@ def _counts(tests: Sequence[Mapping[str, Any]], regressed: set[str]) -> dict[str
     return {"tests": len(tests), "failures": failures, "errors": errors, "skipped": skipped}
 
 
-def _properties(parent: ET.Element, report: Mapping[str, Any]) -> None:
+def _properties(parent: ET.Element, report: Mapping[str, Any], tests: Sequence[Mapping[str, Any]] = ()) -> None:
     props = ET.SubElement(parent, "properties")
     run = report["run"]
     for name in ("run_id", "suite_name", "suite_hash", "git_sha", "branch", "ci_url", "ci_provider"):
@@ -116,6 +146,10 @@ def _properties(parent: ET.Element, report: Mapping[str, Any]) -> None:
             ET.SubElement(props, "property", name=f"dtf.{name}", value=_xml_text(run[name]))
     for base in (report.get("baseline") or {}).get("runs") or []:
         ET.SubElement(props, "property", name="dtf.baseline_run_id", value=_xml_text(base.get("run_id")))
+    for test in tests:
+        if test.get("parity"):
+            ET.SubElement(props, "property", name=_xml_text(f"dtf.parity.{testcase_classname(test)}.{testcase_name(test)}"),
+                          value=_xml_text(_parity_value(test["parity"])))
 
 
 def render_junit(report: Mapping[str, Any], *, regressions_fail: bool = False) -> str:
@@ -138,7 +172,7 @@ def render_junit(report: Mapping[str, Any], *, regressions_fail: bool = False) -
             time=_seconds(sum(float(t.get("duration_s") or 0) for t in here)),
             **{k: str(v) for k, v in _counts(here, regressed).items()},
         )
-        _properties(suite, report)
+        _properties(suite, report, here)
         for test in here:
             _testcase(suite, test, by_test.get(test["test_id"]), regressions_fail)
     ET.indent(root)

@@ -1,6 +1,9 @@
 """Markdown for ``$GITHUB_STEP_SUMMARY``, GitLab and PR comments: the verdict first, then
-totals, the models x hardware matrix, failures with reasons, the comparison with the
-baseline and the slowest tests. Kept under GitHub's 64 KiB comment limit by capping lists.
+totals, the models x hardware matrix (each model with its source; built-in workloads say
+"synthetic"), failures with reasons, the cross-hardware parity of real models against
+cpu/fp32, the comparison with the baseline (naming a changed stack next to a slowdown),
+the stacks the results ran on and the slowest tests. Kept under GitHub's 64 KiB comment
+limit by capping lists.
 """
 
 from __future__ import annotations
@@ -8,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from .document import FAILING_STATUSES, UNFINISHED_STATUSES, comparisons_of
+from .parity import STACK_COLUMNS, sci
 
 __all__ = ["render_markdown", "MAX_ROWS"]
 
@@ -42,6 +46,9 @@ def _header(report: Mapping[str, Any]) -> list[str]:
     parts += [f"{_STATUS_ICON[s]} {totals[s]} {s}" for s in ("passed", "failed", "error", "timeout", "skipped") if totals.get(s)]
     if totals.get("unfinished"):
         parts.append(f"⏳ {totals['unfinished']} never finished")
+    sources = report.get("sources") or {}
+    if sources:
+        parts.append("sources: " + ", ".join(f"{n} {label}" for label, n in sorted(sources.items())))
     lines.append(" · ".join(parts))
     where = []
     if run.get("git_sha"):
@@ -73,8 +80,10 @@ def _matrix(report: Mapping[str, Any]) -> list[str]:
     cells = {(c["model"], c["hardware"]): c for c in matrix["cells"]}
     lines = ["### Pass/fail matrix", "", "| model | " + " | ".join(_cell(hw) for hw in matrix["hardware"]) + " |",
              "|---|" + "---|" * len(matrix["hardware"])]
+    sources = matrix.get("sources") or {}
     for model in matrix["models"][:MAX_ROWS * 4]:
-        lines.append(f"| {_code(model)} | " + " | ".join(_matrix_cell(cells.get((model, hw))) for hw in matrix["hardware"]) + " |")
+        label = ", ".join(sources.get(model) or [])
+        lines.append(f"| {_code(model)}{f' ({_cell(label)})' if label else ''} | " + " | ".join(_matrix_cell(cells.get((model, hw))) for hw in matrix["hardware"]) + " |")
     if len(matrix["models"]) > MAX_ROWS * 4:
         lines.append(f"\n… and {len(matrix['models']) - MAX_ROWS * 4} more models (see the JSON or HTML report)")
     return lines + [""]
@@ -102,6 +111,8 @@ def _comparison_rows(entries: Sequence[Mapping[str, Any]]) -> list[str]:
     lines = ["| test | baseline ms | now ms | change | noise band | p |", "|---|---:|---:|---:|---:|---:|"]
     for e in entries[:MAX_ROWS]:
         note = " (template changed)" if e.get("template_changed") else ""
+        if e.get("stack_change"):
+            note += f" ({_cell(e['stack_change'])})"
         lines.append(
             f"| {_code(e['test_id'])}{note} | {_num(e.get('baseline_fast_ms'))} | {_num(e.get('current_fast_ms'))} "
             f"| {e['change']:+.1%} | ±{(e.get('noise') or 0):.0%} | {e.get('p_value') or 0:.1g} |"
@@ -140,11 +151,60 @@ def _slowest(report: Mapping[str, Any]) -> list[str]:
     slowest = [by_id[i] for i in report.get("slowest") or [] if i in by_id]
     if not slowest:
         return []
-    lines = ["### Slowest tests", "", "| test | status | time s | p50 ms | items/s | peak MB |", "|---|---|---:|---:|---:|---:|"]
+    lines = ["### Slowest tests", "", "| test | source | status | time s | p50 ms | items/s | peak MB |",
+             "|---|---|---|---:|---:|---:|---:|"]
     for t in slowest:
         m = t.get("metrics") or {}
-        lines.append(f"| {_code(t['test_id'])} | {t['status']} | {_num(t.get('duration_s'))} | {_num(m.get('latency_p50_ms'))} "
+        lines.append(f"| {_code(t['test_id'])} | {_cell(t.get('source') or 'synthetic')} | {t['status']} "
+                     f"| {_num(t.get('duration_s'))} | {_num(m.get('latency_p50_ms'))} "
                      f"| {_num(m.get('throughput_items_s'))} | {_num(t.get('peak_memory_mb'))} |")
+    return lines + [""]
+
+
+_VERDICT = {"pass": "✅ pass", "fail": "❌ FAIL", "reference": "reference", "off": "off", "n/a": "n/a"}
+
+
+
+def _parity(report: Mapping[str, Any]) -> list[str]:
+    groups = report.get("parity") or []
+    if not groups:
+        return []
+    lines = ["### Parity against cpu/fp32", "",
+             "Each backend and precision against the cpu/fp32 result of the same model and batch size in this run, "
+             "from the output fingerprints the tests recorded; tolerance = atol + rtol × RMS of the reference "
+             "(per precision, `dtf.parity.TOLERANCES`).", ""]
+    for group in groups[:MAX_ROWS]:
+        ref = f"reference {_code(group['reference_test_id'])}" if group.get("reference_test_id") else \
+            f"no {group['reference']} result in this run"
+        lines += [f"**{_code(group['model'])}** ({_cell(group['source'])}), batch {group['batch_size']}: {ref}", "",
+                  "| backend/precision | max abs | max rel | tolerance | output | verdict |", "|---|---:|---:|---:|---|---|"]
+        for c in group["cells"][:MAX_ROWS]:
+            verdict = _VERDICT.get(c["verdict"], _cell(c["verdict"]))
+            if c["verdict"] in ("fail", "n/a") and c.get("message"):
+                verdict += f": {_cell(c['message'][:200])}"
+            if c.get("basis") == "test" and c["verdict"] in ("pass", "fail"):
+                verdict += " (the test's own check)"
+            lines.append(f"| {_code(c['candidate'])} | {sci(c.get('max_abs'))} | {sci(c.get('max_rel'))} "
+                         f"| {sci(c.get('tolerance'))} | {_cell(c.get('output') or '')} | {verdict} |")
+        lines.append("")
+    if len(groups) > MAX_ROWS:
+        lines += [f"… and {len(groups) - MAX_ROWS} more models and batch sizes (see the JSON or HTML report)", ""]
+    return lines
+
+
+def _stacks(report: Mapping[str, Any]) -> list[str]:
+    stacks = report.get("stacks") or []
+    synthetic = (report.get("sources") or {}).get("synthetic", 0)
+    if not stacks:
+        return []
+    columns = [(k, h) for k, h in STACK_COLUMNS if any(s["stack"].get(k) is not None for s in stacks)]
+    lines = ["### Stack", "", "| hardware | tests | hosts | " + " | ".join(h for _, h in columns) + " |",
+             "|---|---:|---|" + "---|" * len(columns)]
+    for s in stacks[:MAX_ROWS]:
+        values = " | ".join(_cell("–" if s["stack"].get(k) is None else s["stack"][k]) for k, _ in columns)
+        lines.append(f"| {_cell(s['hardware'])} | {s['tests']} | {_cell(', '.join(s['hosts']))} | {values} |")
+    if synthetic:
+        lines += ["", f"{synthetic} synthetic test(s) (built-in workloads) record no stack."]
     return lines + [""]
 
 
@@ -163,5 +223,6 @@ def _skips(report: Mapping[str, Any]) -> list[str]:
 
 def render_markdown(report: Mapping[str, Any]) -> str:
     """The report as GitHub-flavoured Markdown."""
-    sections = [_header(report), _matrix(report), _failures(report), _comparison(report), _slowest(report), _skips(report)]
+    sections = [_header(report), _matrix(report), _failures(report), _parity(report), _comparison(report),
+                _stacks(report), _slowest(report), _skips(report)]
     return "\n".join(line for section in sections for line in section).rstrip() + "\n"
