@@ -289,6 +289,16 @@ def run(
     raise typer.Exit(_conclude(data, report_data, status_now, timeout, output_dir, fail_on_regression))
 
 
+def _unserved(client: Any, tests: Sequence[RenderedTest]) -> list[str]:
+    """Hardware kinds of these tests whose queue no live worker consumes while others are live."""
+    from .model import queue_for
+
+    served = {q for w in client.call("workers") if w.get("state") != "offline" for q in (w.get("queues") or ())}
+    if not served:
+        return []  # no live worker at all (a cluster starting up): nothing to judge by
+    return sorted({t.spec.hardware for t in tests if queue_for(t.spec.hardware) not in served})
+
+
 def _collect(client: Any, run_id: str, baseline: Optional[str], output_dir: Optional[Path]) -> tuple[Any, Any]:
     """A finished run's results, and its report data when reports or a baseline were asked for."""
     data = client.call("results", run_id=run_id)
@@ -309,8 +319,13 @@ def submit(
     output_dir: OutputDirOpt = None,
     baseline: BaselineOpt = None,
     fail_on_regression: FailOnRegressionOpt = False,
+    wait_unserved: Annotated[bool, typer.Option("--wait-unserved", help="With --wait: also wait for hardware no live worker serves (default: its tests are skipped, and named).")] = False,
 ) -> None:
     """Submit a suite to the coordinator through the broker; --wait watches it to the end.
+
+    With --wait, tests for hardware that no live worker serves (say cuda on a CPU-only
+    cluster) are skipped with the reason, so the run finishes; --wait-unserved waits for
+    a worker instead.
 
     With --wait it writes the reports (--output-dir) and exits 0 when all passed, 1 on
     failures (or regressions with --fail-on-regression), 2 on bad input, an
@@ -330,7 +345,17 @@ def submit(
     parsed, tests = _prepare(suite, settings, templates)
     client = CoordinatorClient(make_app(settings))
     _check_baseline(client, baseline)
-    run_id = client.submit(_run_meta(parsed), tests)
+    meta = _run_meta(parsed)
+    unserved = _unserved(client, tests)
+    if unserved:
+        count = sum(1 for t in tests if t.spec.hardware in unserved)
+        kinds = ", ".join(unserved)
+        if wait and not wait_unserved:
+            meta["info"]["skip_hardware"] = unserved
+            err.print(f"warning: no live worker serves {kinds}: its {count} tests are skipped (--wait-unserved waits for one)")
+        else:
+            err.print(f"warning: no live worker serves {kinds}: its {count} tests wait until one starts")
+    run_id = client.submit(meta, tests)
     out.print(run_id)
     if not wait:
         return

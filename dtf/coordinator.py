@@ -394,8 +394,27 @@ class Coordinator:
                 kinds = sorted({graph.tests[t].spec.hardware for t in missing})
                 reason = f"no worker here serves {', '.join(kinds)} (this machine has {', '.join(sorted(self.servable))})"
                 self._commit([], graph, graph.skip(missing, reason))
+        else:
+            self._skip_requested(graph)
         self._dispatch()
         self._finish_if_done(graph)
+
+    def _skip_requested(self, graph: RunGraph) -> None:
+        """Skip the hardware the submitter found no live worker for (`dtf submit --wait`
+        without --wait-unserved puts it in the run's info as ``skip_hardware``)."""
+        info = (self.store.run(graph.run_id) or {}).get("info")
+        try:
+            info = json.loads(info) if isinstance(info, str) else info
+        except ValueError:
+            info = None
+        kinds = info.get("skip_hardware") if isinstance(info, dict) else None
+        if not isinstance(kinds, list) or not kinds:
+            return
+        kinds = sorted({str(k) for k in kinds})
+        missing = [tid for tid, t in graph.tests.items() if t.spec.hardware in kinds and not t.final]
+        if missing:
+            reason = f"no live worker served {', '.join(kinds)} at submit (dtf submit --wait-unserved waits for one)"
+            self._commit([], graph, graph.skip(missing, reason))
 
     def _on_heartbeat(self, body: Mapping[str, Any]) -> None:
         """Store the worker's latest state and health, and append the health to its history.

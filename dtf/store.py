@@ -602,17 +602,21 @@ class Store:
     # -- baselines and report data (read-only) ---------------------------------------------
     def earlier_runs(self, run_id: str, *, limit: int = 1, hardware: str | None = None) -> list[dict[str, Any]]:
         """Finished runs of the same suite submitted before ``run_id``, newest first; with
-        ``hardware``, only those where at least one test on that hardware passed."""
+        ``hardware``, runs whose tests on that hardware are all finished (the run itself may
+        still wait for other hardware that never got a worker) and at least one passed."""
         sql = (
             "SELECT r.* FROM runs r JOIN runs cur ON cur.run_id = ?"
             " WHERE r.suite_name = cur.suite_name AND r.submitted_at < cur.submitted_at"
-            " AND r.status <> 'running'"
         )
         params: list[Any] = [run_id]
-        if hardware is not None:
+        if hardware is None:
+            sql += " AND r.status <> 'running'"
+        else:
             sql += (" AND EXISTS (SELECT 1 FROM tests t WHERE t.run_id = r.run_id"
-                    " AND t.hardware = ? AND t.status = 'passed')")
-            params.append(hardware)
+                    " AND t.hardware = ? AND t.status = 'passed')"
+                    " AND NOT EXISTS (SELECT 1 FROM tests t WHERE t.run_id = r.run_id"
+                    " AND t.hardware = ? AND t.status IN ('pending', 'queued', 'running'))")
+            params += [hardware, hardware]
         return self.query(sql + " ORDER BY r.submitted_at DESC LIMIT ?", [*params, limit])
 
     def fast_latencies(self, run_ids: Sequence[str], hardware: str, quantile: float) -> list[dict[str, Any]]:

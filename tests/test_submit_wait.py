@@ -59,7 +59,8 @@ def test_a_passing_run_exits_0_with_every_report_and_a_baseline_comparison(broke
 @pytest.mark.slow
 def test_a_timeout_exits_2_naming_the_tests_that_never_ran_and_still_writes_reports(broker: str, tmp_path: Path) -> None:
     out = tmp_path / "reports"
-    proc = submit(broker, tmp_path, str(suite(tmp_path, MIXED)), "--wait", "--timeout", "8", "--output-dir", str(out))
+    proc = submit(broker, tmp_path, str(suite(tmp_path, MIXED)), "--wait", "--wait-unserved", "--timeout", "8",
+                  "--output-dir", str(out))
     assert proc.returncode == 2, proc.stderr
     assert "1 tests never finished: mlp-gpu/cuda/bs1/fp32" in proc.stderr
     assert "no worker consumes dtf.cuda" in proc.stderr
