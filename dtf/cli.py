@@ -45,6 +45,25 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+
+def _flags_show_no_type() -> None:
+    """typer's help prints a type after every option, "<bool>" after flags too, as if
+    --wait took a value: show none for flags."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "dtf_flags", False):
+        return
+
+    def display_type_rich(self: Any, ctx: Any) -> Any:
+        return None if self.is_flag and self.metavar is None else shown(self, ctx)
+
+    display_type_rich.dtf_flags = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_show_no_type()
+
 EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
 
 BrokerOpt = Annotated[Optional[str], typer.Option("--broker", envvar="DTF_BROKER_URL", help="Broker URL, e.g. redis://127.0.0.1:6379/0.")]
@@ -231,6 +250,11 @@ def _exit_code(data: dict[str, Any]) -> int:
     return EXIT_FAILED if any(row["status"] in failing for row in data["tests"]) else EXIT_OK
 
 
+def _table_or_json(fmt: str) -> None:
+    if fmt not in ("table", "json"):
+        raise DtfError(f"--format: expected table or json, got {fmt!r}")
+
+
 def _emit(data: dict[str, Any], fmt: str) -> None:
     if fmt == "json":
         from .report.parity import lift
@@ -262,11 +286,14 @@ def run(
 
     Example: dtf run examples/smoke.yaml --db results.duckdb --output-dir reports --baseline latest
     """
+    _table_or_json(fmt)
     from .app import make_app
     from .client import CoordinatorClient
     from .embedded import EmbeddedCluster
     from .hardware import detect, select_queues
 
+    if workers < 1:
+        raise DtfError(f"--workers: expected at least 1, got {workers}")
     baseline = _baseline_choice(baseline, fail_on_regression)
     settings = _settings(broker_url=EMBEDDED_BROKER, db_path=db)
     settings = settings.with_overrides(broker_url=EMBEDDED_BROKER, sentinels=())
@@ -333,6 +360,7 @@ def submit(
 
     Example: DTF_BROKER_URL=redis://127.0.0.1:6379/0 dtf submit examples/smoke.yaml --wait --output-dir reports --baseline latest
     """
+    _table_or_json(fmt)
     from .app import make_app
     from .client import CoordinatorClient
 
@@ -386,7 +414,7 @@ def status(
 
     client = CoordinatorClient(make_app(_broker_settings(broker)))
     st = _wait(client, run_id, timeout) if wait else client.call("status", run_id=run_id)
-    out.print(_progress_line(st))
+    out.print(_progress_line(st), markup=False)
     out.print(f"state: {st['run']['status']}")
     if wait and not st["finished"]:
         data = client.call("results", run_id=run_id)
@@ -408,6 +436,7 @@ def results(
 
     Example: dtf results RUN_ID --format json
     """
+    _table_or_json(fmt)
     if db:
         with _report_store(db) as store:
             run_row = store.run(run_id)
@@ -522,6 +551,8 @@ def worker(
     for flag, value in (("--max-cpu-percent", max_cpu), ("--max-memory-percent", max_memory), ("--max-gpu-memory-percent", max_gpu_memory)):
         if value is not None and not 0 < value <= 100:
             raise DtfError(f"{flag}: expected a percentage in (0, 100], got {value:g}")
+    if concurrency is not None and concurrency < 1:
+        raise DtfError(f"--concurrency: expected at least 1, got {concurrency}")
     if heartbeat <= 0 or cooldown < 0 or max_rejections < 1:
         raise DtfError("--heartbeat-interval must be positive, --guard-cooldown not negative, --max-rejections at least 1")
     hw = detect()
@@ -637,6 +668,7 @@ def workers_cmd(
     A worker silent for 45 s (or three of its heartbeat intervals) shows as offline.
     Example: dtf workers --watch
     """
+    _table_or_json(fmt)
     from .app import make_app
     from .client import CoordinatorClient
 
@@ -837,11 +869,15 @@ def templates_render(
 
     Example: dtf templates render text_embedding/cpu --model bert-base-uncased --batch-size 4
     """
-    from .model import HARDWARE_KINDS, TestSpec
+    from .model import HARDWARE_KINDS, PRECISIONS, TestSpec
     from .suite import detect_family
 
     if hardware not in HARDWARE_KINDS:
         raise DtfError(f"--hardware: unknown hardware {hardware!r} (expected one of {', '.join(HARDWARE_KINDS)})")
+    if precision not in PRECISIONS:
+        raise DtfError(f"--precision: unknown precision {precision!r} (expected one of {', '.join(PRECISIONS)})")
+    if batch_size < 1:
+        raise DtfError(f"--batch-size: expected a positive integer, got {batch_size}")
     registry = _registry(_settings(), templates)
     spec = TestSpec(test_id=f"{model}/{hardware}/bs{batch_size}/{precision}", model=model,
                     family=detect_family(model), hardware=hardware, batch_size=batch_size,
@@ -915,7 +951,7 @@ class _PlainProgress:
         line, now = _progress_line(status), time.monotonic()
         due = now - self.last_print >= (_PLAIN_EVERY_S if line != self.last_line else _PLAIN_HEARTBEAT_S)
         if due or (status["finished"] and line != self.last_line):
-            err.print(line)
+            err.print(line, markup=False)
             self.last_line, self.last_print = line, now
 
 
@@ -1097,6 +1133,7 @@ def runs_cmd(
 
     Example: dtf runs --limit 5
     """
+    _table_or_json(fmt)
     if db:
         with _report_store(db) as store:
             rows = store.runs(limit)
