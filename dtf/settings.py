@@ -168,8 +168,8 @@ class Settings:
     tls_cert: str | None = None
     tls_key: str | None = None
     db_path: str = "dtf.duckdb"
-    spool_dir: str = ".dtf-spool"
-    state_dir: str = field(default_factory=lambda: default_state_dir(os.environ))  # dtf.state
+    spool_dir: str = ""  # "": <state_dir>/spool
+    state_dir: str = field(default_factory=lambda: default_state_dir({}))  # dtf.state; from_env reads XDG_STATE_HOME
     template_dirs: tuple[str, ...] = ()
     visibility_timeout_s: int = 4 * 3600
     result_batch_size: int = 500
@@ -186,6 +186,10 @@ class Settings:
     # Celery task events (task-received/started/succeeded) cost a broker publish each, per
     # test. Off by default, as in Celery: Flower turns them on in running workers itself.
     task_events: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.spool_dir:  # results wait in the state directory, not in whatever folder dtf started in
+            object.__setattr__(self, "spool_dir", os.path.join(self.state_dir, "spool"))
 
     def __repr__(self) -> str:
         # The dataclass repr would show a password written into broker_url.

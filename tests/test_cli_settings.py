@@ -75,3 +75,9 @@ def test_unusable_urls_say_why_without_the_password(url: str, says: str) -> None
     with pytest.raises(DtfError, match=says) as info:
         Settings.from_env({"DTF_BROKER_URL": url})
     assert "hunter2" not in str(info.value)
+
+
+def test_the_spool_lives_in_the_state_directory() -> None:
+    assert Settings.from_env({"XDG_STATE_HOME": "/xdg"}).spool_dir == "/xdg/dtf/spool"
+    assert Settings.from_env({"DTF_STATE_DIR": "/st"}).spool_dir == "/st/spool"
+    assert Settings.from_env({"DTF_STATE_DIR": "/st", "DTF_SPOOL_DIR": "/sp"}).spool_dir == "/sp"
