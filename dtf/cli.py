@@ -39,6 +39,8 @@ app = typer.Typer(
 )
 templates_app = typer.Typer(help="Inspect the test templates.", no_args_is_help=True)
 app.add_typer(templates_app, name="templates")
+models_app = typer.Typer(help="Real models: what this machine can run, fetch into the HF cache, inspect.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
 
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -124,6 +126,9 @@ def _prepare(suite_path: Path, settings: Settings, templates: Sequence[Path] | N
 
     registry = _registry(settings, templates)
     suite = load_suite(suite_path)
+    from .models.inspect import with_param_counts  # real parameter counts for memory estimates
+
+    suite = with_param_counts(suite)
     specs = expand_suite(suite, resolve_template=registry.resolve)
     return suite, render_suite(suite, specs, registry.render)
 
@@ -709,7 +714,7 @@ _STATE_STYLE = {"online": "green", "constrained": "yellow", "offline": "red"}
 
 def _workers_table(rows: Sequence[dict[str, Any]], now: float) -> Table:
     table = Table(title=f"workers ({datetime.fromtimestamp(now).strftime('%H:%M:%S')})")
-    for col in ("worker", "host", "state", "queues", "cpu %", "mem %", "load", "disk free GB", "gpu util/mem",
+    for col in ("worker", "host", "state", "queues", "sources", "cpu %", "mem %", "load", "disk free GB", "gpu util/mem",
                 "running", "profile", "last seen"):
         table.add_column(col, overflow="fold")
     for w in rows:
@@ -720,7 +725,8 @@ def _workers_table(rows: Sequence[dict[str, Any]], now: float) -> Table:
         shown = f"[{style}]{state}[/{style}]" if style else state
         table.add_row(
             w["worker_id"], w.get("hostname") or "", shown + (f" ({reasons})" if reasons and state == "constrained" else ""),
-            ", ".join(w.get("queues") or []), _fmt(h.get("cpu_percent"), 0), _fmt(h.get("memory_percent"), 0),
+            ", ".join(w.get("queues") or []), ", ".join((w.get("hardware") or {}).get("model_sources") or []) or "-",
+            _fmt(h.get("cpu_percent"), 0), _fmt(h.get("memory_percent"), 0),
             _fmt((h.get("load") or [None])[0]), _fmt(h.get("disk_free_gb"), 1), _gpu_cell(h.get("gpus") or []),
             _fmt(h.get("running")), h.get("profile") or "-",
             _age(now - float(w["last_seen"])) if w.get("last_seen") else "-",
@@ -883,6 +889,59 @@ def templates_render(
                     family=detect_family(model), hardware=hardware, batch_size=batch_size,
                     precision=precision, template=name)
     sys.stdout.write(registry.render(spec).source)
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+@models_app.command("list")
+@_errors
+def models_list(as_json: JsonOpt = False) -> None:
+    """What this machine can run: model sources and their packages, ONNX providers, the HF cache.
+
+    Example: dtf models list
+    """
+    from .models.commands import list_models
+
+    raise typer.Exit(list_models(out, as_json=as_json))
+
+
+@models_app.command("fetch")
+@_errors
+def models_fetch(
+    name: Annotated[str, typer.Argument(help="Hub id, e.g. prajjwal1/bert-tiny.")],
+    revision: Annotated[Optional[str], typer.Option("--revision", help="Branch, tag or commit.")] = None,
+) -> None:
+    """Download a model into the Hugging Face cache (needs the network; exit 2 offline).
+
+    Example: dtf models fetch prajjwal1/bert-tiny
+    """
+    from .models.commands import fetch_model
+
+    raise typer.Exit(fetch_model(out, name, revision=revision))
+
+
+@models_app.command("inspect")
+@_errors
+def models_inspect(
+    name: Annotated[str, typer.Argument(help="Model name or hub id.")],
+    source: Annotated[str, typer.Option("--source", help="hf or timm.")] = "hf",
+    weights: Annotated[str, typer.Option("--weights", help="pretrained (config from path or cache) or random (else defaults).")] = "pretrained",
+    path: Annotated[Optional[str], typer.Option("--path", help="A save_pretrained folder.")] = None,
+    revision: Annotated[Optional[str], typer.Option("--revision")] = None,
+    task: Annotated[str, typer.Option("--task")] = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Batch for the scheduler's estimate.")] = 1,
+    hardware: Annotated[str, typer.Option("--hardware", help="Hardware for the scheduler's estimate.")] = "cpu",
+    as_json: JsonOpt = False,
+) -> None:
+    """Architecture, parameter count and memory per precision, on torch's meta device (no weights).
+
+    Example: dtf models inspect bert-base-uncased --weights random
+    """
+    from .models.commands import inspect_command
+
+    raise typer.Exit(inspect_command(out, name, source=source, weights=weights, path=path, revision=revision, task=task,
+                                     batch_size=batch_size, hardware=hardware, as_json=as_json))
 
 
 @app.command()

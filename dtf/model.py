@@ -210,11 +210,13 @@ class HardwareProfile:
     browser: str | None = None  # a Chromium/Chrome binary for webgpu
     hardware_kinds: tuple[str, ...] = ("cpu",)  # kinds this machine can serve
     notes: tuple[str, ...] = ()  # probes that failed or were skipped, and why
+    model_sources: tuple[str, ...] = ()  # model sources it can run (dtf.models.source.PACKAGES_FOR_SOURCE)
+    model_packages: tuple[str, ...] = ()  # "torch 2.4.1", ...: the installed packages behind them
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["gpus"] = [g.to_dict() for g in self.gpus]
-        for key in ("torch_devices", "hardware_kinds", "notes"):
+        for key in ("torch_devices", "hardware_kinds", "notes", "model_sources", "model_packages"):
             d[key] = list(d[key])
         return d
 
@@ -227,4 +229,6 @@ class HardwareProfile:
             torch_devices=tuple(profile.torch_devices),
             hardware_kinds=tuple(profile.hardware_kinds),
             notes=tuple(profile.notes),
+            model_sources=tuple(profile.model_sources),
+            model_packages=tuple(profile.model_packages),
         )

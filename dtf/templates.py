@@ -82,13 +82,14 @@ _MAX_INT_BITS = 1 << 16  # ints a template multiplies stay far below what makes 
 
 
 def builtin_root() -> Path:
-    """The folder holding the built-in templates (the repository's ``templates/``)."""
-    repo_templates = Path(__file__).resolve().parent.parent / "templates"
-    if repo_templates.is_dir():
-        return repo_templates
-    # A wheel cannot ship a top-level folder, so a packaged build copies the templates
-    # to dtf/_templates.
-    return Path(__file__).resolve().parent / "_templates"
+    """The folder holding the built-in templates: ``dtf/_templates`` in an installed wheel
+    (setup.py copies the repository's ``templates/`` there: a wheel cannot ship a top-level
+    folder), else the repository's ``templates/`` (a checkout or ``pip install -e .``)."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "_templates"
+    if packaged.is_dir():
+        return packaged
+    return here.parent / "templates"
 
 
 @dataclass(frozen=True)

@@ -576,5 +576,7 @@ def test_every_row_label_is_known_to_the_cli_table() -> None:
         "torch devices",
         "browser",
         "hardware kinds",
+        "model sources",
+        "model packages",
         "note",
     }

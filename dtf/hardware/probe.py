@@ -420,6 +420,8 @@ def detect(
     no_devices: tuple[str, ...] = ()
     torch_devices = safely(host, "torch", lambda: _torch(host), no_devices)
     browser = safely(host, "browser", lambda: _browser(host), None)
+    no_sources: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+    model_sources, model_packages = safely(host, "model sources", lambda: _model_sources(host), no_sources)
     architecture = safely(host, "architecture", lambda: _architecture(host, sysctl), "")
     apple_silicon = name == "darwin" and (is_apple_silicon(sysctl) or architecture == "arm64")
 
@@ -445,7 +447,20 @@ def detect(
             name, gpus, apple_silicon=apple_silicon, torch_devices=torch_devices, browser=browser
         ),
         notes=tuple(host.notes),
+        model_sources=model_sources,
+        model_packages=model_packages,
     )
+
+
+def _model_sources(host: Host) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(model sources this interpreter can run, "package version" of what they need), from
+    package metadata only: nothing is imported. Empty when playing another machine."""
+    if not host.native:
+        return (), ()
+    from dtf.models.inspect import installed, runnable_sources
+
+    versions = installed()
+    return runnable_sources(versions), tuple(f"{p} {v}" for p, v in versions.items() if v)
 
 
 def _round(value: float | None) -> float | None:

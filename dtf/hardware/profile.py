@@ -174,6 +174,8 @@ def format_profile(profile: HardwareProfile) -> list[tuple[str, str]]:
         ("torch devices", ", ".join(profile.torch_devices) or "none"),
         ("browser", profile.browser or "none"),
         ("hardware kinds", ", ".join(profile.hardware_kinds)),
+        ("model sources", ", ".join(profile.model_sources) or "unknown"),
+        ("model packages", ", ".join(profile.model_packages) or "none"),
     ]
     rows += [("note", note) for note in profile.notes]
     return rows

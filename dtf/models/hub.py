@@ -72,7 +72,8 @@ def resolve(name: str, revision: str | None = None, *, path: str | None = None) 
         return path, folder_revision(path)
     hub = _hub()
     try:
-        folder = hub.snapshot_download(repo_id=name, revision=revision, local_files_only=True)
+        folder = hub.snapshot_download(repo_id=name, revision=revision, local_files_only=True,
+                                       cache_dir=str(cache_dir()))  # read now: the env may have changed since import
     except Exception as exc:  # LocalEntryNotFoundError, a malformed id, an unreadable cache
         raise ModelMissing(
             f"{name} is not in the HF cache of worker {platform.node()} ({cache_dir()}); "
@@ -85,7 +86,8 @@ def resolve(name: str, revision: str | None = None, *, path: str | None = None) 
 def fetch(name: str, revision: str | None = None, *, allow_patterns: list[str] | None = None) -> str:
     """Download a hub model into the cache; returns the snapshot folder."""
     hub = _hub()
-    folder: str = hub.snapshot_download(repo_id=name, revision=revision, allow_patterns=allow_patterns)
+    folder: str = hub.snapshot_download(repo_id=name, revision=revision, allow_patterns=allow_patterns,
+                                        cache_dir=str(cache_dir()))
     return folder
 
 
