@@ -478,7 +478,8 @@ def _suite_dir(path: str) -> Path:
 def _read_source(check: _Checker, spec: Mapping[str, Any], where: str, default: ModelSource, base: Path,
                  has_template: bool) -> tuple[ModelSource, dict[str, Any]]:
     """The model's source, resolved: its own keys over the suite's default. An entry that
-    names its own template and no source runs that template (labelled synthetic)."""
+    names its own template (or a family that is not a model family) and no source runs
+    that template, labelled synthetic."""
     written = {k: spec[k] for k in SOURCE_KEYS if spec.get(k) is not None}
     fallback = "synthetic" if has_template else default.source
     source = check.one_of(written.get("source", fallback), f"{where}source", MODEL_SOURCES, "source")
@@ -527,7 +528,11 @@ def _read_model(check: _Checker, item: object, where: str, default: ModelSource,
     if "name" not in spec:
         raise check.error(f"{where}.name", "required field missing")
     prefix = f"{where}."
-    source, written = _read_source(check, spec, prefix, default, base, spec.get("template") is not None)
+    # A template of its own, or a family that is a template folder rather than a model
+    # family (gate, my_family), means the user's template decides what runs.
+    family = spec.get("family")
+    own_template = spec.get("template") is not None or (isinstance(family, str) and family not in FAMILIES)
+    source, written = _read_source(check, spec, prefix, default, base, own_template)
     return ModelEntry(
         source=source,
         source_keys=written,
