@@ -9,7 +9,7 @@ set -uo pipefail
 out=${1:?usage: bench/gpu_check.sh OUTDIR [SUITE]}
 suite=${2:-examples/models.yaml}
 mkdir -p "$out"
-dtf() { python3 -m dtf "$@"; }
+dtf() { python3 -m dtf "$@"; }  # foreground use; background jobs call python3 directly so $! is the process
 
 dtf detect --json > "$out/detect.json" || echo "detect failed" >&2
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -17,9 +17,9 @@ port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0));
 redis_pid=$!
 export DTF_BROKER_URL="redis://127.0.0.1:$port/0"
 sleep 1
-dtf coordinator --db "$out/dtf.duckdb" > "$out/coordinator.log" 2>&1 &
+python3 -m dtf coordinator --db "$out/dtf.duckdb" > "$out/coordinator.log" 2>&1 &
 coordinator_pid=$!
-dtf worker --concurrency "${CONCURRENCY:-4}" > "$out/worker.log" 2>&1 &
+python3 -m dtf worker --concurrency "${CONCURRENCY:-4}" > "$out/worker.log" 2>&1 &
 worker_pid=$!
 
 dtf submit "$suite" --wait --timeout "${TIMEOUT:-420}" --format json --output-dir "$out/reports" > "$out/results.json"
