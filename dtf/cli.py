@@ -129,7 +129,9 @@ def _prepare(suite_path: Path, settings: Settings, templates: Sequence[Path] | N
     from .models.inspect import with_param_counts  # real parameter counts for memory estimates
 
     suite = with_param_counts(suite)
-    specs = expand_suite(suite, resolve_template=registry.resolve)
+    from .testtasks import collect_tests  # `tests:` entries: pytest collection here, at submit
+
+    specs = expand_suite(suite, resolve_template=registry.resolve, collect_tests=collect_tests)
     return suite, render_suite(suite, specs, registry.render)
 
 

@@ -45,6 +45,11 @@ __all__ = [
     "RunSettings",
     "ModelEntry",
     "DependencyEdge",
+    "TestTaskEntry",
+    "TEST_KEYS",
+    "TEST_SPLITS",
+    "PYTEST_FAMILY",
+    "PYTEST_TEMPLATE",
     "Suite",
     "TemplateResolver",
     "load_suite",
@@ -75,13 +80,19 @@ GENERIC_TEMPLATE_FAMILY = "generic"  # template folder for models of family "unk
 RUN_SETTING_KEYS = ("timeout_s", "retries", "iterations", "warmup")
 SUITE_KEYS = (
     "name", "description", "defaults", "models", "hardware", "batch_sizes", "precisions",
-    *RUN_SETTING_KEYS, "depends_on", "chain_batch_sizes", "source", "parity",
+    *RUN_SETTING_KEYS, "depends_on", "chain_batch_sizes", "source", "parity", "tests",
 )
 SOURCE_KEYS = ("source", "weights", "path", "revision", "task", "parity")
 MODEL_KEYS = (
     "name", "family", "template", "params", "hardware", "batch_sizes", "precisions", *RUN_SETTING_KEYS, *SOURCE_KEYS,
 )
 EDGE_KEYS = ("test", "after")
+# `tests:` entries: pytest files run as dtf tasks (collected and shipped by dtf.testtasks)
+TEST_KEYS = ("path", "args", "hardware", "split", "root", "timeout_s", "retries", "memory_gb")
+TEST_SPLITS = ("file", "case")
+PYTEST_FAMILY = "pytest"
+PYTEST_TEMPLATE = "pytest/run"
+_MAX_TEST_ARGS = 100
 
 _SUITE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 _FAMILY_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
@@ -147,6 +158,35 @@ class DependencyEdge:
 
 
 @dataclass(frozen=True)
+class TestTaskEntry:
+    """One entry of a suite's `tests` list: a pytest file or folder run as dtf tasks, one
+    per file or per collected case (`split`), on each hardware kind. `path` and `root` are
+    as written (relative to the suite file's folder); None means "use the suite's value"."""
+
+    __test__ = False  # not a pytest class
+
+    path: str
+    args: tuple[str, ...] = ()
+    hardware: tuple[str, ...] | None = None
+    split: str = "file"
+    root: str | None = None
+    timeout_s: float | None = None
+    retries: int | None = None
+    memory_gb: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"path": self.path, "split": self.split}
+        if self.args:
+            out["args"] = list(self.args)
+        if self.hardware is not None:
+            out["hardware"] = list(self.hardware)
+        for key in ("root", "timeout_s", "retries", "memory_gb"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
+
+
+@dataclass(frozen=True)
 class Suite:
     """A validated suite file. `source_hash` is the sha256 of the file's bytes."""
 
@@ -163,6 +203,7 @@ class Suite:
     path: str = "<suite>"
     default_source: str = "hf"
     parity: bool = True
+    tests: tuple[TestTaskEntry, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The suite as a JSON-safe document that `parse_suite` accepts again."""
@@ -178,7 +219,16 @@ class Suite:
             "chain_batch_sizes": self.chain_batch_sizes,
             "source": self.default_source,
             "parity": self.parity,
-        }
+            **({"tests": [t.to_dict() for t in self.tests]} if self.tests else {}),
+        } if self.models or not self.tests else self._tests_only_dict()
+
+    def _tests_only_dict(self) -> dict[str, Any]:
+        """A suite of only `tests:` has no models, batch sizes (or maybe hardware) to write."""
+        out = Suite.to_dict(replace(self, tests=()))
+        for key in ("models", "batch_sizes", "hardware"):
+            if not out[key]:
+                del out[key]
+        return {**out, "tests": [t.to_dict() for t in self.tests]}
 
 
 def _with_settings(base: RunSettings, values: Mapping[str, float | int]) -> RunSettings:
@@ -285,19 +335,24 @@ def parse_suite(data: object, path: str, *, source_hash: str | None = None) -> S
     default_source = check.one_of(_default(data.get("source"), "hf"), "source", MODEL_SOURCES, "source")
     parity = check.flag(_default(data.get("parity"), True), "parity")
     base = _suite_dir(path)
+    tests = _read_tests(check, data.get("tests"))
+    has_models = "models" in data or not tests  # a suite of only `tests:` needs no models
     suite = Suite(
         name=check.suite_name(data),
         description=check.optional_text(data.get("description"), "description"),
         defaults=_read_defaults(check, data),
-        models=_read_models(check, data, ModelSource(source=default_source, parity=parity), base),
-        hardware=check.choices(data, "hardware", HARDWARE_KINDS, "hardware", required=True) or (),
-        batch_sizes=check.batch_sizes(data, "batch_sizes", required=True) or (),
+        models=_read_models(check, data, ModelSource(source=default_source, parity=parity), base) if has_models else (),
+        hardware=check.choices(
+            data, "hardware", HARDWARE_KINDS, "hardware",
+            required=has_models or any(t.hardware is None for t in tests)) or (),
+        batch_sizes=check.batch_sizes(data, "batch_sizes", required=has_models) or (),
         precisions=check.choices(data, "precisions", PRECISIONS, "precision", required=False) or ("fp32",),
         depends_on=_read_edges(check, data.get("depends_on")),
         chain_batch_sizes=check.flag(_default(data.get("chain_batch_sizes"), True), "chain_batch_sizes"),
         path=path,
         default_source=default_source,
         parity=parity,
+        tests=tests,
     )
     if source_hash is None:
         canonical = json.dumps(suite.to_dict(), sort_keys=True, separators=(",", ":"))
@@ -518,6 +573,54 @@ def _read_models(check: _Checker, data: Mapping[str, object], default: ModelSour
         seen[entry.name] = i
         entries.append(entry)
     return tuple(entries)
+
+
+def _read_tests(check: _Checker, value: object) -> tuple[TestTaskEntry, ...]:
+    """The `tests:` list: pure validation; files are read and collected by dtf.testtasks."""
+    if value is None:
+        return ()
+    items = check.nonempty_list(value, "tests", "test entries ({path: ...})")
+    entries = tuple(_read_test(check, item, f"tests[{i}]") for i, item in enumerate(items))
+    return entries
+
+
+def _read_test(check: _Checker, item: object, where: str) -> TestTaskEntry:
+    if isinstance(item, str):
+        item = {"path": item}
+    spec = check.mapping(item, where, "a test file path or a mapping with a path")
+    check.known_keys(spec, TEST_KEYS, where)
+    prefix = f"{where}."
+    paths = {}
+    for key in ("path", "root"):
+        raw = spec.get(key)
+        if raw is None and key == "root":
+            continue
+        if not isinstance(raw, str) or not raw.strip() or _CONTROL_CHARS.search(raw) or "::" in raw:
+            what = "required field missing" if raw is None else f"expected a file or folder path, got {_show(raw)}"
+            raise check.error(f"{prefix}{key}", what)
+        paths[key] = raw.strip()
+    args: list[str] = []
+    if spec.get("args") is not None:
+        raw_args = spec["args"]
+        if not isinstance(raw_args, list) or len(raw_args) > _MAX_TEST_ARGS:
+            raise check.error(f"{prefix}args", f"expected a list of at most {_MAX_TEST_ARGS} strings, got {_show(raw_args)}")
+        for i, arg in enumerate(raw_args):
+            if isinstance(arg, bool) or not isinstance(arg, (str, int, float)) or _CONTROL_CHARS.search(str(arg)):
+                raise check.error(f"{prefix}args[{i}]", f"expected a command-line argument, got {_show(arg)}")
+            args.append(str(arg))
+    split = check.one_of(_default(spec.get("split"), "file"), f"{prefix}split", TEST_SPLITS, "split")
+    settings = check.run_settings({k: spec.get(k) for k in ("timeout_s", "retries")}, prefix)
+    memory = spec.get("memory_gb")
+    return TestTaskEntry(
+        path=paths["path"],
+        args=tuple(args),
+        hardware=check.choices(spec, "hardware", HARDWARE_KINDS, "hardware", required=False, prefix=prefix),
+        split=split,
+        root=paths.get("root"),
+        timeout_s=float(settings["timeout_s"]) if "timeout_s" in settings else None,
+        retries=int(settings["retries"]) if "retries" in settings else None,
+        memory_gb=None if memory is None else check.positive_number(memory, f"{prefix}memory_gb", 1e6, " of GB"),
+    )
 
 
 def _read_model(check: _Checker, item: object, where: str, default: ModelSource, base: Path) -> ModelEntry:
@@ -907,18 +1010,33 @@ def _unique_slugs(names: Sequence[str]) -> dict[str, str]:
 
 
 def expand_suite(
-    suite: Suite, *, resolve_template: TemplateResolver | None = None, max_tests: int = DEFAULT_MAX_TESTS
+    suite: Suite,
+    *,
+    resolve_template: TemplateResolver | None = None,
+    max_tests: int = DEFAULT_MAX_TESTS,
+    collect_tests: Callable[[Suite], Sequence[TestSpec]] | None = None,
 ) -> list[TestSpec]:
     """The suite's test matrix in a deterministic order (model order, hardware as listed,
-    batch size ascending, precision as listed), with dependency edges filled in."""
+    batch size ascending, precision as listed), with dependency edges filled in.
+
+    A suite with `tests:` needs ``collect_tests`` (``dtf.testtasks.collect_tests``: it
+    reads and collects the pytest files, which this pure module does not); its specs come
+    after the models' and take part in `depends_on` like any other test."""
     _check_count(suite, max_tests)
     resolve = resolve_template or default_template
     slugs = _unique_slugs([m.name for m in suite.models])
     specs = [spec for i, m in enumerate(suite.models) for spec in _expand_model(suite, i, slugs[m.name], resolve)]
+    if suite.tests:
+        if collect_tests is None:
+            raise SuiteError(suite.path, "tests", "test entries need collection (expand with dtf.testtasks.collect_tests)")
+        specs.extend(collect_tests(suite))
+        if len(specs) > max_tests:
+            raise SuiteError(suite.path, None, f"expands to {len(specs)} tests, over the cap of {max_tests}")
     ids = Counter(s.test_id for s in specs)
     clash = next((tid for tid, n in ids.items() if n > 1), None)
     if clash is not None:  # only a model literally named like another's hashed slug gets here
-        raise SuiteError(suite.path, "models", f"two models expand to the same test id {clash!r}; rename one")
+        where = "tests" if any(s.test_id == clash and s.family == PYTEST_FAMILY for s in specs) else "models"
+        raise SuiteError(suite.path, where, f"two entries expand to the same test id {clash!r}; rename one")
     deps = _dependency_map(suite, specs)
     specs = [replace(s, depends_on=deps.get(s.test_id, ())) for s in specs]
     validate_dependencies(specs, path=suite.path)
@@ -1102,7 +1220,8 @@ def render_suite(suite: Suite, specs: Sequence[TestSpec], render: Callable[[Test
         except SuiteError:
             raise
         except DtfError as exc:
-            where = f"models[{index[spec.model]}]" if spec.model in index else "models"
+            where = f"models[{index[spec.model]}]" if spec.model in index else (
+                "tests" if spec.family == PYTEST_FAMILY else "models")
             raise SuiteError(suite.path, where, f"{exc} (test {spec.test_id})") from exc
     return rendered
 

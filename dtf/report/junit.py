@@ -10,6 +10,11 @@ schema allows ``<properties>`` only on a testsuite, it is the suite's property
 ``dtf.parity.<classname>.<name>`` (value "pass max_rel=2.4e-02 tolerance=2.1e-01 ..."), and
 a ``parity:`` line of the test's system-out; its source ("synthetic" for a built-in
 workload) is a ``source:`` line there too.
+
+Test tasks (pytest files, docs/test-tasks.md): each pytest case of a task's
+``metrics.cases`` is its own ``<testcase>`` with pytest's classname and name (as pytest's
+own JUnit XML names it), outcome, message and duration; xfailed is a skip, xpassed a pass.
+A task that reported no cases (a timeout, a crash) stays one testcase.
 """
 
 from __future__ import annotations
@@ -41,10 +46,14 @@ def _first_line(text: str | None, fallback: str) -> str:
 def testcase_classname(test: Mapping[str, Any]) -> str:
     """``family.model``; dots inside a model name become underscores, since JUnit
     viewers read dots in a classname as package separators."""
+    if "case_classname" in test:
+        return str(test["case_classname"])
     return f"{test.get('family') or 'unknown'}.{str(test['model']).replace('.', '_')}"
 
 
 def testcase_name(test: Mapping[str, Any]) -> str:
+    if "case_name" in test:
+        return str(test["case_name"])
     return f"bs{test['batch_size']} {test['precision']}"
 
 
@@ -60,9 +69,36 @@ def _seconds(value: Any) -> str:
     return f"{float(value or 0.0):.3f}"
 
 
+_CASE_STATUS = {"passed": "passed", "xpassed": "passed", "failed": "failed", "error": "error",
+                "skipped": "skipped", "xfailed": "skipped"}
+
+
+def _case_rows(test: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """A test task's pytest cases as testcase rows (the task's own row when it has none)."""
+    cases = (test.get("metrics") or {}).get("cases")
+    if test.get("family") != "pytest" or not isinstance(cases, list) or not cases:
+        return [test]
+    rows = []
+    for case in cases:
+        if not isinstance(case, Mapping):
+            continue
+        outcome = str(case.get("outcome"))
+        message = str(case.get("message") or "")
+        if outcome == "xfailed":
+            message = f"xfail: {message}" if message else "xfail"
+        rows.append({**test, "status": _CASE_STATUS.get(outcome, "error"), "duration_s": case.get("duration_s"),
+                     "error": "\n\n".join(x for x in (message, str(case.get("details") or "")) if x) or None,
+                     "reason": message or None, "stderr_tail": None, "metrics": {},
+                     "case_classname": str(case.get("classname") or ""), "case_name": str(case.get("name") or "?"),
+                     "case_nodeid": str(case.get("nodeid") or ""), "case_outcome": outcome})
+    return rows or [test]
+
+
 def _system_out(test: Mapping[str, Any], comparison: Mapping[str, Any] | None) -> str:
     lines = [f"test_id: {test['test_id']}", f"template: {test.get('template')} ({test.get('template_hash')})",
              f"worker: {test.get('worker_id') or '-'} on {test.get('hostname') or '-'}; attempts {test.get('attempts')}"]
+    if test.get("case_nodeid"):
+        lines.append(f"pytest: {test['case_nodeid']} ({test.get('case_outcome')})")
     if test.get("peak_memory_mb") is not None:
         lines.append(f"peak_memory_mb: {test['peak_memory_mb']:.1f}")
     lines.append(f"source: {test.get('source') or 'synthetic'}")
@@ -158,7 +194,7 @@ def render_junit(report: Mapping[str, Any], *, regressions_fail: bool = False) -
     run = report["run"]
     by_test = {c["test_id"]: c for c in (report.get("comparison") or {}).get("entries") or []}
     regressed = {tid for tid, c in by_test.items() if regressions_fail and c["verdict"] == "regression"}
-    tests = report["tests"]
+    tests = [row for test in report["tests"] for row in _case_rows(test)]
     root = ET.Element("testsuites", name=_xml_text(f"dtf {run.get('suite_name')} {run.get('run_id')}"),
                       time=_seconds(sum(float(t.get("duration_s") or 0) for t in tests)),
                       **{k: str(v) for k, v in _counts(tests, regressed).items() if k != "skipped"})
