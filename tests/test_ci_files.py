@@ -72,6 +72,16 @@ def script_submit_options() -> set[str]:
     return set(re.findall(r"(--[a-z][a-z-]+)", " ".join(re.findall(r"args\+?=\((.*)\)", text))))
 
 
+@pytest.mark.parametrize(("schema", "path"), [("vendor.github-workflows", GITHUB), ("vendor.gitlab-ci", GITLAB)])
+def test_the_pipelines_pass_their_platforms_schema(schema: str, path: Path) -> None:
+    """GitHub's workflow schema and GitLab's CI schema, as check-jsonschema ships them (offline)."""
+    check = REPO / ".venv" / "bin" / "check-jsonschema"
+    command = [str(check)] if check.exists() else [sys.executable, "-m", "check_jsonschema"]
+    pytest.importorskip("check_jsonschema")
+    proc = subprocess.run([*command, "--builtin-schema", schema, str(path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def test_the_github_workflow_runs_redis_a_coordinator_workers_and_submit_and_wait() -> None:
     doc = github()
     triggers = doc.get("on", doc.get(True))
@@ -146,8 +156,8 @@ def test_the_pipelines_shell_steps_pass_shellcheck(source: str, tmp_path: Path) 
 
 
 # -- the script, for real ------------------------------------------------------------------------------
-PASSING = "name: ci-pass\ndefaults: {iterations: 10, warmup: 1, retries: 0}\nmodels: [mlp-ci]\nhardware: [cpu]\nbatch_sizes: [1]\n"
-FAILING = ("name: ci-fail\ndefaults: {iterations: 10, warmup: 1, retries: 0}\nmodels:\n  - mlp-ci\n"
+PASSING = "name: ci-pass\nsource: synthetic\ndefaults: {iterations: 10, warmup: 1, retries: 0}\nmodels: [mlp-ci]\nhardware: [cpu]\nbatch_sizes: [1]\n"
+FAILING = ("name: ci-fail\nsource: synthetic\ndefaults: {iterations: 10, warmup: 1, retries: 0}\nmodels:\n  - mlp-ci\n"
            "  - {name: broken-model, family: probe, template: probe/fail}\nhardware: [cpu]\nbatch_sizes: [1]\n")
 
 
