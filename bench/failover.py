@@ -35,7 +35,7 @@ import redis  # noqa: E402
 from dtf.ha import redis_from_settings  # noqa: E402
 from tests.conftest import Processes  # noqa: E402
 from tests.ha.cluster import Deployment  # noqa: E402
-from tests.ha.conftest import SentinelCluster, wait_until, write_suite  # noqa: E402
+from tests.ha.conftest import SentinelCluster, write_suite  # noqa: E402
 
 TTL_MS = 3000
 CONTROL_VISIBILITY_S = 5

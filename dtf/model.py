@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import sys
 import enum
 from dataclasses import dataclass, field
@@ -57,9 +56,14 @@ def queue_for(hardware: str) -> str:
     return f"dtf.{hardware}"
 
 
-@functools.lru_cache(maxsize=None)
+_FIELD_NAMES: dict[type, frozenset[str]] = {}
+
+
 def _field_names(cls: type) -> frozenset[str]:
-    return frozenset(f.name for f in dataclasses.fields(cls))
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = frozenset(f.name for f in dataclasses.fields(cls))
+    return names
 
 
 def _from_fields(cls: type, data: Mapping[str, Any]) -> Any:
@@ -225,7 +229,7 @@ class HardwareProfile:
         profile: HardwareProfile = _from_fields(cls, data)
         return dataclasses.replace(
             profile,
-            gpus=tuple(GpuInfo.from_dict(g) for g in profile.gpus),
+            gpus=tuple(GpuInfo.from_dict(g) for g in data.get("gpus") or ()),  # dicts on the wire
             torch_devices=tuple(profile.torch_devices),
             hardware_kinds=tuple(profile.hardware_kinds),
             notes=tuple(profile.notes),

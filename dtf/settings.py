@@ -19,7 +19,10 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from .errors import DtfError
 from .state import default_state_dir
 
-__all__ = ["Settings", "EMBEDDED_BROKER", "check_broker_url", "redact_url", "ENV_PREFIX", "SECRET_ENV_VARS", "scrub_secrets", "hide_own_secrets"]
+__all__ = [
+    "Settings", "EMBEDDED_BROKER", "check_broker_url", "redact_url", "ENV_PREFIX", "SECRET_ENV_VARS", "scrub_secrets",
+    "hide_own_secrets",
+]
 
 EMBEDDED_BROKER = "memory://"
 ENV_PREFIX = "DTF_"

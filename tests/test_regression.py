@@ -5,29 +5,22 @@ tree run twice, then a template slowed by 20%."""
 from __future__ import annotations
 
 import json
-import math
-import os
 import random
-import shutil
 import subprocess
 import sys
-from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from dtf.regression import (
-    Rule,
     compare_runs,
     compare_samples,
     count_verdicts,
     mann_whitney_greater,
     quantile,
 )
-from dtf.store import Store
 
-from .conftest import REPO, dtf_cmd, dtf_env
+from .conftest import REPO
 from .test_report_rows import BASE_ID, latencies, row_for
 
 

@@ -273,7 +273,7 @@ def test_a_regression_whose_stack_changed_says_so() -> None:
     doc = doc_of([now], baseline=baseline)
     assert doc["comparison"]["entries"][0]["stack_change"] == "the stack changed: torch 2.13.0 -> 2.14.1"
     md = render(doc, "md")
-    line = next(l for l in md.splitlines() if l.startswith("| `bert-base-uncased/cpu/bs2/fp32`") and "%" in l)
+    line = next(row for row in md.splitlines() if row.startswith("| `bert-base-uncased/cpu/bs2/fp32`") and "%" in row)
     assert "(the stack changed: torch 2.13.0 -> 2.14.1)" in line
     assert "the stack changed: torch 2.13.0 -&gt; 2.14.1" in render(doc, "html")
     assert "the stack changed: torch 2.13.0 -&gt; 2.14.1" in render(doc, "junit", regressions_fail=True)

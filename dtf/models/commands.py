@@ -54,7 +54,7 @@ def list_models(out: Console, *, as_json: bool = False) -> int:
     versions = report["packages"]
     for source, info in report["sources"].items():
         needs = ", ".join(f"{p} {versions.get(p) or '(not installed)'}" for p in info["needs"]) or "numpy (built in)"
-        packages.add_row(source, "yes" if info["runnable"] else f"no: pip install 'dtf[models]'", needs)
+        packages.add_row(source, "yes" if info["runnable"] else "no: pip install 'dtf[models]'", needs)
     out.print(packages)
     extra = ", ".join(f"{p} {v}" for p, v in versions.items() if v and not any(p in i["needs"] for i in report["sources"].values()))
     providers = report["onnx_providers"]

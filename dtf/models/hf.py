@@ -10,7 +10,6 @@ any config field (a tiny ``num_hidden_layers: 2`` for a quick test).
 
 from __future__ import annotations
 
-import re
 from typing import Any, Mapping
 
 import numpy as np

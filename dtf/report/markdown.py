@@ -83,7 +83,8 @@ def _matrix(report: Mapping[str, Any]) -> list[str]:
     sources = matrix.get("sources") or {}
     for model in matrix["models"][:MAX_ROWS * 4]:
         label = ", ".join(sources.get(model) or [])
-        lines.append(f"| {_code(model)}{f' ({_cell(label)})' if label else ''} | " + " | ".join(_matrix_cell(cells.get((model, hw))) for hw in matrix["hardware"]) + " |")
+        name = f"{_code(model)}{f' ({_cell(label)})' if label else ''}"
+        lines.append(f"| {name} | " + " | ".join(_matrix_cell(cells.get((model, hw))) for hw in matrix["hardware"]) + " |")
     if len(matrix["models"]) > MAX_ROWS * 4:
         lines.append(f"\n… and {len(matrix['models']) - MAX_ROWS * 4} more models (see the JSON or HTML report)")
     return lines + [""]

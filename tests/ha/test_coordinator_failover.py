@@ -13,7 +13,7 @@ import pytest
 
 from ..conftest import Processes, RedisServer
 from .cluster import Deployment
-from .conftest import wait_until, write_suite
+from .conftest import write_suite
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from dtf.errors import SuiteError, TemplateError, TemplateNotFound
 from dtf.model import TestSpec
 from dtf.suite import expand_suite, parse_suite
-from dtf.templates import MAX_OUTPUT_BYTES, TemplateRegistry, pyrepr
+from dtf.templates import MAX_OUTPUT_BYTES, TemplateRegistry
 
 from .conftest import TEMPLATES
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kombu import Connection, Exchange, Producer, Queue
+from kombu import Connection, Producer, Queue
 
 from dtf import app as app_module
 from dtf.app import RUN_TEST, TASK_EXCHANGE, make_app

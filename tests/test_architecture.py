@@ -1,0 +1,97 @@
+"""Import contracts and the checks CI runs on the code itself.
+
+- The pure core (data, suites, scheduling, parity, model sources) imports neither Celery,
+  kombu, Redis, DuckDB nor a model framework: it is checked in a fresh interpreter.
+- Only the CLI decides exit codes: no other module exits, except the ones that are the
+  entry point of a test process or of a `python -m` helper, listed here with the reason.
+- docs/architecture.md names every module of the package, and nothing that is gone.
+- ruff (style and errors) and mypy (strict, on the pure core) pass with the config in
+  pyproject.toml.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO
+
+PACKAGE = REPO / "dtf"
+PURE_CORE = ("dtf.model", "dtf.parity", "dtf.schedule", "dtf.suite", "dtf.models.source", "dtf.errors",
+             "dtf.paths", "dtf.harness")
+HEAVY = ("celery", "kombu", "redis", "duckdb", "pyarrow", "torch", "transformers", "timm", "onnxruntime", "jinja2",
+         "dtf.store", "dtf.app", "dtf.coordinator", "dtf.worker")
+# module -> why it may end the process itself
+MAY_EXIT = {
+    "dtf/cli.py": "the command line: exit codes are decided here",
+    "dtf/harness.py": "runs inside the test's own process: its exit code is the test's outcome",
+    "dtf/runner.py": "the fork server's child ends with the test's exit code",
+    "dtf/models/webgpu.py": "`python -m dtf.models.webgpu setup|check`",
+    "dtf/models/inspect.py": "the child process that counts parameters (`python -m dtf.models.inspect --count`)",
+    "dtf/flower.py": "`celery -A dtf.flower:app flower`: Celery's entry point, not dtf's CLI",
+}
+
+
+def test_the_pure_core_imports_no_broker_database_or_framework() -> None:
+    code = ("import json, sys\n"
+            f"for name in {list(PURE_CORE)!r}: __import__(name)\n"
+            f"print(json.dumps(sorted(m for m in {list(HEAVY)!r} if m in sys.modules)))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == []
+
+
+def _exits(path: Path) -> list[int]:
+    """Lines that end the process: sys.exit, os._exit, raise SystemExit, typer.Exit."""
+    lines = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        target = node.exc if isinstance(node, ast.Raise) else node.func if isinstance(node, ast.Call) else None
+        if isinstance(target, ast.Call):
+            target = target.func
+        name = ast.unparse(target) if target is not None else ""
+        if name in ("sys.exit", "os._exit", "SystemExit", "typer.Exit", "exit", "quit"):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_only_the_cli_and_process_entry_points_exit() -> None:
+    found = {str(p.relative_to(REPO)): _exits(p) for p in sorted(PACKAGE.rglob("*.py")) if "_templates" not in p.parts}
+    offenders = {path: lines for path, lines in found.items() if lines and path not in MAY_EXIT}
+    assert offenders == {}, "raise a DtfError instead and let dtf/cli.py choose the exit code"
+    assert found["dtf/cli.py"], "the CLI is where exit codes are decided"
+
+
+def test_the_architecture_doc_maps_every_module() -> None:
+    doc = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"`(dtf/[\w/]+\.py)`", doc))
+    tracked = subprocess.run(["git", "ls-files", "dtf"], capture_output=True, text=True, cwd=REPO).stdout.split()
+    modules = {p for p in tracked if p.endswith(".py")} or {str(p.relative_to(REPO)) for p in PACKAGE.rglob("*.py")}
+    assert modules - named == set(), "add these modules to docs/architecture.md"
+    assert named - modules == set(), "docs/architecture.md names modules that do not exist"
+
+
+def _tool(name: str) -> str:
+    local = Path(sys.executable).with_name(name)
+    found = str(local) if local.exists() else shutil.which(name)
+    if found is None:
+        pytest.skip(f"{name} is not installed (pip install -e '.[dev]')")
+    return found
+
+
+def test_ruff_passes() -> None:
+    proc = subprocess.run([_tool("ruff"), "check", "dtf", "bench", "tests"], capture_output=True, text=True,
+                          timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_mypy_passes_strict_on_the_pure_core() -> None:
+    files = [str(Path(*m.split(".")).with_suffix(".py")) for m in PURE_CORE if m != "dtf.harness"]
+    proc = subprocess.run([_tool("mypy"), *files], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
