@@ -24,7 +24,7 @@ from rich.table import Table
 
 from . import __version__
 from .errors import DtfError
-from .model import RenderedTest
+from .model import FINAL_ORDER, UNFINISHED_ORDER, RenderedTest
 from .settings import EMBEDDED_BROKER, Settings, hide_own_secrets
 from .state import remove_worker_record, write_worker_record
 
@@ -982,8 +982,8 @@ def keygen(
 OutputDirOpt = Annotated[Optional[Path], typer.Option("--output-dir", help="Write report.json, report.md, report.html and junit.xml here.")]
 BaselineOpt = Annotated[Optional[str], typer.Option("--baseline", help="Compare performance with this run id, or 'latest' (the latest earlier run of the same suite per hardware).")]
 FailOnRegressionOpt = Annotated[bool, typer.Option("--fail-on-regression", help="Exit 1 when a performance regression is flagged (implies --baseline latest).")]
-_FINAL = ("passed", "failed", "error", "timeout", "skipped")
-_UNFINISHED = ("pending", "queued", "running")
+_FINAL = tuple(s.value for s in FINAL_ORDER)
+_UNFINISHED = tuple(s.value for s in UNFINISHED_ORDER)
 _PLAIN_EVERY_S = 5.0  # at most one plain progress line this often while it changes
 _PLAIN_HEARTBEAT_S = 30.0  # and one anyway this often, so CI logs show the wait is alive
 

@@ -18,6 +18,10 @@ __all__ = [
     "PRECISIONS",
     "FINAL_STATUSES",
     "FAILING_STATUSES",
+    "UNFINISHED_STATUSES",
+    "FINAL_ORDER",
+    "FAILING_ORDER",
+    "UNFINISHED_ORDER",
     "Status",
     "TestSpec",
     "RenderedTest",
@@ -47,8 +51,14 @@ class Status(str, enum.Enum):
         return self.value
 
 
-FINAL_STATUSES = frozenset({Status.PASSED, Status.FAILED, Status.ERROR, Status.TIMEOUT, Status.SKIPPED})
-FAILING_STATUSES = frozenset({Status.FAILED, Status.ERROR, Status.TIMEOUT})
+# The one status vocabulary. Status is a str enum, so these hold for plain strings too
+# ("failed" in FAILING_STATUSES); the *_ORDER tuples are the order reports show them in.
+FINAL_ORDER: tuple[Status, ...] = (Status.PASSED, Status.FAILED, Status.ERROR, Status.TIMEOUT, Status.SKIPPED)
+FAILING_ORDER: tuple[Status, ...] = (Status.FAILED, Status.ERROR, Status.TIMEOUT)
+UNFINISHED_ORDER: tuple[Status, ...] = (Status.PENDING, Status.QUEUED, Status.RUNNING)
+FINAL_STATUSES = frozenset(FINAL_ORDER)
+FAILING_STATUSES = frozenset(FAILING_ORDER)
+UNFINISHED_STATUSES = frozenset(UNFINISHED_ORDER)
 
 
 def queue_for(hardware: str) -> str:

@@ -9,6 +9,7 @@ import math
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping, Sequence
 
+from ..model import FAILING_ORDER, FINAL_ORDER, UNFINISHED_ORDER
 from ..regression import Rule, compare_runs, count_verdicts, key_of
 from .parity import lift, parity_matrix, source_label, stack_table
 
@@ -26,9 +27,10 @@ __all__ = [
 
 SCHEMA = "dtf-report"
 SCHEMA_VERSION = 1
-FINAL_STATUSES: tuple[str, ...] = ("passed", "failed", "error", "timeout", "skipped")
-FAILING_STATUSES: tuple[str, ...] = ("failed", "error", "timeout")
-UNFINISHED_STATUSES: tuple[str, ...] = ("pending", "queued", "running")
+# Plain strings in report order, from the one vocabulary in dtf.model (reports are JSON).
+FINAL_STATUSES: tuple[str, ...] = tuple(s.value for s in FINAL_ORDER)
+FAILING_STATUSES: tuple[str, ...] = tuple(s.value for s in FAILING_ORDER)
+UNFINISHED_STATUSES: tuple[str, ...] = tuple(s.value for s in UNFINISHED_ORDER)
 _ALL_STATUSES = FINAL_STATUSES + UNFINISHED_STATUSES
 _TEST_FIELDS = (
     "test_id", "model", "family", "hardware", "batch_size", "precision", "template", "template_hash",

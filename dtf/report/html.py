@@ -16,7 +16,7 @@ from html import escape
 from typing import Any, Mapping, Sequence
 
 from ..regression import quantile
-from .document import FAILING_STATUSES, UNFINISHED_STATUSES, comparisons_of
+from .document import FAILING_STATUSES, FINAL_STATUSES, UNFINISHED_STATUSES, comparisons_of
 from .parity import STACK_COLUMNS, parity_label, sci
 from .svg import PALETTE, Point, Series, change_bars, fmt_number, histogram, line_chart
 
@@ -101,7 +101,7 @@ def _banner(report: Mapping[str, Any]) -> str:
 def _cards(report: Mapping[str, Any]) -> str:
     totals = report["totals"]
     cards = [("tests", totals["tests"], "#111827")]
-    cards += [(s, totals[s], STATUS_COLOR[s]) for s in ("passed", "failed", "error", "timeout", "skipped") if totals.get(s)]
+    cards += [(s, totals[s], STATUS_COLOR[s]) for s in FINAL_STATUSES if totals.get(s)]
     if totals.get("unfinished"):
         cards.append(("never finished", totals["unfinished"], STATUS_COLOR["unfinished"]))
     if report.get("comparison"):
@@ -252,7 +252,7 @@ def _perf_charts(report: Mapping[str, Any]) -> str:
 
 def _durations(report: Mapping[str, Any]) -> str:
     stacks = []
-    for status in ("passed", "failed", "error", "timeout", "skipped"):
+    for status in FINAL_STATUSES:
         values = [float(t["duration_s"]) for t in report["tests"] if t["status"] == status and t.get("duration_s")]
         if values:
             stacks.append((status, STATUS_COLOR[status], values))

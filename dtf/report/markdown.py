@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from .document import FAILING_STATUSES, UNFINISHED_STATUSES, comparisons_of
+from .document import FAILING_STATUSES, FINAL_STATUSES, UNFINISHED_STATUSES, comparisons_of
 from .parity import STACK_COLUMNS, sci
 
 __all__ = ["render_markdown", "MAX_ROWS"]
@@ -43,7 +43,7 @@ def _header(report: Mapping[str, Any]) -> list[str]:
     regressed = f", {report['regressions']} performance regression(s)" if report.get("regressions") else ""
     lines = [f"## {_ICON.get(verdict, '')} dtf: {verdict}{regressed} — suite {_code(run['suite_name'])}, run {_code(run['run_id'])}", ""]
     parts = [f"**{totals['tests']} tests**"]
-    parts += [f"{_STATUS_ICON[s]} {totals[s]} {s}" for s in ("passed", "failed", "error", "timeout", "skipped") if totals.get(s)]
+    parts += [f"{_STATUS_ICON[s]} {totals[s]} {s}" for s in FINAL_STATUSES if totals.get(s)]
     if totals.get("unfinished"):
         parts.append(f"⏳ {totals['unfinished']} never finished")
     sources = report.get("sources") or {}
