@@ -30,6 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import PYTHON, add_common_args, dtf_env, emit, redis_server, summary, workdir  # noqa: E402
 
+# The echo worker below answers with plain kombu JSON: this bench measures the coordinator's
+# memory, not signing, so every process of it runs unsigned (this one and the children).
+os.environ["DTF_INSECURE_NO_SIGNING"] = "1"
+
 
 import psutil  # noqa: E402
 
@@ -99,7 +103,7 @@ class RssSampler(threading.Thread):
 
 
 def one_size(tmp: Path, url: str, n: int, reps: int) -> dict[str, Any]:
-    env = dtf_env(DTF_BROKER_URL=url, DTF_LOG_LEVEL="WARNING")
+    env = dtf_env(DTF_BROKER_URL=url, DTF_LOG_LEVEL="WARNING", DTF_INSECURE_NO_SIGNING="1")
     procs: list[subprocess.Popen[bytes]] = []
     log = open(tmp / f"coordinator-{n}.log", "wb")
     coordinator = subprocess.Popen([PYTHON, "-m", "dtf.cli", "coordinator", "--db", str(tmp / f"scale-{n}.duckdb")],

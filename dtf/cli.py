@@ -381,7 +381,7 @@ def submit(
     client = CoordinatorClient(make_app(settings))
     _check_baseline(client, baseline)
     meta = _run_meta(parsed)
-    unserved = _unserved(client, tests)
+    unserved = _unserved(client, tests) if wait else []  # without --wait nothing waits: ask nobody
     if unserved:
         count = sum(1 for t in tests if t.spec.hardware in unserved)
         kinds = ", ".join(unserved)

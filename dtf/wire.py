@@ -62,7 +62,7 @@ MAX_MAP_BYTES = 256 * 1024  # metrics, a heartbeat's hardware and health, as JSO
 MAX_QUEUES = 64
 RESULT_STATUSES = frozenset(s.value for s in FINAL_STATUSES)
 WORKER_STATES = frozenset({"online", "constrained", "offline"})
-REPLY_TO = re.compile(r"dtf\.reply\.[0-9a-f]{32}")
+REPLY_TO = re.compile(r"dtf\.reply\.[A-Za-z0-9_-]{1,64}")  # a reply queue, never a work queue
 CONTROL_OPS = frozenset({"submit", "heartbeat", "started"})  # plus dtf.client.QUERY_OPS
 
 

@@ -34,10 +34,18 @@ def app() -> celery.Celery:
 
 
 def test_the_app_speaks_json_only(app: celery.Celery) -> None:
+    """Signed by default (an HMAC envelope around JSON, dtf-signed); plain JSON only with the
+    loud opt-out; never pickle or any other content type."""
     conf = app.conf
-    assert (conf.task_serializer, conf.result_serializer) == ("json", "json")
-    assert list(conf.accept_content) == ["json"] and list(conf.result_accept_content) == ["json"]
-    assert app.tasks[RUN_TEST].serializer == "json"
+    assert (conf.task_serializer, conf.result_serializer) == ("dtf-signed", "dtf-signed")
+    assert list(conf.accept_content) == ["dtf-signed"] and list(conf.result_accept_content) == ["dtf-signed"]
+    assert app.tasks[RUN_TEST].serializer == "dtf-signed"
+
+
+def test_with_the_insecure_opt_out_the_app_speaks_plain_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DTF_INSECURE_NO_SIGNING", "1")
+    conf = make_app(Settings(broker_url="redis://127.0.0.1:6379/0")).conf
+    assert (conf.task_serializer, list(conf.accept_content)) == ("json", ["json"])
 
 
 def test_tests_are_acknowledged_late_and_rejected_when_the_worker_is_lost(app: celery.Celery) -> None:

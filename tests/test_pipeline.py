@@ -20,6 +20,7 @@ PROBE_TEMPLATES = REPO / "tests" / "fixtures" / "pipeline_templates"
 
 SUITE = """
 name: pipeline
+source: synthetic
 defaults: {{timeout_s: 90, iterations: 3, warmup: 1, retries: 0}}
 models:
   - bert-base-uncased
@@ -134,7 +135,7 @@ def test_submit_names_queues_without_a_consumer(
     tmp_path: Path, redis_server: RedisServer, processes: Processes
 ) -> None:
     suite = tmp_path / "cuda.yaml"
-    suite.write_text("name: gpu\nmodels: [gpt2]\nhardware: [cuda]\nbatch_sizes: [1]\n")
+    suite.write_text("name: gpu\nsource: synthetic\nmodels: [gpt2]\nhardware: [cuda]\nbatch_sizes: [1]\n")
     env = dtf_env(DTF_BROKER_URL=redis_server.url)
     processes.start("coordinator", ["coordinator", "--db", str(tmp_path / "c.duckdb")], env, tmp_path)
     proc = subprocess.run(dtf_cmd("submit", str(suite), "--wait", "--timeout", "4"),
@@ -148,7 +149,7 @@ def test_unreachable_broker_is_one_line_and_exit_2(tmp_path: Path) -> None:
     from .conftest import free_port
 
     suite = tmp_path / "s.yaml"
-    suite.write_text("name: s\nmodels: [gpt2]\nhardware: [cpu]\nbatch_sizes: [1]\n")
+    suite.write_text("name: s\nsource: synthetic\nmodels: [gpt2]\nhardware: [cpu]\nbatch_sizes: [1]\n")
     env = dtf_env(DTF_BROKER_URL=f"redis://127.0.0.1:{free_port()}/0")
     proc = subprocess.run(dtf_cmd("submit", str(suite)), env=env, cwd=tmp_path, capture_output=True,
                           text=True, timeout=120)

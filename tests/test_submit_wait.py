@@ -19,9 +19,9 @@ from .conftest import coordinator_and_worker, dtf_cmd, dtf_env
 pytestmark = pytest.mark.redis
 
 MIXED = ("name: mixed\ndefaults: {iterations: 10, warmup: 1, retries: 0}\n"
-         "models:\n  - {name: mlp-cpu, hardware: [cpu]}\n  - {name: mlp-gpu, hardware: [cuda]}\n"
+         "source: synthetic\nmodels:\n  - {name: mlp-cpu, hardware: [cpu]}\n  - {name: mlp-gpu, hardware: [cuda]}\n"
          "hardware: [cpu, cuda]\nbatch_sizes: [1]\n")
-PASSING = "name: quick\ndefaults: {iterations: 10, warmup: 1, retries: 0}\nmodels: [mlp-a]\nhardware: [cpu]\nbatch_sizes: [1]\n"
+PASSING = "name: quick\nsource: synthetic\ndefaults: {iterations: 10, warmup: 1, retries: 0}\nmodels: [mlp-a]\nhardware: [cpu]\nbatch_sizes: [1]\n"
 
 
 @pytest.fixture(scope="module")

@@ -137,7 +137,12 @@ def test_with_a_key_the_app_signs_tasks_and_accepts_nothing_else() -> None:
     assert loads(signer().dumps({"args": [1]}), CONTENT_TYPE, "utf-8", accept=accept) == {"args": [1]}
 
 
-def test_without_a_key_the_app_speaks_plain_json() -> None:
+def test_without_a_key_on_a_loopback_broker_the_app_signs_with_the_state_key() -> None:
+    assert wire_format(make_app(Settings(broker_url="redis://127.0.0.1:1/0"))) == ("dtf-signed", ["dtf-signed"])
+
+
+def test_only_the_loud_opt_out_speaks_plain_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DTF_INSECURE_NO_SIGNING", "1")
     assert wire_format(make_app(Settings(broker_url="redis://127.0.0.1:1/0"))) == ("json", ["json"])
 
 

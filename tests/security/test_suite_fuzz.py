@@ -251,7 +251,7 @@ def test_the_cli_turns_every_refusal_into_one_line_and_exit_2(text: str) -> None
 
 def test_the_cli_names_the_suite_file_when_a_parameter_has_the_wrong_type(tmp_path: Path) -> None:
     path = tmp_path / "typo.yaml"
-    path.write_text("name: s\nmodels: [{name: bert-base-uncased, params: {hidden: lots}}]\nhardware: [cpu]\n"
+    path.write_text("name: s\nsource: synthetic\nmodels: [{name: bert-base-uncased, params: {hidden: lots}}]\nhardware: [cpu]\n"
                     "batch_sizes: [1]\n")
     with pytest.raises(SuiteError, match="bert-base-uncased"):
         prepare(path)  # the library path names the file and models[0]
