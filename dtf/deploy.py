@@ -9,7 +9,7 @@ language; an unquoted value is a render error, not a silent injection.
 
 Secrets are never written: credentials in a broker URL are removed, and the generated
 files point at a password file (``DTF_REDIS_PASSWORD_FILE``) or a Kubernetes Secret.
-`ENV_VARS` is the one list of environment variables the CLI reads.
+`ENV_VARS` are the variables an operator sets, from the registry in `dtf/envvars.py`.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import jinja2
 import yaml
 from jinja2.sandbox import SandboxedEnvironment
 
+from dtf.envvars import OPERATOR_VARS, EnvVar
 from dtf.errors import DtfError
 from dtf.paths import to_posix, to_windows
 
@@ -61,61 +62,8 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class EnvVar:
-    """One environment variable the dtf CLI reads; `secret` ones are never written to files."""
-
-    name: str
-    description: str
-    secret: bool = False
-
-
-ENV_VARS: tuple[EnvVar, ...] = (
-    EnvVar("DTF_BROKER_URL", "Broker URL without credentials, e.g. redis://host:6379/0 (rediss:// for TLS)."),
-    EnvVar("DTF_SENTINELS", "Comma list of Redis Sentinel host:port; used instead of DTF_BROKER_URL."),
-    EnvVar("DTF_SENTINEL_MASTER", "Sentinel master name (default mymaster)."),
-    EnvVar("DTF_REDIS_PASSWORD", "Redis password; prefer DTF_REDIS_PASSWORD_FILE.", secret=True),
-    EnvVar("DTF_REDIS_PASSWORD_FILE", "File holding the Redis password (read at start)."),
-    EnvVar("DTF_REDIS_USERNAME", "Redis ACL user name."),
-    EnvVar("DTF_DB", "DuckDB file of the coordinator (on local disk)."),
-    EnvVar("DTF_WORKER_NAME", "Worker name (default: the host name)."),
-    EnvVar("DTF_TAGS", "Comma list of extra capability tags, e.g. cuda.sm90,mem>=80g."),
-    EnvVar("DTF_QUEUES", "Comma list of queues to consume (default: from detected hardware)."),
-    EnvVar("DTF_CONCURRENCY", "Tests a worker runs at once."),
-    EnvVar("DTF_PROFILE", "Run profile: benchmark, test or light."),
-    EnvVar("DTF_LOG_LEVEL", "Log level: DEBUG, INFO, WARNING, ERROR."),
-    EnvVar("DTF_SPOOL_DIR", "Directory where a worker keeps results until they are published."),
-    EnvVar("DTF_STATE_DIR", "Local state of dtf processes (default $XDG_STATE_HOME/dtf or ~/.local/state/dtf)."),
-    EnvVar("DTF_HEALTH_TIMEOUT", "Seconds `dtf worker-health` waits for the worker's answer (default 10)."),
-    EnvVar("DTF_FLOWER_BASIC_AUTH", "Flower basic auth user:password; prefer the _FILE form.", secret=True),
-    EnvVar("DTF_FLOWER_BASIC_AUTH_FILE", "File holding Flower basic auth user:password."),
-    EnvVar("DTF_TLS_CA", "CA bundle that verifies the Redis server (rediss://)."),
-    EnvVar("DTF_TLS_CERT", "Client certificate for Redis TLS."),
-    EnvVar("DTF_TLS_KEY", "Client key for Redis TLS (a path, not the key)."),
-    EnvVar("DTF_TEMPLATES", "Extra test template folders (comma or path-separator list)."),
-    EnvVar("DTF_VISIBILITY_TIMEOUT", "Seconds before an unacknowledged test is redelivered."),
-    EnvVar("DTF_SIGNING_KEY", "Shared HMAC key(s) that sign every message, one per line.", secret=True),
-    EnvVar("DTF_SIGNING_KEY_FILE", "File holding the signing key(s)."),
-    EnvVar("DTF_SIGNING_MAX_AGE", "Seconds a signed message stays valid."),
-    EnvVar("DTF_RESULT_BATCH_SIZE", "Results the coordinator writes per batch at most."),
-    EnvVar("DTF_RESULT_BATCH_MS", "Milliseconds the coordinator waits to fill a batch."),
-    EnvVar("DTF_MAX_PAYLOAD_BYTES", "Largest message dtf publishes."),
-    EnvVar("DTF_SENTINEL_PASSWORD", "Password of the Sentinels themselves; prefer the _FILE form.", secret=True),
-    EnvVar("DTF_SENTINEL_PASSWORD_FILE", "File holding the Sentinel password."),
-    EnvVar("DTF_REDIS_SOCKET_TIMEOUT", "Seconds a Redis call may block before it fails."),
-    EnvVar("DTF_LEADER_TTL_MS", "Lease of the leader coordinator, in milliseconds."),
-    EnvVar("DTF_CONTROL_VISIBILITY_TIMEOUT", "Seconds before an unacknowledged coordinator request is redelivered."),
-    EnvVar("DTF_RECONCILE_GRACE", "Seconds past its timeout before a silent test is published again."),
-    EnvVar("DTF_MAX_CPU_PERCENT", "Resource guard: a worker takes no new tests while CPU use is above this."),
-    EnvVar("DTF_MAX_MEMORY_PERCENT", "Resource guard: a worker takes no new tests while memory use is above this."),
-    EnvVar("DTF_MAX_GPU_MEMORY_PERCENT", "Resource guard: no new tests while any GPU's memory use is above this."),
-    EnvVar("DTF_GUARD_COOLDOWN", "Seconds below every guard limit before a worker takes tests again."),
-    EnvVar("DTF_MAX_REJECTIONS", "Hand-backs of a test too big for the workers that took it before it fails."),
-    EnvVar("DTF_HEARTBEAT_INTERVAL", "Seconds between a worker's heartbeats to the coordinator."),
-    EnvVar("DTF_TASK_EVENTS", "1: workers send Celery task events from the start (Flower turns them on itself)."),
-    EnvVar("DTF_DASHBOARD_BASIC_AUTH", "Dashboard basic auth user:password; prefer the _FILE form.", secret=True),
-    EnvVar("DTF_DASHBOARD_BASIC_AUTH_FILE", "File holding dashboard basic auth user:password."),
-)
+# The variables an operator sets (the registry in dtf/envvars.py holds every DTF_* name).
+ENV_VARS: tuple[EnvVar, ...] = OPERATOR_VARS
 ENV_VAR_NAMES: frozenset[str] = frozenset(var.name for var in ENV_VARS)
 _SECRET_NAMES: frozenset[str] = frozenset(var.name for var in ENV_VARS if var.secret)
 

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .errors import DtfError
+from .envvars import SECRET_NAMES
 from .state import default_state_dir
 
 __all__ = [
@@ -107,10 +108,7 @@ def _read_secret(env: Mapping[str, str], name: str) -> str | None:
 
 #: Variables that hold secrets. Processes that run test code get none of them, nor their
 #: _FILE forms: see scrub_secrets.
-SECRET_ENV_VARS: tuple[str, ...] = (
-    "DTF_REDIS_PASSWORD", "DTF_SENTINEL_PASSWORD", "DTF_SIGNING_KEY", "DTF_FLOWER_BASIC_AUTH",
-    "DTF_DASHBOARD_BASIC_AUTH",
-)  # fmt: skip
+SECRET_ENV_VARS: tuple[str, ...] = SECRET_NAMES  # the registry in dtf/envvars.py says which
 
 
 def scrub_secrets(env: Mapping[str, str]) -> dict[str, str]:
