@@ -6,7 +6,6 @@ the worker's result publisher, and returns. Everything else lives in the library
 
 from __future__ import annotations
 
-import ssl
 from typing import Any, Callable, Mapping
 from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
@@ -15,7 +14,7 @@ from kombu import Exchange, Queue
 
 from .errors import DtfError
 from .model import HARDWARE_KINDS, RenderedTest, TestResult, queue_for
-from .settings import Settings
+from .settings import Settings, tls_options
 
 __all__ = [
     "RUN_TEST",
@@ -55,19 +54,6 @@ def _with_credentials(url: str, settings: Settings) -> str:
         host = f"{host}:{parts.port}"
     netloc = f"{user}:{quote(settings.redis_password, safe='')}@{host}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-def _tls_options(settings: Settings) -> dict[str, Any] | None:
-    if not (settings.broker_url.startswith("rediss://") or settings.tls_ca):
-        return None
-    options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
-    if settings.tls_ca:
-        options["ssl_ca_certs"] = settings.tls_ca
-    if settings.tls_cert:
-        options["ssl_certfile"] = settings.tls_cert
-    if settings.tls_key:
-        options["ssl_keyfile"] = settings.tls_key
-    return options
 
 
 def broker_connection_args(settings: Settings) -> tuple[str, dict[str, Any]]:
@@ -117,7 +103,7 @@ def make_app(settings: Settings, *, extra_queues: tuple[str, ...] = ()) -> Celer
 
         install_transport_guard()  # a malformed item on a Redis list never reaches kombu or Celery
     app = Celery("dtf", broker=url, set_as_current=False)
-    tls = _tls_options(settings)
+    tls = tls_options(settings)
     app.conf.update(
         broker_transport_options=transport_options,
         broker_use_ssl=tls,

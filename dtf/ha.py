@@ -29,7 +29,7 @@ import redis
 from redis.sentinel import Sentinel
 
 from .errors import DtfError
-from .settings import Settings
+from .settings import Settings, tls_options
 
 __all__ = ["LEADER_KEY", "LeaderLock", "redis_from_settings", "parse_hostport", "NotLeader"]
 
@@ -259,19 +259,6 @@ def parse_hostport(text: str, default_port: int = 26379) -> tuple[str, int]:
     return host, int(port)
 
 
-def _tls_kwargs(settings: Settings) -> dict[str, Any]:
-    if not (settings.broker_url.startswith("rediss://") or settings.tls_ca):
-        return {}
-    kwargs: dict[str, Any] = {"ssl": True, "ssl_cert_reqs": "required"}
-    if settings.tls_ca:
-        kwargs["ssl_ca_certs"] = settings.tls_ca
-    if settings.tls_cert:
-        kwargs["ssl_certfile"] = settings.tls_cert
-    if settings.tls_key:
-        kwargs["ssl_keyfile"] = settings.tls_key
-    return kwargs
-
-
 def redis_from_settings(settings: Settings, *, socket_timeout_s: float | None = None) -> redis.Redis:
     """A redis-py client for the configured Redis: the Sentinel-managed master, or the broker URL.
 
@@ -284,7 +271,8 @@ def redis_from_settings(settings: Settings, *, socket_timeout_s: float | None = 
         auth["password"] = settings.redis_password
         if settings.redis_username:
             auth["username"] = settings.redis_username
-    tls = _tls_kwargs(settings)
+    tls_keys = tls_options(settings)
+    tls: dict[str, Any] = {"ssl": True, **tls_keys} if tls_keys else {}
     if settings.sentinels:
         sentinel_kwargs: dict[str, Any] = dict(common)
         sentinel_password = settings.sentinel_password or settings.redis_password

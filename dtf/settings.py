@@ -274,3 +274,20 @@ class Settings:
         if "broker_url" in values:
             check_broker_url(str(values["broker_url"]))
         return cls(**values)
+
+
+def tls_options(settings: "Settings") -> dict[str, Any] | None:
+    """The one translation of the TLS settings, in the keys both kombu's ``broker_use_ssl``
+    and redis-py take (redis-py also needs ``ssl=True``); None when TLS is off."""
+    if not (settings.broker_url.startswith("rediss://") or settings.tls_ca):
+        return None
+    import ssl
+
+    options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    if settings.tls_ca:
+        options["ssl_ca_certs"] = settings.tls_ca
+    if settings.tls_cert:
+        options["ssl_certfile"] = settings.tls_cert
+    if settings.tls_key:
+        options["ssl_keyfile"] = settings.tls_key
+    return options
