@@ -75,6 +75,8 @@ MAX_RETRIES = 10
 MAX_TIMEOUT_S = 86_400.0  # the broker's visibility timeout must exceed the longest test timeout
 MAX_ITERATIONS = 1_000_000
 MAX_DEPENDENCY_EDGES = 1_000_000  # a wildcard selector pair could otherwise ask for max_tests**2
+MAX_SELECTOR_SCANS = 20_000_000  # distinct selectors x tests: 200 selectors over 100k tests, about 10 s
+MAX_PARAMS_TEXT = 64 << 20  # characters of params text across all tests (each test carries its model's)
 GENERIC_TEMPLATE_FAMILY = "generic"  # template folder for models of family "unknown"
 
 RUN_SETTING_KEYS = ("timeout_s", "retries", "iterations", "warmup")
@@ -1052,6 +1054,16 @@ def _check_count(suite: Suite, max_tests: int) -> None:
     )
     if total > max_tests:
         raise SuiteError(suite.path, None, f"expands to {total} tests, over the cap of {max_tests}")
+    # Every test carries its model's params: a large (aliased) string times many tests is
+    # gigabytes held and sent. Counted before anything is expanded.
+    text = 0
+    for i, m in enumerate(suite.models):
+        per_test = len(json.dumps(m.params, separators=(",", ":"))) if m.params else 0
+        text += per_test * len(m.hardware or suite.hardware) * len(m.batch_sizes or suite.batch_sizes) \
+            * len(m.precisions or suite.precisions)
+        if text > MAX_PARAMS_TEXT:
+            raise SuiteError(suite.path, f"models[{i}].params", f"params repeated in every test come to more than "
+                             f"{MAX_PARAMS_TEXT:,} characters; keep large values out of params")
 
 
 def _expand_model(suite: Suite, index: int, slug: str, resolve: TemplateResolver) -> Iterator[TestSpec]:
@@ -1112,9 +1124,23 @@ def _dependency_map(suite: Suite, specs: Sequence[TestSpec]) -> dict[str, tuple[
             previous[key] = spec.test_id
     budget = MAX_DEPENDENCY_EDGES
     check = _Checker(suite.path)
+    # Each distinct selector is matched once (YAML aliases repeat the same text), and the
+    # matching itself is budgeted: distinct selectors x tests scanned, not only the edges.
+    found: dict[str, list[str]] = {}
+    scans = [MAX_SELECTOR_SCANS]
+
+    def matching(text: str, where: str) -> list[str]:
+        if text not in found:
+            scans[0] -= len(specs)
+            if scans[0] < 0:
+                raise check.error(where, f"depends_on selectors would scan more than {MAX_SELECTOR_SCANS:,} tests "
+                                         "in all; use fewer distinct selectors (globs match many tests at once)")
+            found[text] = _matching(check, text, where, specs)
+        return found[text]
+
     for i, edge in enumerate(suite.depends_on):
-        tests = _matching(check, edge.test, f"depends_on[{i}].test", specs)
-        afters = _matching(check, edge.after, f"depends_on[{i}].after", specs)
+        tests = matching(edge.test, f"depends_on[{i}].test")
+        afters = matching(edge.after, f"depends_on[{i}].after")
         budget -= len(tests) * len(afters)
         if budget < 0:
             raise check.error(f"depends_on[{i}]", f"selectors ask for more than {MAX_DEPENDENCY_EDGES} edges in all")
