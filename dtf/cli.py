@@ -381,7 +381,8 @@ def submit(
     client = CoordinatorClient(make_app(settings))
     _check_baseline(client, baseline)
     meta = _run_meta(parsed)
-    unserved = _unserved(client, tests) if wait else []  # without --wait nothing waits: ask nobody
+    client.check_payloads(meta, tests)  # an oversized test is refused before any broker call
+    unserved = _unserved(client, tests)
     if unserved:
         count = sum(1 for t in tests if t.spec.hardware in unserved)
         kinds = ", ".join(unserved)

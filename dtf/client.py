@@ -171,6 +171,18 @@ class CoordinatorClient:
     def submit(self, run: Mapping[str, Any], tests: Sequence[RenderedTest], *, chunk_size: int = 200) -> str:
         """Send a run in chunks (each under the payload cap); returns the run id once stored."""
         submit_id = uuid.uuid4().hex
+        dicts = self.check_payloads(run, tests)
+        chunks = [dicts[i:i + chunk_size] for i in range(0, len(dicts), chunk_size)] or [[]]
+        bodies = [
+            {"op": "submit", "submit_id": submit_id, "run_id": str(run["run_id"]), "chunk": i, "chunks": len(chunks),
+             "tests": chunk, **({"run": dict(run)} if i == 0 else {})}
+            for i, chunk in enumerate(chunks)
+        ]
+        data = self._call_many(bodies, timeout_s=max(self.timeout_s, 30.0 + len(tests) / 500))
+        return str(data["run_id"])
+
+    def check_payloads(self, run: Mapping[str, Any], tests: Sequence[RenderedTest]) -> list[dict[str, Any]]:
+        """The tests as dicts; PayloadTooLarge for the first one over the cap (no broker call)."""
         dicts = [t.to_dict() for t in tests]
         for t in dicts:
             # Measure what the coordinator will publish (the task payload around the test,
@@ -180,14 +192,7 @@ class CoordinatorClient:
                 raise PayloadTooLarge(
                     f"test {t['spec']['test_id']}: rendered payload is {size} bytes, over the {self.max_payload}-byte cap"
                 )
-        chunks = [dicts[i:i + chunk_size] for i in range(0, len(dicts), chunk_size)] or [[]]
-        bodies = [
-            {"op": "submit", "submit_id": submit_id, "run_id": str(run["run_id"]), "chunk": i, "chunks": len(chunks),
-             "tests": chunk, **({"run": dict(run)} if i == 0 else {})}
-            for i, chunk in enumerate(chunks)
-        ]
-        data = self._call_many(bodies, timeout_s=max(self.timeout_s, 30.0 + len(tests) / 500))
-        return str(data["run_id"])
+        return dicts
 
 
 def _drop_undecodable(message: Message, exc: BaseException) -> None:

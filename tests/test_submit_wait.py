@@ -76,8 +76,9 @@ def test_a_timeout_exits_2_naming_the_tests_that_never_ran_and_still_writes_repo
 @pytest.mark.slow
 def test_ctrl_c_while_waiting_leaves_the_run_going_and_says_how_to_resume(broker: str, tmp_path: Path) -> None:
     env = dtf_env(DTF_BROKER_URL=broker, CI="true")
-    proc = subprocess.Popen(dtf_cmd("submit", str(suite(tmp_path, MIXED)), "--wait"), env=env, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # --wait-unserved: the cuda half waits for a worker, so the run is still going at Ctrl-C
+    proc = subprocess.Popen(dtf_cmd("submit", str(suite(tmp_path, MIXED)), "--wait", "--wait-unserved"), env=env,
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     run_id = proc.stdout.readline().strip()
     time.sleep(2)
