@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
-from .errors import DtfError
+from .errors import DtfError, check_option, check_positive
 from .model import FINAL_ORDER, UNFINISHED_ORDER, RenderedTest
 from .settings import EMBEDDED_BROKER, Settings, hide_own_secrets
 from .state import remove_worker_record, write_worker_record
@@ -881,12 +881,9 @@ def templates_render(
     from .model import HARDWARE_KINDS, PRECISIONS, TestSpec
     from .suite import detect_family
 
-    if hardware not in HARDWARE_KINDS:
-        raise DtfError(f"--hardware: unknown hardware {hardware!r} (expected one of {', '.join(HARDWARE_KINDS)})")
-    if precision not in PRECISIONS:
-        raise DtfError(f"--precision: unknown precision {precision!r} (expected one of {', '.join(PRECISIONS)})")
-    if batch_size < 1:
-        raise DtfError(f"--batch-size: expected a positive integer, got {batch_size}")
+    check_option("--hardware", hardware, HARDWARE_KINDS, "hardware")
+    check_option("--precision", precision, PRECISIONS, "precision")
+    check_positive("--batch-size", batch_size)
     registry = _registry(_settings(), templates)
     spec = TestSpec(test_id=f"{model}/{hardware}/bs{batch_size}/{precision}", model=model,
                     family=detect_family(model), hardware=hardware, batch_size=batch_size,

@@ -3,7 +3,11 @@ messages and exit codes."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 __all__ = [
+    "check_option",
+    "check_positive",
     "DtfError",
     "SuiteError",
     "TemplateError",
@@ -59,3 +63,15 @@ class PayloadTooLarge(DtfError):
 
 class FencingError(StoreError):
     """A write carried a fencing token lower than one the database has already seen."""
+
+
+def check_option(option: str, value: object, allowed: Collection[object], what: str) -> None:
+    """A command-line value outside `allowed` is one line: ``--x: unknown <what> 'v' (expected one of ...)``."""
+    if value not in allowed:
+        raise DtfError(f"{option}: unknown {what} {value!r} (expected one of {', '.join(map(str, allowed))})")
+
+
+def check_positive(option: str, value: int) -> None:
+    """A count below 1 is one line: ``--x: expected a positive integer, got 0``."""
+    if value < 1:
+        raise DtfError(f"{option}: expected a positive integer, got {value}")

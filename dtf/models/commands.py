@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from ..errors import DtfError
+from ..errors import DtfError, check_option, check_positive
 from .source import PACKAGES_FOR_SOURCE, TASKS, WEIGHTS, ModelSource
 
 __all__ = ["list_models", "fetch_model", "inspect_command", "machine_report"]
@@ -114,14 +114,10 @@ def inspect_command(out: Console, name: str, *, source: str = "hf", weights: str
 
     if source not in ("hf", "timm"):
         raise DtfError(f"--source must be hf or timm, got {source!r} (an onnx file is not instantiated in torch)")
-    if weights not in WEIGHTS:
-        raise DtfError(f"--weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
-    if task not in TASKS:
-        raise DtfError(f"--task must be one of {', '.join(TASKS)}, got {task!r}")
-    if hardware not in HARDWARE_KINDS:
-        raise DtfError(f"--hardware must be one of {', '.join(HARDWARE_KINDS)}, got {hardware!r}")
-    if batch_size < 1:
-        raise DtfError(f"--batch-size must be at least 1, got {batch_size}")
+    check_option("--weights", weights, WEIGHTS, "weights")
+    check_option("--task", task, TASKS, "task")
+    check_option("--hardware", hardware, HARDWARE_KINDS, "hardware")
+    check_positive("--batch-size", batch_size)
     if path is not None:
         path = os.path.abspath(os.path.expanduser(path))
     spec = ModelSource(source=source, weights=weights, path=path, revision=revision, task=task)
