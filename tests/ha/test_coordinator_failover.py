@@ -98,8 +98,8 @@ def test_a_leader_paused_past_its_lease_is_fenced_and_steps_down(
     stopped_at = time.time()
     dep.wait_for_leader("b", timeout_s=30)  # b holds the lease but waits for the file a still has open
     time.sleep(max(0.0, stopped_at + 2 * TTL_MS / 1000 - time.time()))
+    resumed_at = time.time()  # before SIGCONT: a resumed leader may log its step-down before this process runs again
     dep.kill("a", signal.SIGCONT)
-    resumed_at = time.time()
     code, data = run.finish()
     assert code == 0, run.stderr() + dep.log("a") + dep.log("b")
     new_token = dep.ping_token()
