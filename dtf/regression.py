@@ -39,6 +39,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
+from .models.source import result_source
+
 __all__ = [
     "Rule",
     "Comparison",
@@ -131,8 +133,7 @@ def stack_of(row: Mapping[str, Any]) -> dict[str, Any]:
     workload, or a result from before provenance was recorded), except its source."""
     metrics = row.get("metrics") or {}
     prov = metrics.get("provenance")
-    source = metrics.get("source") or row.get("model_source") or "synthetic"
-    out: dict[str, Any] = {"source": str(source)}
+    out: dict[str, Any] = {"source": result_source(row)}
     if isinstance(prov, Mapping):
         for key in STACK_KEYS[1:-1]:
             out[key] = prov.get(key)

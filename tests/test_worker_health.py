@@ -76,14 +76,21 @@ def test_probe_is_unhealthy_with_no_worker_and_with_bad_settings(tmp_path: Path)
     assert stale.returncode == 1 and "dtf-cpu@gone" in stale.stderr and "not running" in stale.stderr
 
 
-def test_probe_against_a_live_a_frozen_and_a_killed_worker(
-    tmp_path: Path, redis_server: RedisServer, processes: Processes
-) -> None:
+def start_probed_worker(tmp_path: Path, redis_server: RedisServer, processes: Processes,
+                        name: str) -> tuple[tuple[str, ...], Path, dict[str, str], subprocess.Popen[bytes]]:
+    """The one probe command the deploy files share, a state dir, and a cpu worker named `name`."""
     (argv,) = {tuple(c) for c in probe_commands(tmp_path).values()}
     state = tmp_path / "state"
     env = dtf_env(DTF_BROKER_URL=redis_server.url, DTF_STATE_DIR=str(state), DTF_HEALTH_TIMEOUT="2")
-    worker = processes.start("worker", ["worker", "--name", "probe-w", "--queues", "dtf.cpu", "--concurrency", "1",
+    worker = processes.start("worker", ["worker", "--name", name, "--queues", "dtf.cpu", "--concurrency", "1",
                                         "--loglevel", "WARNING"], env, tmp_path)
+    return argv, state, env, worker
+
+
+def test_probe_against_a_live_a_frozen_and_a_killed_worker(
+    tmp_path: Path, redis_server: RedisServer, processes: Processes
+) -> None:
+    argv, state, env, worker = start_probed_worker(tmp_path, redis_server, processes, "probe-w")
     healthy = wait_for(lambda: (p := run_probe(list(argv), env)).returncode == 0 and p, "the probe to pass", every_s=0.5)
     assert "probe-w" in healthy.stdout
     assert [r.worker_id for r in worker_records(state)] == ["probe-w"]
@@ -107,11 +114,7 @@ def test_probe_against_a_live_a_frozen_and_a_killed_worker(
 def test_a_cleanly_stopped_worker_leaves_no_record(
     tmp_path: Path, redis_server: RedisServer, processes: Processes, sig: int
 ) -> None:
-    (argv,) = {tuple(c) for c in probe_commands(tmp_path).values()}
-    state = tmp_path / "state"
-    env = dtf_env(DTF_BROKER_URL=redis_server.url, DTF_STATE_DIR=str(state), DTF_HEALTH_TIMEOUT="2")
-    worker = processes.start("worker", ["worker", "--name", "clean-w", "--queues", "dtf.cpu", "--concurrency", "1",
-                                        "--loglevel", "WARNING"], env, tmp_path)
+    argv, state, env, worker = start_probed_worker(tmp_path, redis_server, processes, "clean-w")
     wait_for(lambda: run_probe(list(argv), env).returncode == 0, "the probe to pass", every_s=0.5)
     os.killpg(worker.pid, sig)
     worker.wait(60)

@@ -17,7 +17,7 @@ __all__ = [
     "MODEL_SOURCE_KEY",
     "ModelSource",
     "template_for",
-    "source_of",
+    "result_source",
     "PACKAGES_FOR_SOURCE",
 ]
 
@@ -73,12 +73,13 @@ class ModelSource:
         )
 
 
-def source_of(params: Mapping[str, Any] | None) -> str:
-    """The source named in a spec's params; "synthetic" for built-in workloads."""
-    block = (params or {}).get(MODEL_SOURCE_KEY)
-    if isinstance(block, Mapping) and isinstance(block.get("source"), str):
-        return str(block["source"])
-    return "synthetic"
+def result_source(row: Mapping[str, Any]) -> str:
+    """Where a result's model came from: the source its test recorded (``metrics.source``),
+    else the one its spec named (``model_source``, for a test that never ran), else
+    "synthetic" for the built-in workloads. The one rule every report and finding uses."""
+    metrics = row.get("metrics")
+    value = (metrics.get("source") if isinstance(metrics, Mapping) else None) or row.get("model_source")
+    return str(value) if isinstance(value, str) and value else "synthetic"
 
 
 def template_for(source: ModelSource, hardware: str) -> str | None:

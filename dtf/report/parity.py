@@ -21,6 +21,7 @@ import math
 from typing import Any, Iterable, Mapping, Sequence
 
 from .. import parity as parity_mod
+from ..models.source import result_source
 
 __all__ = [
     "SYNTHETIC",
@@ -62,11 +63,7 @@ def _metrics(row: Mapping[str, Any]) -> Mapping[str, Any]:
     return metrics if isinstance(metrics, Mapping) else {}
 
 
-def source_label(row: Mapping[str, Any]) -> str:
-    """Where a result's model came from: the source its test recorded, else the one its
-    spec named (``model_source``, for a test that never ran), else "synthetic"."""
-    value = _metrics(row).get("source") or row.get("model_source")
-    return str(value) if isinstance(value, str) and value else SYNTHETIC
+source_label = result_source  # where a result's model came from; the rule lives in dtf.models.source
 
 
 def parity_of(row: Mapping[str, Any]) -> dict[str, Any] | None:
