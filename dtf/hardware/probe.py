@@ -83,7 +83,7 @@ if out["installed"]:
     out["mps"] = bool(mps is not None and mps.is_available())
 print(json.dumps(out))
 """
-_BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 _MAC_APPS = (
     "Google Chrome.app/Contents/MacOS/Google Chrome",
     "Chromium.app/Contents/MacOS/Chromium",
@@ -311,7 +311,7 @@ def _torch(host: Host) -> tuple[str, ...]:
 
 def _browser(host: Host) -> str | None:
     search_path = host.env.get("PATH", "")
-    for name in _BROWSERS:
+    for name in BROWSERS:
         found = shutil.which(name, path=search_path)
         if found:
             return found

@@ -41,6 +41,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..hardware.probe import BROWSERS  # the names dtf detect looks for
 from .hub import ModelMissing, PackageMissing
 from .source import ModelSource
 
@@ -60,7 +61,6 @@ ORT_WEB_VERSION = "1.31.1"  # the pinned onnxruntime-web from the npm registry
 PROVIDER = "WebGpuExecutionProvider"
 ORT_WEB_DIR_ENV = "DTF_ORT_WEB_DIR"
 BROWSER_ENV = "DTF_CHROMIUM"
-BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 DEFAULT_BROWSER_TIMEOUT_S = 300.0
 ORT_BUNDLE = "ort.webgpu.min.mjs"
 # Headless Chromium with WebGPU on Linux. Without a GPU the browser's software adapter
