@@ -24,7 +24,7 @@ import pytest
 from .conftest import REPO
 
 PACKAGE = REPO / "dtf"
-PURE_CORE = ("dtf.model", "dtf.parity", "dtf.predict", "dtf.flaky", "dtf.schedule", "dtf.suite", "dtf.models.source", "dtf.errors",
+PURE_CORE = ("dtf.model", "dtf.parity", "dtf.predict", "dtf.flaky", "dtf.scale", "dtf.schedule", "dtf.suite", "dtf.models.source", "dtf.errors",
              "dtf.paths", "dtf.harness")
 HEAVY = ("celery", "kombu", "redis", "duckdb", "pyarrow", "torch", "transformers", "timm", "onnxruntime", "jinja2",
          "dtf.store", "dtf.app", "dtf.coordinator", "dtf.worker")
