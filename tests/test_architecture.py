@@ -32,7 +32,7 @@ HEAVY = ("celery", "kombu", "redis", "duckdb", "pyarrow", "torch", "transformers
 MAY_EXIT = {
     "dtf/cli.py": "the command line: exit codes are decided here",
     "dtf/harness.py": "runs inside the test's own process: its exit code is the test's outcome",
-    "dtf/runner.py": "the fork server's child ends with the test's exit code",
+    "dtf/forkserver.py": "the fork server's child ends with the test's exit code",
     "dtf/models/webgpu.py": "`python -m dtf.models.webgpu setup|check`",
     "dtf/models/inspect.py": "the child process that counts parameters (`python -m dtf.models.inspect --count`)",
     "dtf/flower.py": "`celery -A dtf.flower:app flower`: Celery's entry point, not dtf's CLI",
