@@ -10,6 +10,12 @@ language; an unquoted value is a render error, not a silent injection.
 Secrets are never written: credentials in a broker URL are removed, and the generated
 files point at a password file (``DTF_REDIS_PASSWORD_FILE``) or a Kubernetes Secret.
 `ENV_VARS` are the variables an operator sets, from the registry in `dtf/envvars.py`.
+
+One module on purpose: its sections (broker URLs, options, quoting, rendering, host
+profiles, env files) are the steps of one path, options in and a platform's files out,
+and none is used anywhere else: the quoting filters exist for these templates only, a
+host profile is another way to give the options, and the option checks are what makes
+the quoting sufficient. Split apart, each piece would need the others to be read.
 """
 
 from __future__ import annotations

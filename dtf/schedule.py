@@ -86,10 +86,6 @@ class RunGraph:
             heapq.heappush(self._heap, (-t.spec.priority, self.order[t.spec.test_id], t.spec.test_id))
 
     # -- queries ----------------------------------------------------------------------
-    def ready(self) -> list[TestSpec]:
-        """Pending tests whose parents all passed: highest priority first, then suite order."""
-        return [self.tests[tid].spec for _, _, tid in sorted(self._heap) if self.tests[tid].status == Status.PENDING.value]
-
     def take_ready(self, room: Mapping[str, int]) -> list[TestSpec]:
         """Pop ready tests in order while their hardware has room (room[hardware] slots)."""
         left = dict(room)

@@ -29,7 +29,8 @@ from typing import Sequence
 
 from .errors import SuiteError
 from .model import TestSpec
-from .suite import PYTEST_FAMILY, PYTEST_TEMPLATE, Suite, TestTaskEntry, _suite_dir, format_test_id
+from .suite import PYTEST_FAMILY, PYTEST_TEMPLATE, Suite, TestTaskEntry, format_test_id
+from .suite.parse import _suite_dir
 
 __all__ = ["collect_tests", "collect_nodeids", "ship_files", "SHIP_MAX_BYTES", "COLLECT_TIMEOUT_S"]
 

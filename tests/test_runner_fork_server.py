@@ -1,4 +1,4 @@
-"""The runner's fork server: CPU tests are forked from a warm interpreter that never loaded
+"""The runner's fork server (dtf.forkserver): CPU tests are forked from a warm interpreter that never loaded
 a GPU runtime, each still a process of its own; everything else is spawned fresh."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import textwrap
 import psutil
 import pytest
 
-from dtf import runner
+from dtf import forkserver
 from dtf.runner import run_source
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="fork is POSIX")
@@ -69,7 +69,7 @@ def test_an_interpreter_setting_in_the_test_env_gets_a_fresh_interpreter() -> No
 
 
 def test_a_forked_test_sees_its_own_env_and_no_secret_of_the_worker(monkeypatch: pytest.MonkeyPatch) -> None:
-    runner._default_server and runner._default_server.stop()  # started again with this environment
+    forkserver._default_server and forkserver._default_server.stop()  # started again with this environment
     monkeypatch.setenv("DTF_REDIS_PASSWORD", "hunter2")
     env = {k: v for k, v in os.environ.items() if k != "DTF_REDIS_PASSWORD"}
     ex = run_source(probe(), timeout_s=60, env=env)
@@ -85,10 +85,10 @@ def test_thread_settings_made_by_the_test_reach_the_preloaded_blas() -> None:
         os.environ["OMP_NUM_THREADS"] = "1"
         import numpy
         from dtf import harness
-        from dtf import runner
+        from dtf import forkserver
 
         def main(h):
-            blas = runner._find_blas()
+            blas = forkserver._find_blas()
             h.metric("threads", blas[0]() if blas else 1)
 
         harness.run(main)
@@ -99,7 +99,7 @@ def test_thread_settings_made_by_the_test_reach_the_preloaded_blas() -> None:
 
 def test_a_dead_fork_server_is_replaced_and_the_test_still_runs() -> None:
     run_source(probe(), timeout_s=60)
-    server = runner._default_server
+    server = forkserver._default_server
     assert server is not None and server.running()
     assert server._proc is not None
     os.killpg(server._proc.pid, signal.SIGKILL)

@@ -22,9 +22,12 @@ def ids(specs: list[TestSpec]) -> list[str]:
     return [s.test_id for s in specs]
 
 
+ROOM = {kind: 100 for kind in HARDWARE_KINDS}
+
+
 def dispatch(graph: RunGraph, room: dict[str, int] | None = None) -> list[str]:
     """Take what is ready and mark it queued, as the coordinator does."""
-    taken = ids(graph.take_ready(room or {kind: 100 for kind in HARDWARE_KINDS}))
+    taken = ids(graph.take_ready(room or ROOM))
     for test_id in taken:
         graph.mark_queued(test_id)
     return taken
@@ -43,13 +46,13 @@ def statuses(graph: RunGraph) -> dict[str, str]:
 
 def test_ready_tests_come_highest_priority_first_then_in_suite_order() -> None:
     graph = RunGraph(RUN, [spec("a", priority=1), spec("b", priority=9), spec("c", priority=5), spec("d", priority=9)])
-    assert ids(graph.ready()) == ["b", "d", "c", "a"]
+    assert ids(graph.take_ready(ROOM)) == ["b", "d", "c", "a"]
 
 
 def test_a_test_is_not_ready_until_its_parent_passes() -> None:
     graph = RunGraph(RUN, [spec("parent"), spec("child", depends_on=("parent",))])
     assert dispatch(graph) == ["parent"]
-    assert graph.ready() == []
+    assert graph.take_ready(ROOM) == []
     finish(graph, "parent", "passed")
     assert dispatch(graph) == ["child"]
 
@@ -58,9 +61,9 @@ def test_a_test_with_two_parents_waits_for_both() -> None:
     graph = RunGraph(RUN, [spec("a"), spec("b"), spec("child", depends_on=("a", "b"))])
     dispatch(graph)
     finish(graph, "a", "passed")
-    assert graph.ready() == []
+    assert graph.take_ready(ROOM) == []
     finish(graph, "b", "passed")
-    assert ids(graph.ready()) == ["child"]
+    assert dispatch(graph) == ["child"]
 
 
 def test_a_parent_named_twice_does_not_dispatch_its_child_twice() -> None:
@@ -79,14 +82,14 @@ def test_take_ready_stops_at_the_room_each_hardware_has() -> None:
 def test_tests_for_hardware_without_room_stay_ready_for_later() -> None:
     graph = RunGraph(RUN, [spec("g1", "cuda"), spec("c1")])
     assert ids(graph.take_ready({"cpu": 1})) == ["c1"]
-    assert ids(graph.ready()) == ["g1"]
+    assert graph.take_ready({"cpu": 1}) == []
     assert ids(graph.take_ready({"cuda": 1})) == ["g1"]
 
 
 def test_take_ready_with_no_room_takes_nothing() -> None:
     graph = RunGraph(RUN, [spec("a")])
     assert graph.take_ready({}) == [] and graph.take_ready({"cpu": 0}) == []
-    assert ids(graph.ready()) == ["a"]
+    assert ids(graph.take_ready({"cpu": 1})) == ["a"]
 
 
 def test_a_taken_test_is_never_taken_again() -> None:
@@ -104,12 +107,13 @@ def test_a_taken_test_is_never_taken_again() -> None:
 def test_take_ready_never_exceeds_room_and_keeps_priority_order_per_hardware(
     tests: list[tuple[str, int]], room: dict[str, int]
 ) -> None:
-    graph = RunGraph(RUN, [spec(f"t{i}", hw, priority=p) for i, (hw, p) in enumerate(tests)])
+    specs = [spec(f"t{i}", hw, priority=p) for i, (hw, p) in enumerate(tests)]  # no dependencies: all ready
+    graph = RunGraph(RUN, specs)
     taken = graph.take_ready(room)
     assert len({s.test_id for s in taken}) == len(taken)
     for kind in HARDWARE_KINDS:
         mine = [s for s in taken if s.hardware == kind]
-        wanted = sorted((s for s in graph.ready() + taken if s.hardware == kind),
+        wanted = sorted((s for s in specs if s.hardware == kind),
                         key=lambda s: (-s.priority, int(s.test_id[1:])))
         assert mine == wanted[: room.get(kind, 0)]
 
@@ -171,7 +175,7 @@ def test_failed_parent_skips_its_dependants_recursively() -> None:
     assert statuses(graph) == {"root": "timeout", "mid": "skipped", "leaf": "skipped", "diamond": "skipped"}
     assert sorted(u.test_id for u in updates) == ["diamond", "leaf", "mid", "root"]  # each once
     assert graph.finished() and graph.verdict() == "failed"
-    assert graph.ready() == []
+    assert graph.take_ready(ROOM) == []
 
 
 def test_a_skipped_parent_skips_its_dependants() -> None:
@@ -208,7 +212,7 @@ def test_unservable_hardware_is_skipped_with_its_dependants() -> None:
     assert [u.test_id for u in updates] == ["gpu1", "after-gpu"]
     assert graph.tests["gpu1"].reason == "no worker serves cuda"
     assert graph.tests["after-gpu"].reason == "dependency gpu1 skipped"
-    assert ids(graph.ready()) == ["cpu1"]
+    assert dispatch(graph) == ["cpu1"]
 
 
 def test_skip_leaves_final_tests_alone() -> None:
@@ -237,10 +241,10 @@ def test_restore_rebuilds_states_and_readiness_from_stored_rows() -> None:
     })
     assert statuses(graph) == {"done": "passed", "child": "pending", "inflight": "queued", "waiting": "pending"}
     assert graph.tests["inflight"].attempts == 2
-    assert ids(graph.ready()) == ["waiting", "child"]
+    assert dispatch(graph) == ["waiting", "child"]
     assert finish(graph, "inflight", "passed", attempt=2) == [Update("inflight", "passed", 2, None)]
 
 
 def test_restore_keeps_a_failed_parents_dependants_off_the_ready_list() -> None:
     graph = RunGraph.restore(RUN, [spec("p"), spec("c", depends_on=("p",))], {"p": {"status": "failed", "attempts": 1}})
-    assert graph.ready() == []
+    assert graph.take_ready(ROOM) == []

@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,6 @@ from dtf.suite import (
     MODEL_KEYS,
     SUITE_KEYS,
     Suite,
-    default_template,
     detect_family,
     estimate_memory_gb,
     expand_suite,
@@ -32,10 +32,9 @@ from dtf.suite import (
     model_slug,
     parse_suite,
     priority,
-    suite_summary,
-    topological_order,
     validate_dependencies,
 )
+from dtf.templates import TemplateRegistry
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "suites"
@@ -344,17 +343,20 @@ def test_model_overrides_replace_the_suite_values() -> None:
     ))
     gpt2, *rest = expand_suite(suite)
     bert = rest[-1]
-    assert (gpt2.timeout_s, gpt2.retries, gpt2.template) == (100.0, 1, "text_generation/cpu")
+    assert (gpt2.timeout_s, gpt2.retries, gpt2.template) == (100.0, 1, "")  # the registry picks it
     assert bert.test_id == "bert-base-uncased/cuda/bs8/bf16"
     assert (bert.timeout_s, bert.retries, bert.family, bert.template) == (30.0, 1, "vision", "custom/x")
     assert dict(bert.params) == {"hidden": 64}
 
 
-def test_default_templates_are_family_cpu_or_family_torch_and_generic_for_unknown() -> None:
-    assert default_template("vision", "cpu", None) == "vision/cpu"
-    assert default_template("vision", "rocm", None) == "vision/torch"
-    assert default_template("unknown", "cuda", None) == "generic/torch"
-    assert default_template("vision", "cuda", "mine/special") == "mine/special"
+def test_without_a_resolver_the_registry_picks_the_template_when_it_renders() -> None:
+    registry = TemplateRegistry()
+    data = doc(models=["bert-base-uncased", "x-model", {"name": "y", "template": "generic/default"}],
+               hardware=["cpu", "cuda", "webgpu"], batch_sizes=[1])
+    bare, resolved = expand_suite(parse(data)), expand_suite(parse(data), resolve_template=registry.resolve)
+    assert [s.template for s in bare] == [""] * 6 + ["generic/default"] * 3
+    assert [registry.render(s).spec.template for s in bare] == [s.template for s in resolved]
+    assert [s.template for s in resolved[:3]] == ["text_embedding/cpu", "text_embedding/torch", "generic/webgpu"]
 
 
 def test_the_template_resolver_gets_family_hardware_and_explicit_template() -> None:
@@ -443,7 +445,8 @@ def test_the_same_suite_always_expands_to_the_same_unique_ids(data: dict[str, An
     assert all(ID_PATTERN.fullmatch(tid) for tid in ids(first))
     expected = len(data["models"]) * len(data["hardware"]) * len(data["batch_sizes"]) * len(data["precisions"])
     assert len(first) == expected
-    assert topological_order(first) == first  # chains only point backwards in suite order
+    position = {s.test_id: i for i, s in enumerate(first)}  # chains only point backwards in suite order
+    assert all(position[parent] < position[s.test_id] for s in first for parent in s.depends_on)
 
 
 @given(valid_documents)
@@ -535,7 +538,8 @@ def test_detected_families_are_known_families() -> None:
 
 
 def test_the_suite_family_overrides_detection() -> None:
-    spec = expand_suite(parse(doc(models=[{"name": "gpt2", "family": "audio"}], batch_sizes=[1])))[0]
+    suite = parse(doc(models=[{"name": "gpt2", "family": "audio"}], batch_sizes=[1]))
+    spec = expand_suite(suite, resolve_template=TemplateRegistry().resolve)[0]
     assert (spec.family, spec.template) == ("audio", "audio/cpu")
 
 
@@ -628,11 +632,6 @@ def spec(test_id: str, *deps: str) -> TestSpec:
     return TestSpec(test_id, "m", "vision", "cpu", 1, "fp32", "vision/cpu", depends_on=deps)
 
 
-def test_topological_order_puts_parents_first_and_otherwise_keeps_input_order() -> None:
-    specs = [spec("c", "b"), spec("a"), spec("b", "a"), spec("d")]
-    assert [s.test_id for s in topological_order(specs)] == ["a", "b", "c", "d"]
-
-
 def test_validate_dependencies_rejects_dangling_duplicate_and_cyclic_graphs() -> None:
     with pytest.raises(SuiteError, match="dangling dependency"):
         validate_dependencies([spec("a", "ghost")])
@@ -644,7 +643,9 @@ def test_validate_dependencies_rejects_dangling_duplicate_and_cyclic_graphs() ->
 
 def test_a_chain_of_thousands_of_tests_does_not_hit_the_recursion_limit() -> None:
     specs = [spec("t0")] + [spec(f"t{i}", f"t{i - 1}") for i in range(1, 5000)]
-    assert topological_order(list(reversed(specs)))[0].test_id == "t0"
+    validate_dependencies(list(reversed(specs)))
+    with pytest.raises(SuiteError, match=r"dependency cycle: t0 -> t4999 -> t4998 -> "):
+        validate_dependencies([spec("t0", "t4999"), *specs[1:]])
 
 
 # -- examples ------------------------------------------------------------------------------
@@ -653,10 +654,9 @@ def test_a_chain_of_thousands_of_tests_does_not_hit_the_recursion_limit() -> Non
 def test_the_smoke_example_has_five_families_on_cpu_and_cuda() -> None:
     suite = load_suite(EXAMPLES / "smoke.yaml")
     specs = expand_suite(suite)
-    summary = suite_summary(suite, specs)
-    assert summary["tests"] == 20
-    assert summary["by_hardware"] == {"cpu": 10, "cuda": 10}
-    assert set(summary["by_family"]) == set(FAMILIES) - {"unknown"}
+    assert len(specs) == 20
+    assert Counter(s.hardware for s in specs) == {"cpu": 10, "cuda": 10}
+    assert {s.family for s in specs} == set(FAMILIES) - {"unknown"}
 
 
 def test_the_matrix_example_has_more_than_thirty_cpu_tests() -> None:

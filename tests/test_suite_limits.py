@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-import dtf.suite as suite_module
+import dtf.suite.expand as expand_module
+import dtf.suite.graph as graph_module
 from dtf.errors import SuiteError
 from dtf.suite import expand_suite, parse_suite
 
@@ -19,7 +20,7 @@ def doc(**extra: object) -> dict[str, object]:
 
 
 def test_aliased_copies_of_one_selector_are_matched_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(suite_module, "MAX_SELECTOR_SCANS", 4 * 100)  # 100 tests: four distinct selectors
+    monkeypatch.setattr(graph_module, "MAX_SELECTOR_SCANS", 4 * 100)  # 100 tests: four distinct selectors
     edge = {"test": "m1/cpu/bs1/fp32", "after": "m0/cpu/bs1/fp32"}
     specs = expand_suite(parse_suite(doc(depends_on=[edge] * 5000), "s.yaml"))
     assert len(specs) == 100
@@ -27,7 +28,7 @@ def test_aliased_copies_of_one_selector_are_matched_once(monkeypatch: pytest.Mon
 
 
 def test_too_many_distinct_selectors_are_refused_naming_the_edge(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(suite_module, "MAX_SELECTOR_SCANS", 4 * 100)
+    monkeypatch.setattr(graph_module, "MAX_SELECTOR_SCANS", 4 * 100)
     edges = [{"test": f"m{i}/cpu/bs1/fp32", "after": "m0/cpu/bs2/fp32"} for i in range(1, 6)]
     with pytest.raises(SuiteError) as info:
         expand_suite(parse_suite(doc(depends_on=edges), "s.yaml"))
@@ -37,7 +38,7 @@ def test_too_many_distinct_selectors_are_refused_naming_the_edge(monkeypatch: py
 
 
 def test_params_text_repeated_in_every_test_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(suite_module, "MAX_PARAMS_TEXT", 150_000)
+    monkeypatch.setattr(expand_module, "MAX_PARAMS_TEXT", 150_000)
     big = "x" * 10_000  # 10 KB in each of m0's 10 tests: 100 KB; twice that is over the cap
     with pytest.raises(SuiteError, match=r"s\.yaml: models\[0\]\.params: params repeated in every test come to more than 150,000 characters"):
         expand_suite(parse_suite(doc(models=[{"name": "m0", "params": {"blob": big, "again": big}}]), "s.yaml"))
@@ -45,5 +46,5 @@ def test_params_text_repeated_in_every_test_is_capped(monkeypatch: pytest.Monkey
 
 
 def test_the_real_limits_admit_a_full_size_suite() -> None:
-    assert suite_module.MAX_SELECTOR_SCANS >= 100 * suite_module.DEFAULT_MAX_TESTS
-    assert suite_module.MAX_PARAMS_TEXT >= suite_module.DEFAULT_MAX_TESTS * 256
+    assert graph_module.MAX_SELECTOR_SCANS >= 100 * expand_module.DEFAULT_MAX_TESTS
+    assert expand_module.MAX_PARAMS_TEXT >= expand_module.DEFAULT_MAX_TESTS * 256

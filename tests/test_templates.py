@@ -608,7 +608,7 @@ def test_a_remembered_render_resolves_no_path_and_walks_no_root(
     write_family(tmp_path)
     registry = warmed(tmp_path)
     calls: list[Path] = []
-    monkeypatch.setattr("dtf.templates._inside", lambda path, root: calls.append(path))
+    monkeypatch.setattr("dtf.templates.registry._inside", lambda path, root: calls.append(path))
     monkeypatch.setattr(registry, "_filenames", lambda: pytest.fail("walked the roots without an error"))
     registry.render(make_spec("fam/t"))
     assert calls == []
