@@ -37,19 +37,36 @@ def check_worker_options(*, pool: str = "threads", loglevel: str = "INFO", concu
 
 
 class AssembledWorker:
-    """A Celery worker wired to a runtime. ``serve`` runs it in this process until it is
-    stopped by a signal; ``start``/``stop`` run it in a thread (the embedded cluster)."""
+    """A runtime wired into its Celery app, and the options of the Celery worker that will
+    consume for it (built when it starts: building Celery's full worker sets process-wide
+    state). ``serve`` runs it in this process until a signal stops it; ``start``/``stop``
+    run it in a thread (the embedded cluster)."""
 
-    def __init__(self, app: Celery, runtime: WorkerRuntime, controller: Any, replayed: int) -> None:
+    def __init__(self, app: Celery, runtime: WorkerRuntime, options: dict[str, Any], *, embedded: bool, replayed: int) -> None:
         self.app = app
         self.runtime = runtime
-        self.controller = controller
+        self.options = options
+        self.embedded = embedded
         self.replayed = replayed
+        self.controller: Any = None
         self._thread: Optional[threading.Thread] = None
 
     @property
     def concurrency(self) -> int:
         return self.runtime.concurrency
+
+    def build(self) -> Any:
+        """The Celery worker: standalone, Celery's full worker (signal handlers, its own event
+        heartbeats); embedded, a bare WorkController on this process's default app."""
+        if self.controller is None:
+            if self.embedded:
+                # The thread pool's tracer looks run_test up in the default app (new threads have no
+                # current app), and run_test is registered with this app only (shared=False).
+                self.app.set_default()
+                self.controller = self.app.WorkController(**self.options)
+            else:
+                self.controller = self.app.Worker(**self.options)
+        return self.controller
 
     def serve(self, state_dir: str | Path) -> None:
         """Heartbeat to the coordinator, leave a worker record for `dtf worker-health`, and
@@ -63,7 +80,7 @@ class AssembledWorker:
             except OSError as exc:
                 raise DtfError(f"DTF_STATE_DIR {state_dir}: cannot write: {exc.strerror or exc}") from None
             try:
-                self.controller.start()
+                self.build().start()
             finally:
                 remove_worker_record(record)
         finally:
@@ -72,11 +89,12 @@ class AssembledWorker:
 
     def start(self) -> None:
         """Consume in a daemon thread."""
-        self._thread = threading.Thread(target=self.controller.start, name="dtf-worker", daemon=True)
+        self._thread = threading.Thread(target=self.build().start, name="dtf-worker", daemon=True)
         self._thread.start()
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        self.controller.stop(in_sighandler=False)
+        if self.controller is not None:
+            self.controller.stop(in_sighandler=False)
         if self._thread is not None:
             self._thread.join(timeout=timeout_s)
 
@@ -90,11 +108,11 @@ def assemble_worker(
     loglevel: str = "INFO",
     embedded: bool = False,
 ) -> AssembledWorker:
-    """Wire ``runtime`` into ``app`` and build its Celery worker (not started).
-
-    Standalone (``embedded=False``): Celery's full worker (signal handlers, its own event
-    heartbeats) as `dtf worker` runs it. Embedded: a bare WorkController on the thread pool,
-    without Celery's heartbeats, logging warnings only."""
+    """Wire ``runtime`` into ``app`` (the profile's prefetch, the run_test handler, the guard's
+    bootstep when limits are set, the spool replayed, the concurrency) and choose the Celery
+    worker's options. Standalone (``embedded=False``): Celery's full worker as `dtf worker`
+    runs it. Embedded: a bare WorkController, without Celery's heartbeats, logging warnings
+    only."""
     check_worker_options(pool=pool, loglevel=loglevel, concurrency=concurrency)
     app.conf.worker_prefetch_multiplier = runtime.execution.prefetch_multiplier
     runtime.install()
@@ -103,19 +121,14 @@ def assemble_worker(
     replayed = runtime.replay_spool()
     runtime.concurrency = concurrency or runtime.concurrency
     queues = list(runtime.queues)
+    options: dict[str, Any]
     if embedded:
-        # The thread pool's tracer looks run_test up in the default app (new threads have no
-        # current app), and run_test is registered with this app only (shared=False).
-        app.set_default()
-        controller = app.WorkController(
-            pool_cls=pool, concurrency=runtime.concurrency, queues=queues, hostname=runtime.worker_id,
-            without_mingle=True, without_gossip=True, without_heartbeat=True, loglevel="WARNING", ready_callback=None,
-        )
+        options = dict(pool_cls=pool, concurrency=runtime.concurrency, queues=queues, hostname=runtime.worker_id,
+                       without_mingle=True, without_gossip=True, without_heartbeat=True, loglevel="WARNING",
+                       ready_callback=None)
     else:
-        controller = app.Worker(
-            hostname=runtime.worker_id, queues=queues, concurrency=runtime.concurrency, pool=pool,
-            loglevel=loglevel, without_mingle=True, without_gossip=True, quiet=True,
-        )
+        options = dict(hostname=runtime.worker_id, queues=queues, concurrency=runtime.concurrency, pool=pool,
+                       loglevel=loglevel, without_mingle=True, without_gossip=True, quiet=True)
     logging.getLogger("dtf.worker").debug("assembled %s: queues %s, concurrency %d, prefetch x%d", runtime.worker_id,
                                           ", ".join(queues), runtime.concurrency, runtime.execution.prefetch_multiplier)
-    return AssembledWorker(app, runtime, controller, replayed)
+    return AssembledWorker(app, runtime, options, embedded=embedded, replayed=replayed)

@@ -33,14 +33,14 @@ def runtime_for(tmp_path: Path, profile: str = "test", limits: GuardLimits | Non
 def test_a_standalone_worker_takes_the_profiles_prefetch_the_guard_step_and_the_given_concurrency(tmp_path: Path) -> None:
     runtime = runtime_for(tmp_path, "light", GuardLimits(max_memory_percent=90.0))
     app = runtime.app
-    assembled = assemble_worker(app, runtime, concurrency=3, pool="threads", loglevel="info")
+    assembled = assemble_worker(app, runtime, concurrency=3, pool="prefork", loglevel="info")
     assert app.conf.worker_prefetch_multiplier == PROFILES["light"].prefetch_multiplier == 4
     assert app.dtf_handler == runtime.handle  # type: ignore[attr-defined]
     assert "dtf.worker.ResourceGuardStep" in {step.name for step in app.steps["consumer"]}
-    worker = assembled.controller
-    assert isinstance(worker, Worker)
-    assert (worker.hostname, worker.concurrency, assembled.concurrency, runtime.concurrency) == ("w1@test", 3, 3, 3)
-    assert worker.loglevel == logging.INFO and worker.pool_cls.__module__.endswith("thread")
+    assert assembled.concurrency == runtime.concurrency == 3
+    assert assembled.options == {"hostname": "w1@test", "queues": ["dtf.cpu"], "concurrency": 3, "pool": "prefork",
+                                 "loglevel": "info", "without_mingle": True, "without_gossip": True, "quiet": True}
+    assert assembled.controller is None  # Celery's full worker is built when it starts (it sets process-wide state)
 
 
 def test_without_guard_limits_no_bootstep_and_the_profile_decides_concurrency(tmp_path: Path) -> None:
@@ -49,15 +49,18 @@ def test_without_guard_limits_no_bootstep_and_the_profile_decides_concurrency(tm
     assembled = assemble_worker(runtime.app, runtime)
     assert not any(step.name == "dtf.worker.ResourceGuardStep" for step in runtime.app.steps["consumer"])
     assert assembled.concurrency == expected == PROFILES["light"].concurrency(host(cores=4), ["dtf.cpu"])
+    assert assembled.options["pool"] == "threads" and assembled.options["concurrency"] == expected
 
 
-def test_the_embedded_worker_is_a_bare_thread_pool_controller_logging_warnings_only(tmp_path: Path) -> None:
+def test_the_embedded_worker_is_a_bare_thread_pool_controller_without_celery_heartbeats(tmp_path: Path) -> None:
     runtime = runtime_for(tmp_path)
     assembled = assemble_worker(runtime.app, runtime, concurrency=2, embedded=True)
-    controller = assembled.controller
+    assert runtime.app.conf.worker_prefetch_multiplier == 1
+    assert assembled.options["without_heartbeat"] is True and assembled.options["loglevel"] == "WARNING"
+    controller = assembled.build()
     assert isinstance(controller, WorkController) and not isinstance(controller, Worker)
     assert controller.pool_cls.__module__.endswith("thread") and controller.concurrency == 2
-    assert controller.loglevel == logging.WARNING and runtime.app.conf.worker_prefetch_multiplier == 1
+    assert controller.loglevel == logging.WARNING and controller.hostname == "w1@test"
 
 
 def test_assembly_replays_the_spool(tmp_path: Path) -> None:
