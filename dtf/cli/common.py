@@ -120,6 +120,14 @@ def template_registry(built: Settings, templates: Optional[list[Path]]) -> Any:
     return registry(built.template_dirs, templates)
 
 
+def writable_store(db: str) -> Any:
+    """The results file a standalone coordinator owns (read-write). With ``open_store``
+    below, the only places the CLI opens a DuckDB file."""
+    from ..store import Store
+
+    return Store(db)
+
+
 @contextlib.contextmanager
 def open_store(db: str) -> Iterator[Any]:
     """The one place the CLI opens a DuckDB file given with --db: locked down

@@ -37,7 +37,6 @@ def coordinator(
     from ..app import make_app
     from ..coordinator import Candidate, Coordinator
     from ..ha import LeaderLock, redis_from_settings
-    from ..store import Store
 
     settings = common.settings(broker_url=broker, db_path=db, leader_ttl_ms=lease_ttl_ms)
     hide_own_secrets()  # read: out of os.environ and /proc/<pid>/environ
@@ -47,7 +46,7 @@ def coordinator(
     celery_app = make_app(settings)
     stop = threading.Event()
     if standalone:
-        with Store(settings.db_path) as store:
+        with common.writable_store(settings.db_path) as store:
             token = store.max_token() + 1
             info(f"dtf coordinator (standalone, token {token}): broker {settings.safe_broker}, db {settings.db_path}")
             _serve_until_signal(lambda: Coordinator(celery_app, store, token=lambda: token).serve(stop), stop)
