@@ -11,6 +11,7 @@ from typing import Sequence
 
 from celery import Celery
 
+from .celery_worker import AssembledWorker, assemble_worker
 from .coordinator import Coordinator
 from .errors import DtfError
 from .model import HardwareProfile
@@ -46,7 +47,7 @@ class EmbeddedCluster:
         self.runtime = WorkerRuntime(app, worker_id="dtf-embedded@local", queues=self.queues, profile=profile)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._worker = None
+        self._worker: AssembledWorker | None = None
         self.error: BaseException | None = None
 
     def __enter__(self) -> "EmbeddedCluster":
@@ -63,9 +64,8 @@ class EmbeddedCluster:
         self._threads.append(t)
         if not ready.wait(30) :
             raise DtfError(f"embedded coordinator did not start: {self.error}")
-        self.runtime.install()
-        self.runtime.replay_spool()
-        self._start_worker()
+        self._worker = assemble_worker(self.app, self.runtime, concurrency=self.concurrency, embedded=True)
+        self._worker.start()
 
     def _serve(self, ready: threading.Event) -> None:
         try:
@@ -75,23 +75,9 @@ class EmbeddedCluster:
             log.exception("embedded coordinator stopped")
             ready.set()
 
-    def _start_worker(self) -> None:
-        # The thread pool's tracer looks run_test up in the default app (new threads have no
-        # current app), and run_test is registered with this app only (shared=False).
-        self.app.set_default()
-        worker = self.app.WorkController(
-            pool_cls="threads", concurrency=self.concurrency, queues=self.queues,
-            hostname="dtf-embedded@local", without_mingle=True, without_gossip=True,
-            without_heartbeat=True, loglevel="WARNING", ready_callback=None,
-        )
-        self._worker = worker
-        t = threading.Thread(target=worker.start, name="dtf-worker", daemon=True)
-        t.start()
-        self._threads.append(t)
-
     def stop(self) -> None:
         if self._worker is not None:
-            self._worker.stop(in_sighandler=False)
+            self._worker.stop()
         self._stop.set()
         for t in self._threads:
             t.join(timeout=10)

@@ -2,7 +2,7 @@
 
 - The pure core (data, suites, scheduling, parity, model sources) imports neither Celery,
   kombu, Redis, DuckDB nor a model framework: it is checked in a fresh interpreter.
-- Only the CLI decides exit codes: no other module exits, except the ones that are the
+- Only the CLI (the dtf/cli/ package) exits, with the codes dtf/outcome.py decides: no other module exits, except the ones that are the
   entry point of a test process or of a `python -m` helper, listed here with the reason.
 - docs/architecture.md names every module of the package, and nothing that is gone.
 - ruff (style and errors) and mypy (strict, on the pure core) pass with the config in
@@ -24,13 +24,14 @@ import pytest
 from .conftest import REPO
 
 PACKAGE = REPO / "dtf"
-PURE_CORE = ("dtf.model", "dtf.parity", "dtf.predict", "dtf.flaky", "dtf.scale", "dtf.schedule", "dtf.suite", "dtf.models.source", "dtf.errors",
-             "dtf.paths", "dtf.harness")
+PURE_CORE = ("dtf.model", "dtf.parity", "dtf.predict", "dtf.flaky", "dtf.scale", "dtf.schedule", "dtf.suite",
+             "dtf.models.source", "dtf.errors", "dtf.paths", "dtf.harness", "dtf.outcome")
 HEAVY = ("celery", "kombu", "redis", "duckdb", "pyarrow", "torch", "transformers", "timm", "onnxruntime", "jinja2",
          "dtf.store", "dtf.app", "dtf.coordinator", "dtf.worker")
-# module -> why it may end the process itself
+CLI = "dtf/cli/"
+# module (or package folder) -> why it may end the process itself
 MAY_EXIT = {
-    "dtf/cli.py": "the command line: exit codes are decided here",
+    CLI: "the command line: exit codes are turned into the process's exit here",
     "dtf/harness.py": "runs inside the test's own process: its exit code is the test's outcome",
     "dtf/forkserver.py": "the fork server's child ends with the test's exit code",
     "dtf/models/webgpu.py": "`python -m dtf.models.webgpu setup|check`",
@@ -63,9 +64,11 @@ def _exits(path: Path) -> list[int]:
 
 def test_only_the_cli_and_process_entry_points_exit() -> None:
     found = {str(p.relative_to(REPO)): _exits(p) for p in sorted(PACKAGE.rglob("*.py")) if "_templates" not in p.parts}
-    offenders = {path: lines for path, lines in found.items() if lines and path not in MAY_EXIT}
-    assert offenders == {}, "raise a DtfError instead and let dtf/cli.py choose the exit code"
-    assert found["dtf/cli.py"], "the CLI is where exit codes are decided"
+    allowed = {path for path in found if path in MAY_EXIT or path.startswith(CLI)}
+    offenders = {path: lines for path, lines in found.items() if lines and path not in allowed}
+    assert offenders == {}, "raise a DtfError instead and let the CLI (dtf/cli/) exit with dtf.outcome's code"
+    assert any(lines for path, lines in found.items() if path.startswith(CLI)), "the CLI is where the process exits"
+    assert found["dtf/outcome.py"] == [], "dtf.outcome decides the code; only the CLI exits with it"
 
 
 def test_the_architecture_doc_maps_every_module() -> None:

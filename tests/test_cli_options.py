@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from dtf import cli
+from dtf.cli import common, progress
 
 from .conftest import dtf_cmd, dtf_env
 
@@ -47,11 +47,11 @@ def test_progress_lines_keep_the_per_hardware_part() -> None:
     status = {"run": {"run_id": "r1"}, "finished": True,
               "counts": {"cpu": {"passed": 2}, "cuda": {"queued": 1}}}
     buf = io.StringIO()
-    cli.err, saved = Console(file=buf, highlight=False, soft_wrap=True), cli.err
+    common.err, saved = Console(file=buf, highlight=False, soft_wrap=True), common.err
     try:
-        cli._PlainProgress().show(status)
+        progress.PlainProgress().show(status)
     finally:
-        cli.err = saved
+        common.err = saved
     assert buf.getvalue().strip() == "r1: 2/3 done, passed 2, queued 1  [cpu: passed=2; cuda: queued=1]"
 
 

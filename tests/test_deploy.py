@@ -108,7 +108,7 @@ def test_env_vars_hold_every_variable_of_the_cli_contract() -> None:
 
 def test_every_variable_the_cli_and_settings_read_is_listed_in_env_vars() -> None:
     package = Path(__file__).resolve().parent.parent / "dtf"
-    for module in (package / "cli.py", package / "settings.py"):
+    for module in (*sorted((package / "cli").glob("*.py")), package / "settings.py"):
         used = set(re.findall(r"\bDTF_[A-Z0-9_]+", module.read_text(encoding="utf-8")))
         assert used <= ENV_VAR_NAMES, (module.name, sorted(used - ENV_VAR_NAMES))
 

@@ -1,4 +1,4 @@
-"""``dtf models list|fetch|inspect``: the logic and the printing; dtf/cli.py only parses options.
+"""``dtf models list|fetch|inspect``: the logic and the printing; dtf/cli/models.py only parses options.
 
 Each function prints to the consoles it is given and returns the exit code; bad input and
 an unreachable hub raise DtfError (one line on stderr, exit 2, through the CLI's handler).

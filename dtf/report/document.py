@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..model import FAILING_ORDER, FINAL_ORDER, UNFINISHED_ORDER
+from ..outcome import report_code
 from ..regression import Rule, compare_runs, count_verdicts, key_of
 from .parity import lift, parity_matrix, source_label, stack_table
 
@@ -242,16 +243,8 @@ def build_report(
 
 
 def exit_code(report: Mapping[str, Any], *, fail_on_regression: bool = False) -> int:
-    """0 all passed (and no regression flagged when asked to fail on one), 1 a test
-    failed, errored or timed out (or a regression with ``fail_on_regression``), 2 the run
-    did not finish."""
-    if report["outcome"] == "incomplete":
-        return 2
-    if report["outcome"] == "failed":
-        return 1
-    if fail_on_regression and report.get("regressions"):
-        return 1
-    return 0
+    """The report's verdict as an exit code (the one policy lives in dtf.outcome.report_code)."""
+    return report_code(report, fail_on_regression=fail_on_regression)
 
 
 def comparisons_of(report: Mapping[str, Any], verdict: str) -> list[Mapping[str, Any]]:

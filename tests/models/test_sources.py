@@ -16,7 +16,7 @@ import pytest
 from rich.console import Console
 
 from dtf.app import make_app
-from dtf.cli import _workers_table
+from dtf.cli.fleet import workers_table
 from dtf.hardware import detect, format_profile
 from dtf.harness import Skip
 from dtf.model import HardwareProfile
@@ -79,7 +79,7 @@ def test_the_heartbeat_carries_the_sources_to_dtf_workers(tmp_path: Path) -> Non
         store.close()
     assert rows[0]["hardware"]["model_sources"] == ["onnx", "synthetic"]  # `dtf workers --format json`
     console = Console(record=True, width=400)
-    console.print(_workers_table(rows, rows[0]["last_seen"]))
+    console.print(workers_table(rows, rows[0]["last_seen"]))
     text = console.export_text()
     assert "sources" in text and "onnx, synthetic" in text
 

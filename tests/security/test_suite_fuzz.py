@@ -242,7 +242,7 @@ def test_the_cli_turns_every_refusal_into_one_line_and_exit_2(text: str) -> None
         if exc is None:
             return  # a valid suite: the CLI would run it
         code, stderr = cli_refusal(path, path.parent / "never.duckdb")
-        # The CLI prints the library's message; until cli._prepare uses render_suite (open
+        # The CLI prints the library's message; until dtf.submission.prepare_suite uses render_suite (open
         # item 3), a render failure is printed without the suite file.
         allowed = {f"error: {exc}", f"error: {exc.__cause__}"}
         assert code == 2 and len(stderr.strip().splitlines()) == 1 and stderr.strip() in allowed, stderr

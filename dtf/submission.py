@@ -1,0 +1,86 @@
+"""Getting a suite ready to submit, and collecting a run's results afterwards.
+
+Every bad-input error (suite, templates, baseline) surfaces here, before anything reaches
+a broker. ``client`` is a ``dtf.client.CoordinatorClient`` (or anything with its ``call``).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+from .errors import DtfError
+from .model import RenderedTest, queue_for
+
+__all__ = ["template_registry", "prepare_suite", "run_meta", "unserved", "baseline_choice", "check_baseline", "collect"]
+
+
+def template_registry(template_dirs: Iterable[str | Path], extra: Sequence[Path] | None = None) -> Any:
+    """The template registry over the configured folders and any given on the command line."""
+    from .templates import TemplateRegistry
+
+    return TemplateRegistry([Path(p) for p in template_dirs] + list(extra or []))
+
+
+def prepare_suite(suite_path: Path, registry: Any) -> tuple[Any, list[RenderedTest]]:
+    """Load, validate, expand and render a suite."""
+    from .models.inspect import with_param_counts  # real parameter counts for memory estimates
+    from .suite import expand_suite, load_suite, render_suite
+    from .testtasks import collect_tests  # `tests:` entries: pytest collection here, at submit
+
+    suite = with_param_counts(load_suite(suite_path))
+    specs = expand_suite(suite, resolve_template=registry.resolve, collect_tests=collect_tests)
+    return suite, render_suite(suite, specs, registry.render)
+
+
+def run_meta(suite: Any) -> dict[str, Any]:
+    """A new run's id and where it came from (suite, git commit, branch, CI job)."""
+    from .provenance import provenance
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    prov = provenance()
+    return {
+        "run_id": f"{suite.name}-{stamp}-{uuid.uuid4().hex[:6]}",
+        "suite_name": suite.name,
+        "suite_hash": suite.source_hash,
+        "submitted_at": time.time(),
+        "git_sha": prov["git_sha"],
+        "branch": prov["branch"],
+        "ci_url": prov["ci_url"],
+        "info": {"ci_provider": prov["ci_provider"], "suite_path": str(suite.path)},
+    }
+
+
+def unserved(client: Any, tests: Sequence[RenderedTest]) -> list[str]:
+    """Hardware kinds of these tests whose queue no live worker consumes while others are live."""
+    served = {q for w in client.call("workers") if w.get("state") != "offline" for q in (w.get("queues") or ())}
+    if not served:
+        return []  # no live worker at all (a cluster starting up): nothing to judge by
+    return sorted({t.spec.hardware for t in tests if queue_for(t.spec.hardware) not in served})
+
+
+def baseline_choice(baseline: Optional[str], fail_on_regression: bool) -> Optional[str]:
+    """--fail-on-regression with no --baseline compares with the latest earlier run."""
+    if baseline is not None and not baseline.strip():
+        raise DtfError("--baseline: give a run id or 'latest'")
+    return baseline or ("latest" if fail_on_regression else None)
+
+
+def check_baseline(client: Any, baseline: Optional[str]) -> None:
+    """An explicit baseline run must exist: fail before submitting, not after the run."""
+    if baseline and baseline != "latest":
+        try:
+            client.call("status", run_id=baseline)
+        except DtfError as exc:
+            raise DtfError(f"--baseline {baseline}: {exc}") from None
+
+
+def collect(client: Any, run_id: str, baseline: Optional[str], reports_wanted: bool) -> tuple[Any, Any]:
+    """A run's results, and its report data when reports or a baseline were asked for."""
+    data = client.call("results", run_id=run_id)
+    wanted = reports_wanted or baseline
+    report_data = client.call("report", run_id=run_id, baseline=baseline, timeout_s=120) if wanted else None
+    return data, report_data
