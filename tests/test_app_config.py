@@ -17,8 +17,9 @@ import celery
 import kombu.exceptions
 import pytest
 
-from dtf import app as app_module
-from dtf.app import RUN_TEST, broker_connection_args, make_app, task_id_for
+from dtf import bus as app_module
+from dtf.app import make_app
+from dtf.bus import RUN_TEST, broker_connection_args, task_id_for
 from dtf.model import HARDWARE_KINDS, RenderedTest, TestSpec
 from dtf.settings import Settings
 
@@ -88,7 +89,7 @@ def test_each_app_calls_its_own_worker_handler() -> None:
     apps = [make_app(Settings(broker_url="redis://127.0.0.1:6379/0")) for _ in range(3)]
     called: list[int] = []
     for i, each in enumerate(apps):
-        each.dtf_handler = lambda payload, request, i=i: called.append(i)  # type: ignore[attr-defined]
+        each.test_handler = lambda payload, request, i=i: called.append(i)
     for each in apps:
         each.tasks[RUN_TEST].run({})
     assert called == [0, 1, 2]

@@ -18,8 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kombu import Producer, Queue
 
-from dtf.app import make_app, wire_format
-from dtf.client import CONTROL_UNACKED_KEY, CoordinatorClient
+from dtf.app import make_app
+from dtf.bus import wire_format
+from dtf.client import CoordinatorClient
+from dtf.bus import CONTROL_UNACKED_KEY
 from dtf.settings import Settings
 from dtf.wire import DEAD_LETTER_QUEUE, check_envelope, MessageRefused
 
@@ -118,7 +120,7 @@ RAW_ITEMS = [
 def valid_task_item(url: str) -> dict[str, Any]:
     """A real run_test message as it sits in Redis, taken from a queue nobody consumes."""
     app = make_app(Settings(broker_url=url), extra_queues=("dtf.capture",))
-    from dtf import app as app_module
+    from dtf import bus as app_module
     from dtf.model import TestSpec
     from dtf.templates import TemplateRegistry
 

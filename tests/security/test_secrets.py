@@ -19,8 +19,9 @@ import pytest
 import redis
 import typer.main
 
-from dtf import app as app_module
-from dtf.app import RUN_TEST, make_app
+from dtf import bus as app_module
+from dtf.app import make_app
+from dtf.bus import RUN_TEST
 from dtf.cli import app as cli_app
 from dtf.deploy import PLATFORMS, render_deploy
 from dtf.model import TestSpec

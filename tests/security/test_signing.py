@@ -21,8 +21,9 @@ from kombu import Connection, Producer, Queue
 from kombu.exceptions import ContentDisallowed, DecodeError
 from kombu.serialization import loads, prepare_accept_content
 
-from dtf import app as app_module
-from dtf.app import RUN_TEST, TASK_EXCHANGE, make_app, result_body, wire_format
+from dtf import bus as app_module
+from dtf.app import make_app
+from dtf.bus import RUN_TEST, TASK_EXCHANGE, result_body, wire_format
 from dtf.client import CoordinatorClient
 from dtf.errors import DtfError
 from dtf.model import TestResult, TestSpec

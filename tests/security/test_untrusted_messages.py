@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 from kombu import Connection, Producer, Queue
 
-from dtf import app as app_module
-from dtf.app import RUN_TEST, TASK_EXCHANGE, make_app
+from dtf import bus as app_module
+from dtf.app import make_app
+from dtf.bus import RUN_TEST, TASK_EXCHANGE
 from dtf.client import CoordinatorClient
 from dtf.model import TestSpec
 from dtf.settings import Settings
