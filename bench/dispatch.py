@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import TEMPLATES, add_common_args, emit, ratio, redis_server, repeats_of, summary, trivial_suite, workdir  # noqa: E402
 
 from dtf.app import make_app  # noqa: E402
-from dtf.bus import RUN_TEST, KombuPort, MemoryMessage, submit_bodies, task_id_for, test_payload  # noqa: E402
+from dtf.bus import RUN_TEST, KombuPort, MemoryMessage, submit_bodies, task_id_for, task_payload  # noqa: E402
 from dtf.coordinator import Coordinator  # noqa: E402
 from dtf.model import queue_for  # noqa: E402
 from dtf.settings import Settings  # noqa: E402
@@ -113,7 +113,7 @@ def main() -> None:
         suite = trivial_suite(tmp / "suite.yaml", n)
         registry = TemplateRegistry([TEMPLATES])
         rendered = [registry.render(s) for s in expand_suite(load_suite(suite), resolve_template=registry.resolve)]
-        payloads = [test_payload("raw-run", 1, t) for t in rendered]
+        payloads = [task_payload("raw-run", 1, t) for t in rendered]
         runs_dtf, runs_raw = [], []
         for i in range(reps):  # interleaved, so drift in the machine hits both alike
             runs_dtf.append(dtf_once(app, suite, tmp / f"dispatch-{i}.duckdb", n))

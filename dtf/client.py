@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 from kombu import Connection, Producer
 
 from .app import DtfApp
-from .bus import QUERY_OPS, dumps, first_line, publish_control, request, submit_bodies, test_payload, wire_format
+from .bus import QUERY_OPS, dumps, first_line, publish_control, request, submit_bodies, task_payload, wire_format
 from .errors import BrokerError, DtfError, PayloadTooLarge
 from .model import RenderedTest
 
@@ -94,7 +94,7 @@ class CoordinatorClient:
         for t in dicts:
             # Measure what the coordinator will publish (the task payload around the test,
             # at the highest attempt number), so a test under the cap here is publishable there.
-            size = len(dumps(test_payload(str(run["run_id"]), int(t["spec"].get("retries", 0)) + 1, t)))
+            size = len(dumps(task_payload(str(run["run_id"]), int(t["spec"].get("retries", 0)) + 1, t)))
             if size > self.max_payload:
                 raise PayloadTooLarge(
                     f"test {t['spec']['test_id']}: rendered payload is {size} bytes, over the {self.max_payload}-byte cap"

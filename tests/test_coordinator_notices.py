@@ -13,7 +13,7 @@ from kombu import Queue
 
 from dtf.app import make_app
 from dtf.bus import CONTROL_QUEUE, RESULTS_QUEUE
-from dtf.bus import test_payload as payload_for
+from dtf.bus import task_payload as payload_for
 from dtf.coordinator import Coordinator
 from dtf.model import RenderedTest, TestResult, TestSpec
 from dtf.settings import Settings

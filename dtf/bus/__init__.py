@@ -2,7 +2,7 @@
 share, so that none of them reaches into another's internals.
 
 * ``dtf/bus/protocol.py``: queue names and kombu queues, the run_test task (the one
-  ``test_payload`` and ``send_test``), result and submit bodies, the query ops.
+  ``task_payload`` and ``send_test``), result and submit bodies, the query ops.
 * ``dtf/bus/connect.py``: ``Settings`` into kombu and redis-py connection options (URL,
   Sentinels, passwords, TLS).
 * ``dtf/bus/rpc.py``: the one way a control message is published, a reply awaited, a reply sent.
@@ -21,14 +21,14 @@ from .port import CoordinatorPort, KombuPort, MemoryMessage, MemoryPort, TestTas
 from .protocol import (
     CONTROL_QUEUE, MARKER_QUEUE, QUERY_OPS, RESULTS_QUEUE, RUN_TEST, TASK_EXCHANGE, control_queue, drop_undecodable,
     dumps, first_line, hardware_queues, result_body, results_queue, send_test, submit_bodies, task_id_for,
-    test_payload, wire_format,
+    task_payload, wire_format,
 )
 from .rpc import publish_control, reply, request
 
 __all__ = [
     "RUN_TEST", "RESULTS_QUEUE", "CONTROL_QUEUE", "MARKER_QUEUE", "TASK_EXCHANGE", "QUERY_OPS",
     "hardware_queues", "control_queue", "results_queue", "wire_format",
-    "test_payload", "send_test", "task_id_for", "result_body", "submit_bodies",
+    "task_payload", "send_test", "task_id_for", "result_body", "submit_bodies",
     "dumps", "first_line", "drop_undecodable",
     "BrokerOptions", "broker_options", "broker_connection_args", "control_transport_options", "CONTROL_UNACKED_KEY",
     "publish_control", "request", "reply",

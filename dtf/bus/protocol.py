@@ -1,6 +1,6 @@
 """The names and shapes on the wire: queues, the run_test task, results, submits, control ops.
 
-Every message dtf publishes is built here, once: a test task (``test_payload``, published
+Every message dtf publishes is built here, once: a test task (``task_payload``, published
 by ``send_test``), a result (``result_body``), the chunks of a submit (``submit_bodies``).
 What may *arrive* is checked by dtf.wire.
 """
@@ -18,7 +18,7 @@ from ..model import HARDWARE_KINDS, RenderedTest, TestResult, queue_for
 
 __all__ = [
     "RUN_TEST", "RESULTS_QUEUE", "CONTROL_QUEUE", "MARKER_QUEUE", "REPLY_PREFIX", "TASK_EXCHANGE", "QUERY_OPS",
-    "hardware_queues", "control_queue", "results_queue", "wire_format", "test_payload", "send_test", "task_id_for",
+    "hardware_queues", "control_queue", "results_queue", "wire_format", "task_payload", "send_test", "task_id_for",
     "result_body", "submit_bodies", "dumps", "first_line", "drop_undecodable",
 ]
 
@@ -61,7 +61,7 @@ def wire_format(app: Celery) -> tuple[str, list[str]]:
 
 
 # -- test tasks ---------------------------------------------------------------------------------
-def test_payload(run_id: str, attempt: int, test: RenderedTest | Mapping[str, Any]) -> dict[str, Any]:
+def task_payload(run_id: str, attempt: int, test: RenderedTest | Mapping[str, Any]) -> dict[str, Any]:
     """The JSON body of a run_test task. ``test`` is a RenderedTest or its dict form (the
     coordinator passes the stored spec, source and template hash through as they are)."""
     return {"run_id": run_id, "attempt": attempt, "test": test.to_dict() if isinstance(test, RenderedTest) else dict(test)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
-from ..bus import TestTask, dumps, task_id_for, test_payload
+from ..bus import TestTask, dumps, task_id_for, task_payload
 from ..errors import PayloadTooLarge
 from ..model import queue_for
 from .state import CoordinatorState, from_json
@@ -53,7 +53,7 @@ class DispatchPolicy(CoordinatorState):
         for test_id, attempt in items:
             spec, source, template_hash = stored[test_id]
             spec = from_json(spec)
-            payload = test_payload(run_id, attempt, {"spec": spec, "source": source, "template_hash": template_hash})
+            payload = task_payload(run_id, attempt, {"spec": spec, "source": source, "template_hash": template_hash})
             size = len(dumps(payload))
             if size > self.max_payload:
                 raise PayloadTooLarge(f"test {test_id}: payload is {size} bytes, over the {self.max_payload}-byte cap")

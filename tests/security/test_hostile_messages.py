@@ -125,7 +125,7 @@ def valid_task_item(url: str) -> dict[str, Any]:
     from dtf.templates import TemplateRegistry
 
     spec = TestSpec("m/cpu/bs1/fp32", "m", "sec", "cpu", 1, "fp32", "sec/ok")
-    payload = app_module.test_payload("capture", 1, TemplateRegistry([TEMPLATES]).render(spec))
+    payload = app_module.task_payload("capture", 1, TemplateRegistry([TEMPLATES]).render(spec))
     app.send_task("dtf.run_test", args=[payload], queue="dtf.capture", task_id="capture:m:1")
     import redis as redis_py
 
