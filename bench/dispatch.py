@@ -1,8 +1,9 @@
 """Dispatch: a 10,000-test suite through dtf (expansion, rendering, storing, publishing)
 against raw Celery ``send_task`` of the same messages, on the same private redis-server.
 
-dtf's side is the coordinator's own code path: ``Coordinator.submit`` stores the run and
-its tests in DuckDB, then ``_dispatch`` marks the ready tests queued and publishes one
+dtf's side is the coordinator's own code path: the run's submit chunks (dtf.bus.submit_bodies)
+go through its control handler, which stages each chunk in DuckDB and starts the run after
+the last; then ``_dispatch`` marks the ready tests queued and publishes one
 ``dtf.run_test`` task each (the window is opened to N so that every test is published).
 The baseline publishes the very same payloads with ``app.send_task`` and one shared
 producer, the fastest plain Celery way. Every repeat starts from an empty Redis and a
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import TEMPLATES, add_common_args, emit, ratio, redis_server, repeats_of, summary, trivial_suite, workdir  # noqa: E402
 
-from dtf.app import RUN_TEST, make_app, task_id_for, test_payload  # noqa: E402
+from dtf.app import make_app  # noqa: E402
+from dtf.bus import RUN_TEST, KombuPort, MemoryMessage, submit_bodies, task_id_for, task_payload  # noqa: E402
 from dtf.coordinator import Coordinator  # noqa: E402
 from dtf.model import queue_for  # noqa: E402
 from dtf.settings import Settings  # noqa: E402
@@ -66,17 +69,20 @@ def dtf_once(app: Any, suite_path: Path, db: Path, n: int) -> dict[str, float]:
     tests = [registry.render(spec) for spec in specs]
     t2 = time.perf_counter()
     with Store(db) as store, app.connection_for_write() as conn:
-        coordinator = Coordinator(app, store, window=n)
-        coordinator._producer = conn.Producer(serializer="json")  # what serve() sets up
-        insert, dispatch = _Timed(store.insert_run), _Timed(coordinator._dispatch)
-        store.insert_run, coordinator._dispatch = insert, dispatch  # type: ignore[method-assign]
+        coordinator = Coordinator(app, store, window=n, port=KombuPort(app, conn.Producer(serializer="json")))
+        stage, finish = _Timed(store.stage_submit_chunk), _Timed(store.finish_submit)
+        dispatch = _Timed(coordinator._dispatch)
+        store.stage_submit_chunk, store.finish_submit = stage, finish  # type: ignore[method-assign]
+        coordinator._dispatch = dispatch  # type: ignore[method-assign]
         t3 = time.perf_counter()
-        coordinator.submit({"run_id": f"dispatch-{time.monotonic_ns()}", "suite_name": "bench"}, tests)
+        run = {"run_id": f"dispatch-{time.monotonic_ns()}", "suite_name": "bench"}
+        for body in submit_bodies(uuid.uuid4().hex, run, [t.to_dict() for t in tests]):
+            coordinator.on_control(body, MemoryMessage())
         t4 = time.perf_counter()
     published = _queue_length(app, queue_for("cpu"))
     if published != n:
         raise RuntimeError(f"dtf published {published} of {n} tests")
-    return {"expand_s": t1 - t0, "render_s": t2 - t1, "store_s": insert.seconds, "dispatch_s": dispatch.seconds,
+    return {"expand_s": t1 - t0, "render_s": t2 - t1, "store_s": stage.seconds + finish.seconds, "dispatch_s": dispatch.seconds,
             "submit_s": t4 - t3, "total_s": t4 - t0}
 
 
@@ -107,7 +113,7 @@ def main() -> None:
         suite = trivial_suite(tmp / "suite.yaml", n)
         registry = TemplateRegistry([TEMPLATES])
         rendered = [registry.render(s) for s in expand_suite(load_suite(suite), resolve_template=registry.resolve)]
-        payloads = [test_payload("raw-run", 1, t) for t in rendered]
+        payloads = [task_payload("raw-run", 1, t) for t in rendered]
         runs_dtf, runs_raw = [], []
         for i in range(reps):  # interleaved, so drift in the machine hits both alike
             runs_dtf.append(dtf_once(app, suite, tmp / f"dispatch-{i}.duckdb", n))

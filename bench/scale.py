@@ -59,8 +59,8 @@ def echo_worker(url: str) -> None:
     """Consume dtf.run_test tasks and answer each with a passed result straight away."""
     from kombu import Connection, Consumer, Producer
 
-    from dtf.app import RESULTS_QUEUE, hardware_queues, result_body
-    from dtf.client import results_queue
+    from dtf.bus import RESULTS_QUEUE, hardware_queues, result_body
+    from dtf.bus import results_queue
     from dtf.model import TestResult
 
     with Connection(url) as conn:

@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any, Optional
 
-from celery import Celery
+from .app import DtfApp
 
 from .errors import DtfError
 from .state import remove_worker_record, write_worker_record
@@ -42,7 +42,7 @@ class AssembledWorker:
     state). ``serve`` runs it in this process until a signal stops it; ``start``/``stop``
     run it in a thread (the embedded cluster)."""
 
-    def __init__(self, app: Celery, runtime: WorkerRuntime, options: dict[str, Any], *, embedded: bool, replayed: int) -> None:
+    def __init__(self, app: DtfApp, runtime: WorkerRuntime, options: dict[str, Any], *, embedded: bool, replayed: int) -> None:
         self.app = app
         self.runtime = runtime
         self.options = options
@@ -100,7 +100,7 @@ class AssembledWorker:
 
 
 def assemble_worker(
-    app: Celery,
+    app: DtfApp,
     runtime: WorkerRuntime,
     *,
     concurrency: Optional[int] = None,

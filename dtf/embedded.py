@@ -9,8 +9,7 @@ import logging
 import threading
 from typing import Sequence
 
-from celery import Celery
-
+from .app import DtfApp
 from .celery_worker import AssembledWorker, assemble_worker
 from .coordinator import Coordinator
 from .errors import DtfError
@@ -28,14 +27,14 @@ class EmbeddedCluster:
 
     def __init__(
         self,
-        app: Celery,
+        app: DtfApp,
         *,
         queues: Sequence[str],
         workers: int = 2,
         profile: HardwareProfile | None = None,
         db_path: str | None = None,
     ) -> None:
-        settings = app.dtf_settings  # type: ignore[attr-defined]
+        settings = app.settings
         if not settings.embedded:
             raise DtfError("EmbeddedCluster needs the in-memory broker (memory://)")
         self.app = app

@@ -29,7 +29,9 @@ import redis
 from redis.sentinel import Sentinel
 
 from .errors import DtfError
-from .settings import Settings, tls_options
+from .bus.connect import redis_auth, redis_tls, sentinel_auth
+from .bus.protocol import first_line
+from .settings import Settings
 
 __all__ = ["LEADER_KEY", "LeaderLock", "redis_from_settings", "parse_hostport", "NotLeader"]
 
@@ -212,7 +214,7 @@ class LeaderLock:
                 self.renew()
         except redis.RedisError as exc:
             # No answer is not a "no": keep the deadline and try again soon.
-            log.warning("%s: Redis unavailable for the leader lock: %s", self.node_id, _first_line(exc))
+            log.warning("%s: Redis unavailable for the leader lock: %s", self.node_id, first_line(exc))
             self._next_renew = self._clock() + max(0.05, self.renew_every_ms / 4000.0)
 
     def next_wait_s(self) -> float:
@@ -266,26 +268,13 @@ def redis_from_settings(settings: Settings, *, socket_timeout_s: float | None = 
     Sentinels at least one other must agree on who the master is."""
     timeout = socket_timeout_s if socket_timeout_s is not None else settings.redis_socket_timeout_s
     common: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
-    auth: dict[str, Any] = {}
-    if settings.redis_password:
-        auth["password"] = settings.redis_password
-        if settings.redis_username:
-            auth["username"] = settings.redis_username
-    tls_keys = tls_options(settings)
-    tls: dict[str, Any] = {"ssl": True, **tls_keys} if tls_keys else {}
+    auth = redis_auth(settings)
+    tls = redis_tls(settings)
     if settings.sentinels:
-        sentinel_kwargs: dict[str, Any] = dict(common)
-        sentinel_password = settings.sentinel_password or settings.redis_password
-        if sentinel_password:
-            sentinel_kwargs["password"] = sentinel_password
-            if settings.redis_username:
-                sentinel_kwargs["username"] = settings.redis_username
-        if tls:
-            sentinel_kwargs.update(tls)
         sentinel = Sentinel(
             [parse_hostport(s) for s in settings.sentinels],
             min_other_sentinels=1 if len(settings.sentinels) > 1 else 0,
-            sentinel_kwargs=sentinel_kwargs,
+            sentinel_kwargs={**common, **sentinel_auth(settings), **tls},
             **common,
         )
         return sentinel.master_for(settings.sentinel_master, **common, **auth, **tls)
@@ -295,8 +284,3 @@ def redis_from_settings(settings: Settings, *, socket_timeout_s: float | None = 
     if url.startswith("rediss://"):
         tls.pop("ssl", None)  # the scheme says so already
     return redis.Redis.from_url(url, **common, **auth, **tls)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]

@@ -63,7 +63,7 @@ MAX_QUEUES = 64
 RESULT_STATUSES = frozenset(s.value for s in FINAL_STATUSES)
 WORKER_STATES = frozenset({"online", "constrained", "offline"})
 REPLY_TO = re.compile(r"dtf\.reply\.[A-Za-z0-9_-]{1,64}")  # a reply queue, never a work queue
-CONTROL_OPS = frozenset({"submit", "heartbeat", "started"})  # plus dtf.client.QUERY_OPS
+CONTROL_OPS = frozenset({"submit", "heartbeat", "started"})  # plus dtf.bus.QUERY_OPS
 
 
 class MessageRefused(DtfError):
@@ -232,7 +232,7 @@ def check_envelope(item: bytes | str, queue: str) -> dict[str, Any]:
 
 
 def _is_task_queue(queue: str) -> bool:
-    from .app import CONTROL_QUEUE, RESULTS_QUEUE
+    from .bus.protocol import CONTROL_QUEUE, RESULTS_QUEUE
 
     return queue.startswith("dtf.") and queue not in (CONTROL_QUEUE, RESULTS_QUEUE, DEAD_LETTER_QUEUE) and \
         not queue.startswith("dtf.reply.")
@@ -241,7 +241,7 @@ def _is_task_queue(queue: str) -> bool:
 def _check_task_headers(headers: Mapping[str, Any]) -> None:
     """A task message (Celery protocol 2) for dtf.run_test, with the header types Celery's
     consumer reads before the body; the body is decoded (and its signature checked) later."""
-    from .app import RUN_TEST
+    from .bus.protocol import RUN_TEST
 
     if headers.get("task") != RUN_TEST:
         raise MessageRefused(f"headers.task: {_show(headers.get('task'))} is not {RUN_TEST}")

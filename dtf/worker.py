@@ -30,12 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from celery import Celery, bootsteps
+from celery import bootsteps
 from celery.exceptions import Reject
 
 from . import runner
-from .app import CONTROL_QUEUE, RESULTS_QUEUE, result_body, send_test, wire_format
-from .client import control_queue, results_queue
+from .app import DtfApp
+from .bus import RESULTS_QUEUE, publish_control, result_body, results_queue, send_test, wire_format
 from .guard import GuardLimits, GuardState, ResourceGuard
 from .hardware import cpu_capacity, memory_capacity_gb
 from .health import HealthSample, HealthSampler
@@ -205,7 +205,7 @@ class WorkerRuntime:
 
     def __init__(
         self,
-        app: Celery,
+        app: DtfApp,
         *,
         worker_id: str,
         queues: Sequence[str],
@@ -223,8 +223,7 @@ class WorkerRuntime:
         self.hostname = socket.gethostname()
         self.queues = tuple(queues)
         self.profile = profile
-        settings = app.dtf_settings  # type: ignore[attr-defined]
-        self.spool = Path(spool_dir or settings.spool_dir) / _safe(worker_id)
+        self.spool = Path(spool_dir or app.settings.spool_dir) / _safe(worker_id)
         self.spool.mkdir(parents=True, exist_ok=True)
         self.test_env = dict(test_env) if test_env is not None else None
         self.execution = execution
@@ -242,7 +241,7 @@ class WorkerRuntime:
 
     def install(self) -> None:
         """Make this runtime the handler of the app's run_test task."""
-        self.app.dtf_handler = self.handle  # type: ignore[attr-defined]
+        self.app.test_handler = self.handle
 
     @property
     def running(self) -> int:
@@ -437,8 +436,7 @@ class WorkerRuntime:
     def _send_control(self, body: Mapping[str, Any]) -> None:
         try:
             with self.app.producer_or_acquire() as producer:
-                producer.publish(dict(body), exchange="", routing_key=CONTROL_QUEUE, serializer=wire_format(self.app)[0],
-                                 declare=[control_queue()], retry=True, retry_policy={"max_retries": 2})
+                publish_control(producer, body, serializer=wire_format(self.app)[0], retry_policy={"max_retries": 2})
         except Exception as exc:  # noqa: BLE001 - a lost notice must not fail the test
             log.warning("cannot notify coordinator: %s", exc)
 

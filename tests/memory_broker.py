@@ -1,9 +1,17 @@
 """Helpers for tests that drive dtf pieces in-process on kombu's in-memory broker: take
-what was published to a queue, and a message stand-in that records its ack."""
+what was published to a queue, submit through the coordinator's control handler."""
 
 from __future__ import annotations
 
-from typing import Any
+import uuid
+from typing import Any, Mapping, Sequence
+
+from kombu import Producer
+
+from dtf.bus import KombuPort, MemoryMessage, submit_bodies
+from dtf.model import RenderedTest
+
+FakeMessage = MemoryMessage  # what the coordinator needs of a message: ack, requeue
 
 
 def drain(app: Any, queue: str) -> list[Any]:
@@ -30,13 +38,16 @@ def empty(app: Any, *queues: str) -> None:
             pass
 
 
-class FakeMessage:
-    """What the coordinator needs of a kombu message it was handed."""
+def submit(coordinator: Any, run: Mapping[str, Any], tests: Sequence[RenderedTest]) -> str:
+    """Submit a run the way a client does: its submit chunks (dtf.bus.submit_bodies) handed
+    to the coordinator's control handler, each acked once stored."""
+    for body in submit_bodies(uuid.uuid4().hex, run, [t.to_dict() for t in tests]):
+        message = MemoryMessage()
+        coordinator.on_control(body, message)
+        assert message.acked
+    return str(run["run_id"])
 
-    channel = None
 
-    def __init__(self) -> None:
-        self.acked = False
-
-    def ack(self) -> None:
-        self.acked = True
+def attach(coordinator: Any, channel: Any) -> None:
+    """Give a coordinator the port ``serve`` would give it, on this channel's producer."""
+    coordinator.port = KombuPort(coordinator.app, Producer(channel, serializer="json"), embedded=True)

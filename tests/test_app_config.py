@@ -17,8 +17,9 @@ import celery
 import kombu.exceptions
 import pytest
 
-from dtf import app as app_module
-from dtf.app import RUN_TEST, broker_connection_args, make_app, task_id_for
+from dtf import bus as app_module
+from dtf.app import make_app
+from dtf.bus import RUN_TEST, broker_connection_args, task_id_for
 from dtf.model import HARDWARE_KINDS, RenderedTest, TestSpec
 from dtf.settings import Settings
 
@@ -88,7 +89,7 @@ def test_each_app_calls_its_own_worker_handler() -> None:
     apps = [make_app(Settings(broker_url="redis://127.0.0.1:6379/0")) for _ in range(3)]
     called: list[int] = []
     for i, each in enumerate(apps):
-        each.dtf_handler = lambda payload, request, i=i: called.append(i)  # type: ignore[attr-defined]
+        each.test_handler = lambda payload, request, i=i: called.append(i)
     for each in apps:
         each.tasks[RUN_TEST].run({})
     assert called == [0, 1, 2]
@@ -97,7 +98,7 @@ def test_each_app_calls_its_own_worker_handler() -> None:
 def test_a_test_attempt_always_gets_the_same_task_id() -> None:
     assert task_id_for("run1", "bert-cpu", 2) == task_id_for("run1", "bert-cpu", 2) == "run1:bert-cpu:2"
     spec = TestSpec("t", "m", "f", "cpu", 1, "fp32", "tpl")
-    payload = app_module.test_payload("run1", 2, RenderedTest(spec, "pass", "h"))
+    payload = app_module.task_payload("run1", 2, RenderedTest(spec, "pass", "h"))
     assert RenderedTest.from_dict(payload["test"]).spec == spec and payload["attempt"] == 2
 
 
@@ -248,7 +249,7 @@ def test_send_test_publishes_a_run_test_task_that_names_the_test_and_carries_no_
     app = make_app(Settings())
     spec = TestSpec("bert/cpu/bs4/fp32", "bert", "text_embedding", "cpu", 4, "fp32", "generic/default")
     source = "SECRET_LOOKING_SOURCE = 1\n" * 20
-    payload = app_module.test_payload("run-s", 2, RenderedTest(spec, source, "h"))
+    payload = app_module.task_payload("run-s", 2, RenderedTest(spec, source, "h"))
     with app.connection_for_write() as conn:
         channel = conn.default_channel
         app_module.hardware_queues()[0](channel).declare()

@@ -12,7 +12,8 @@ import pytest
 from celery.apps.worker import Worker
 from celery.worker import WorkController
 
-from dtf.app import RESULTS_QUEUE, make_app, result_body
+from dtf.app import make_app
+from dtf.bus import RESULTS_QUEUE, result_body
 from dtf.celery_worker import assemble_worker
 from dtf.errors import DtfError
 from dtf.guard import GuardLimits
@@ -35,7 +36,7 @@ def test_a_standalone_worker_takes_the_profiles_prefetch_the_guard_step_and_the_
     app = runtime.app
     assembled = assemble_worker(app, runtime, concurrency=3, pool="prefork", loglevel="info")
     assert app.conf.worker_prefetch_multiplier == PROFILES["light"].prefetch_multiplier == 4
-    assert app.dtf_handler == runtime.handle  # type: ignore[attr-defined]
+    assert app.test_handler == runtime.handle
     assert "dtf.worker.ResourceGuardStep" in {step.name for step in app.steps["consumer"]}
     assert assembled.concurrency == runtime.concurrency == 3
     assert assembled.options == {"hostname": "w1@test", "queues": ["dtf.cpu"], "concurrency": 3, "pool": "prefork",

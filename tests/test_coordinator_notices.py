@@ -9,17 +9,18 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from kombu import Producer, Queue
+from kombu import Queue
 
-from dtf.app import CONTROL_QUEUE, RESULTS_QUEUE, make_app
-from dtf.app import test_payload as payload_for
+from dtf.app import make_app
+from dtf.bus import CONTROL_QUEUE, RESULTS_QUEUE
+from dtf.bus import task_payload as payload_for
 from dtf.coordinator import Coordinator
 from dtf.model import RenderedTest, TestResult, TestSpec
 from dtf.settings import Settings
 from dtf.store import Store
 from dtf.worker import WorkerRuntime
 
-from .memory_broker import FakeMessage, drain_bodies, empty
+from .memory_broker import FakeMessage, attach, drain_bodies, empty, submit
 
 REPLIES = "dtf.reply.test"
 SPEC = TestSpec("m/cpu/bs1/fp32", "m", "generic", "cpu", 1, "fp32", "generic/x")
@@ -33,27 +34,27 @@ def coordinator(tmp_path: Path) -> Iterator[Coordinator]:
     c = Coordinator(app, store)
     with app.connection_for_write() as conn:
         Queue(REPLIES)(conn.default_channel).declare()
-        c._producer = Producer(conn.default_channel, serializer="json")
+        attach(c, conn.default_channel)
         yield c
     store.close()
 
 
 def _ask_status(c: Coordinator, run_id: str, wait_s: float) -> FakeMessage:
     message = FakeMessage()
-    c._on_control({"op": "status", "run_id": run_id, "wait_s": wait_s, "reply_to": REPLIES,
-                   "correlation_id": "c1"}, message)  # type: ignore[arg-type]
+    c.on_control({"op": "status", "run_id": run_id, "wait_s": wait_s, "reply_to": REPLIES,
+                   "correlation_id": "c1"}, message)
     return message
 
 
 def test_a_held_status_query_is_answered_when_its_run_finishes(coordinator: Coordinator) -> None:
-    coordinator.submit({"run_id": "run-w", "suite_name": "s"}, [RenderedTest(SPEC, "print(1)", "h")])
+    submit(coordinator, {"run_id": "run-w", "suite_name": "s"}, [RenderedTest(SPEC, "print(1)", "h")])
     asked = _ask_status(coordinator, "run-w", 30.0)
     assert asked.acked  # held in memory, not in the queue
     coordinator.tick()
     assert drain_bodies(coordinator.app, REPLIES) == []  # still running: no answer yet
 
     coordinator._on_result_message({"result": TestResult("run-w", SPEC.test_id, 1, "passed").to_dict()},
-                                   FakeMessage())  # type: ignore[arg-type]
+                                   FakeMessage())
     coordinator._flush_results()
     coordinator.tick()
     [reply] = drain_bodies(coordinator.app, REPLIES)
@@ -62,7 +63,7 @@ def test_a_held_status_query_is_answered_when_its_run_finishes(coordinator: Coor
 
 
 def test_a_held_status_query_is_answered_when_its_wait_ends(coordinator: Coordinator) -> None:
-    coordinator.submit({"run_id": "run-x", "suite_name": "s"}, [RenderedTest(SPEC, "print(1)", "h")])
+    submit(coordinator, {"run_id": "run-x", "suite_name": "s"}, [RenderedTest(SPEC, "print(1)", "h")])
     _ask_status(coordinator, "run-x", 5.0)
     coordinator.tick(time.monotonic() + 6.0)
     [reply] = drain_bodies(coordinator.app, REPLIES)
@@ -70,7 +71,7 @@ def test_a_held_status_query_is_answered_when_its_wait_ends(coordinator: Coordin
 
 
 def test_a_status_query_without_a_wait_or_for_a_finished_run_is_answered_at_once(coordinator: Coordinator) -> None:
-    coordinator.submit({"run_id": "run-y", "suite_name": "s"}, [RenderedTest(SPEC, "print(1)", "h")])
+    submit(coordinator, {"run_id": "run-y", "suite_name": "s"}, [RenderedTest(SPEC, "print(1)", "h")])
     _ask_status(coordinator, "run-y", 0.0)
     assert len(drain_bodies(coordinator.app, REPLIES)) == 1
     _ask_status(coordinator, "no-such-run", 10.0)
@@ -132,7 +133,7 @@ def test_delayed_notices_send_in_due_order_and_never_a_cancelled_one() -> None:
 def test_a_demoted_coordinator_drops_held_queries_and_leaves_new_messages_for_the_next_leader(
     coordinator: Coordinator,
 ) -> None:
-    coordinator.submit({"run_id": "run-z", "suite_name": "s"}, [RenderedTest(SPEC, "print(1)", "h")])
+    submit(coordinator, {"run_id": "run-z", "suite_name": "s"}, [RenderedTest(SPEC, "print(1)", "h")])
     _ask_status(coordinator, "run-z", 0.5)
     coordinator.store.close()  # what losing the lease does first
     coordinator.tick(time.monotonic() + 5.0)
@@ -144,7 +145,7 @@ def test_a_demoted_coordinator_drops_held_queries_and_leaves_new_messages_for_th
 def test_a_query_the_lease_runs_out_under_gets_no_error_and_stays_unacked(
     coordinator: Coordinator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    coordinator.submit({"run_id": "run-q", "suite_name": "s"}, [RenderedTest(SPEC, "print(1)", "h")])
+    submit(coordinator, {"run_id": "run-q", "suite_name": "s"}, [RenderedTest(SPEC, "print(1)", "h")])
     real_status = coordinator.status
 
     def status_while_demoted(run_id: str) -> Any:
@@ -159,7 +160,7 @@ def test_a_query_the_lease_runs_out_under_gets_no_error_and_stays_unacked(
 def test_a_held_query_the_lease_runs_out_under_is_dropped_without_an_error(
     coordinator: Coordinator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    coordinator.submit({"run_id": "run-h", "suite_name": "s"}, [RenderedTest(SPEC, "print(1)", "h")])
+    submit(coordinator, {"run_id": "run-h", "suite_name": "s"}, [RenderedTest(SPEC, "print(1)", "h")])
     _ask_status(coordinator, "run-h", 0.5)
     real_status = coordinator.status
 

@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
-from dtf.app import RUN_TEST, make_app, task_id_for
-from dtf.app import test_payload as payload_for
+from dtf.app import make_app
+from dtf.bus import RUN_TEST, task_id_for
+from dtf.bus import task_payload as payload_for
 from dtf.errors import DtfError
 from dtf.flower import WebAuth, _guard_celery_flower, basic_auth_from_env, check_exposure, flower_argv, is_loopback
 from dtf.model import RenderedTest, TestSpec

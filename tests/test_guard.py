@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dtf.app import make_app
-from dtf.app import test_payload as payload_for
+from dtf.bus import task_payload as payload_for
 from dtf.guard import GuardLimits, ResourceGuard, crossed_limits
 from dtf.health import GpuHealth, HealthSample
 from dtf.model import RenderedTest, TestSpec

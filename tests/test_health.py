@@ -18,7 +18,7 @@ from dtf.model import GpuInfo, HardwareProfile, RenderedTest, TestSpec
 from dtf.settings import Settings
 from dtf.store import Store
 
-from .memory_broker import drain
+from .memory_broker import drain, submit
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hardware"
 NVIDIA_H100 = (FIXTURES / "nvidia-smi_query-gpu_csv_h100-80gb-hbm3_allfields.csv").read_text()
@@ -165,7 +165,7 @@ def test_workers_only_the_database_remembers_are_marked_offline_too(tmp_path: Pa
 def test_a_dead_workers_running_test_is_published_again_with_the_same_attempt(coordinator: Coordinator) -> None:
     drain(coordinator.app, "dtf.cpu")
     spec = TestSpec("m/cpu/bs1/fp32", "m", "generic", "cpu", 1, "fp32", "generic/x")
-    coordinator.submit({"run_id": "run-d", "suite_name": "s"}, [RenderedTest(spec, "print(1)", "h")])
+    submit(coordinator, {"run_id": "run-d", "suite_name": "s"}, [RenderedTest(spec, "print(1)", "h")])
     assert len(drain(coordinator.app, "dtf.cpu")) == 1  # the first publish, taken by the worker
     coordinator._on_started({"run_id": "run-d", "test_id": spec.test_id, "attempt": 1, "worker_id": "dead"})
     coordinator._on_heartbeat(heartbeat("dead", running=[("run-d", spec.test_id, 1)]))

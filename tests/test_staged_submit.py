@@ -9,15 +9,16 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from kombu import Producer, Queue
+from kombu import Queue
 
-from dtf.app import RESULTS_QUEUE, make_app
+from dtf.app import make_app
+from dtf.bus import RESULTS_QUEUE
 from dtf.coordinator import Coordinator
 from dtf.model import RenderedTest, TestSpec
 from dtf.settings import Settings
 from dtf.store import Store
 
-from .memory_broker import FakeMessage, drain, empty
+from .memory_broker import FakeMessage, attach, drain, empty
 
 REPLIES = "dtf.reply.staged"
 
@@ -76,7 +77,7 @@ def coordinator(tmp_path: Path, store: Store) -> Iterator[Coordinator]:
     with app.connection_for_write() as conn:
         Queue(REPLIES)(conn.default_channel).declare()
         empty(app, "dtf.cpu", RESULTS_QUEUE, REPLIES)
-        c._producer = Producer(conn.default_channel, serializer="json")
+        attach(c, conn.default_channel)
         yield c
 
 
@@ -92,7 +93,7 @@ def test_the_coordinator_acks_each_chunk_when_stored_and_starts_the_run_after_th
     bodies = _chunks("run-d", [rendered(f"t{i:02d}") for i in range(25)], 10)
     for body in reversed(bodies):  # the reply-carrying chunk 0 last: order does not matter
         message = FakeMessage()
-        coordinator._on_control(body, message)  # type: ignore[arg-type]
+        coordinator.on_control(body, message)
         assert message.acked
         if body is not bodies[0]:
             assert "run-d" not in coordinator.runs and drain(coordinator.app, REPLIES) == []
@@ -101,7 +102,7 @@ def test_the_coordinator_acks_each_chunk_when_stored_and_starts_the_run_after_th
     assert len(coordinator.runs["run-d"].tests) == 25
     assert len(drain(coordinator.app, "dtf.cpu")) == 25  # all ready, all published
 
-    coordinator._on_control(bodies[1], FakeMessage())  # type: ignore[arg-type]  # a late redelivery
+    coordinator.on_control(bodies[1], FakeMessage())  # a late redelivery
     assert count(coordinator.store, "SELECT count(*) AS n FROM staged_chunks") == 0
     assert drain(coordinator.app, "dtf.cpu") == []
 
@@ -111,7 +112,7 @@ def test_a_chunk_naming_unknown_hardware_fails_the_submit_with_one_error_and_sto
 ) -> None:
     bodies = _chunks("run-e", [rendered("a"), rendered("b", hardware="tpu")], 1)
     for body in bodies:
-        coordinator._on_control(body, FakeMessage())  # type: ignore[arg-type]
+        coordinator.on_control(body, FakeMessage())
     [reply] = [m.decode() for m in drain(coordinator.app, REPLIES)]
     assert not reply["ok"] and "unknown hardware 'tpu'" in reply["error"]
     assert coordinator.store.run("run-e") is None and "run-e" not in coordinator.runs

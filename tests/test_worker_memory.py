@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from dtf.app import CONTROL_QUEUE, RESULTS_QUEUE, make_app
-from dtf.app import test_payload as payload_for
+from dtf.app import make_app
+from dtf.bus import CONTROL_QUEUE, RESULTS_QUEUE
+from dtf.bus import task_payload as payload_for
 from dtf.model import GpuInfo, HardwareProfile, RenderedTest, TestSpec
 from dtf.settings import Settings
 from dtf.worker import WorkerRuntime, memory_capacity_for

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from dtf.app import RESULTS_QUEUE, make_app
-from dtf.app import test_payload as payload_for
+from dtf.app import make_app
+from dtf.bus import RESULTS_QUEUE
+from dtf.bus import task_payload as payload_for
 from dtf.model import GpuInfo, HardwareProfile, RenderedTest, TestSpec
 from dtf.settings import Settings
 from dtf.worker import PROFILES, DeviceSlots, WorkerRuntime, devices_for

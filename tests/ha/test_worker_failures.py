@@ -18,7 +18,7 @@ from .conftest import wait_until, write_suite
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
 VISIBILITY_TIMEOUT_S = 8
-RESTORE_INTERVAL_S = 5  # dtf.app sets kombu's unacked_restore_interval to this
+RESTORE_INTERVAL_S = 5  # dtf.bus.broker_options sets kombu's unacked_restore_interval to this
 
 
 def deployment(tmp_path: Path, processes: Processes, redis_server: RedisServer) -> Deployment:

@@ -18,8 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kombu import Producer, Queue
 
-from dtf.app import make_app, wire_format
-from dtf.client import CONTROL_UNACKED_KEY, CoordinatorClient
+from dtf.app import make_app
+from dtf.bus import wire_format
+from dtf.client import CoordinatorClient
+from dtf.bus import CONTROL_UNACKED_KEY
 from dtf.settings import Settings
 from dtf.wire import DEAD_LETTER_QUEUE, check_envelope, MessageRefused
 
@@ -118,12 +120,12 @@ RAW_ITEMS = [
 def valid_task_item(url: str) -> dict[str, Any]:
     """A real run_test message as it sits in Redis, taken from a queue nobody consumes."""
     app = make_app(Settings(broker_url=url), extra_queues=("dtf.capture",))
-    from dtf import app as app_module
+    from dtf import bus as app_module
     from dtf.model import TestSpec
     from dtf.templates import TemplateRegistry
 
     spec = TestSpec("m/cpu/bs1/fp32", "m", "sec", "cpu", 1, "fp32", "sec/ok")
-    payload = app_module.test_payload("capture", 1, TemplateRegistry([TEMPLATES]).render(spec))
+    payload = app_module.task_payload("capture", 1, TemplateRegistry([TEMPLATES]).render(spec))
     app.send_task("dtf.run_test", args=[payload], queue="dtf.capture", task_id="capture:m:1")
     import redis as redis_py
 

@@ -19,8 +19,9 @@ import pytest
 import redis
 import typer.main
 
-from dtf import app as app_module
-from dtf.app import RUN_TEST, make_app
+from dtf import bus as app_module
+from dtf.app import make_app
+from dtf.bus import RUN_TEST
 from dtf.cli import app as cli_app
 from dtf.deploy import PLATFORMS, render_deploy
 from dtf.model import TestSpec
@@ -203,7 +204,7 @@ def test_a_test_that_dumps_its_environment_finds_no_secret(
                   DTF_SPOOL_DIR=str(tmp_path / "spool"))
     processes.start("worker", ["worker", "--name", "env@sec", "--queues", "dtf.cpu"], env, tmp_path)
     spec = TestSpec("dump/cpu/bs1/fp32", "dump", "sec", "cpu", 1, "fp32", "sec/env_dump")
-    payload = app_module.test_payload("env-run", 1, TemplateRegistry([TEMPLATES]).render(spec))
+    payload = app_module.task_payload("env-run", 1, TemplateRegistry([TEMPLATES]).render(spec))
     make_app(Settings(broker_url=redis_server.url, signing_keys=(SIGNING_SECRET,))).send_task(
         RUN_TEST, args=[payload], queue="dtf.cpu")
     conn = client(redis_server)

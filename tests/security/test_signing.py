@@ -21,8 +21,9 @@ from kombu import Connection, Producer, Queue
 from kombu.exceptions import ContentDisallowed, DecodeError
 from kombu.serialization import loads, prepare_accept_content
 
-from dtf import app as app_module
-from dtf.app import RUN_TEST, TASK_EXCHANGE, make_app, result_body, wire_format
+from dtf import bus as app_module
+from dtf.app import make_app
+from dtf.bus import RUN_TEST, TASK_EXCHANGE, result_body, wire_format
 from dtf.client import CoordinatorClient
 from dtf.errors import DtfError
 from dtf.model import TestResult, TestSpec
@@ -151,7 +152,7 @@ def test_only_the_loud_opt_out_speaks_plain_json(monkeypatch: pytest.MonkeyPatch
 def marker_task(marker: Path) -> dict[str, Any]:
     spec = TestSpec(f"m/cpu/bs1/{uuid.uuid4().hex[:6]}", "m", "sec", "cpu", 1, "fp32", "sec/marker",
                     params={"marker": str(marker)})
-    return app_module.test_payload("signed-run", 1, TemplateRegistry([TEMPLATES]).render(spec))
+    return app_module.task_payload("signed-run", 1, TemplateRegistry([TEMPLATES]).render(spec))
 
 
 def publish_raw(url: str, body: str, content_type: str) -> None:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from dtf.app import RUN_TEST, make_app
+from dtf.app import make_app
+from dtf.bus import RUN_TEST
 from dtf.client import CoordinatorClient
 from dtf.errors import PayloadTooLarge
 from dtf.model import RenderedTest, TestSpec

@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 from kombu import Connection, Producer, Queue
 
-from dtf import app as app_module
-from dtf.app import RUN_TEST, TASK_EXCHANGE, make_app
+from dtf import bus as app_module
+from dtf.app import make_app
+from dtf.bus import RUN_TEST, TASK_EXCHANGE
 from dtf.client import CoordinatorClient
 from dtf.model import TestSpec
 from dtf.settings import Settings
@@ -69,7 +70,7 @@ def pickled_task(marker: Path) -> tuple[Any, ...]:
 def good_task(url: str, marker: Path) -> None:
     spec = TestSpec("good/cpu/bs1/fp32", "good", "sec", "cpu", 1, "fp32", "sec/marker", params={"marker": str(marker)})
     rendered = TemplateRegistry([TEMPLATES]).render(spec)
-    make_app(Settings(broker_url=url)).send_task(RUN_TEST, args=[app_module.test_payload("after-attack", 1, rendered)],
+    make_app(Settings(broker_url=url)).send_task(RUN_TEST, args=[app_module.task_payload("after-attack", 1, rendered)],
                                                  queue="dtf.cpu", task_id="after-attack:good:1")
 
 

@@ -1,0 +1,126 @@
+"""The names and shapes on the wire: queues, the run_test task, results, submits, control ops.
+
+Every message dtf publishes is built here, once: a test task (``task_payload``, published
+by ``send_test``), a result (``result_body``), the chunks of a submit (``submit_bodies``).
+What may *arrive* is checked by dtf.wire.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Mapping, Sequence
+
+from celery import Celery
+from kombu import Exchange, Message, Queue
+
+from ..model import HARDWARE_KINDS, RenderedTest, TestResult, queue_for
+
+__all__ = [
+    "RUN_TEST", "RESULTS_QUEUE", "CONTROL_QUEUE", "MARKER_QUEUE", "REPLY_PREFIX", "TASK_EXCHANGE", "QUERY_OPS",
+    "hardware_queues", "control_queue", "results_queue", "wire_format", "task_payload", "send_test", "task_id_for",
+    "result_body", "submit_bodies", "dumps", "first_line", "drop_undecodable",
+]
+
+log = logging.getLogger("dtf.bus")
+
+RUN_TEST = "dtf.run_test"
+RESULTS_QUEUE = "dtf.results"
+CONTROL_QUEUE = "dtf.coordinator"
+REPLY_PREFIX = "dtf.reply."  # a client's private, auto-deleted reply queue (dtf.wire.REPLY_TO checks it)
+# One message nobody consumes: when it is missing, the broker lost its data (dtf.coordinator
+# re-creates the queues and re-publishes in-flight tests from DuckDB).
+MARKER_QUEUE = "dtf.coordinator.marker"
+TASK_EXCHANGE = Exchange("dtf", type="direct", durable=True)
+
+# Operations that only read: a client may send them again (to the next leader) when no
+# answer comes. The coordinator answers exactly these (checked at its import). The other
+# control ops (submit, heartbeat, started) are named in dtf.wire.CONTROL_OPS.
+QUERY_OPS = frozenset({"status", "results", "runs", "report", "workers", "ping", "worker_health", "run_progress",
+                       "run_matrix", "metric_trends"})
+
+
+# -- queues -----------------------------------------------------------------------------------
+def hardware_queues(extra: tuple[str, ...] = ()) -> list[Queue]:
+    names = [queue_for(kind) for kind in HARDWARE_KINDS] + [q for q in extra if q]
+    return [Queue(name, TASK_EXCHANGE, routing_key=name, durable=True) for name in dict.fromkeys(names)]
+
+
+def control_queue() -> Queue:
+    return Queue(CONTROL_QUEUE, durable=True)
+
+
+def results_queue() -> Queue:
+    return Queue(RESULTS_QUEUE, durable=True)
+
+
+def wire_format(app: Celery) -> tuple[str, list[str]]:
+    """(serializer, accepted content) for every message this app's process publishes or
+    consumes, tasks, results and control alike: JSON, or dtf-signed when a key is set."""
+    return str(app.conf.task_serializer), list(app.conf.accept_content)
+
+
+# -- test tasks ---------------------------------------------------------------------------------
+def task_payload(run_id: str, attempt: int, test: RenderedTest | Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON body of a run_test task. ``test`` is a RenderedTest or its dict form (the
+    coordinator passes the stored spec, source and template hash through as they are)."""
+    return {"run_id": run_id, "attempt": attempt, "test": test.to_dict() if isinstance(test, RenderedTest) else dict(test)}
+
+
+def send_test(app: Celery, producer: Any, payload: Mapping[str, Any], queue: str, task_id: str) -> None:
+    """Publish one run_test task: what ``app.send_task`` does, minus two per-message costs.
+
+    Celery puts a repr of the arguments (up to 1 KiB of the test's source) in every message
+    header and declares the queue again on every publish; here the header names the test
+    and attempt, and the queue is not declared (the anonymous exchange routes by queue
+    name, and workers declare the queues they consume)."""
+    spec = payload["test"]["spec"]
+    message = app.amqp.create_task_message(
+        task_id, RUN_TEST, args=[payload], kwargs={},
+        argsrepr=f"[{spec.get('test_id')!r} attempt {payload.get('attempt')}]", kwargsrepr="{}",
+    )
+    with app.producer_or_acquire(producer) as pooled:  # None: one from the app's pool
+        app.amqp.send_task_message(pooled, RUN_TEST, message, queue=queue, declare=[])
+
+
+def task_id_for(run_id: str, test_id: str, attempt: int) -> str:
+    """Deterministic task ids: the same test attempt always has the same id."""
+    return f"{run_id}:{test_id}:{attempt}"
+
+
+# -- results and submits ------------------------------------------------------------------------
+def result_body(result: TestResult) -> dict[str, Any]:
+    """The body of a ``dtf.results`` message (dtf.wire.result_from_wire reads it back)."""
+    return {"result": result.to_dict()}
+
+
+def submit_bodies(submit_id: str, run: Mapping[str, Any], tests: Sequence[Mapping[str, Any]],
+                  chunk_size: int = 200) -> list[dict[str, Any]]:
+    """The ``submit`` control messages of one run: its tests (dict form) in chunks, the run's
+    metadata on the first; the coordinator stages each chunk as it arrives."""
+    chunks = [list(tests[i:i + chunk_size]) for i in range(0, len(tests), chunk_size)] or [[]]
+    return [
+        {"op": "submit", "submit_id": submit_id, "run_id": str(run["run_id"]), "chunk": i, "chunks": len(chunks),
+         "tests": chunk, **({"run": dict(run)} if i == 0 else {})}
+        for i, chunk in enumerate(chunks)
+    ]
+
+
+# -- small shared helpers -----------------------------------------------------------------------
+def dumps(obj: Any) -> str:
+    """The JSON a body is measured by against the payload cap."""
+    return json.dumps(obj)
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def drop_undecodable(message: Message, exc: BaseException) -> None:
+    """A message in a content type we refuse (pickle, unsigned when signing is on) or that
+    does not decode is logged and acked: never executed, and never left at the head of the
+    queue where it would block every message behind it."""
+    log.error("dropping a message we refuse to decode (content type %s): %s",
+              message.content_type, first_line(exc))
+    message.ack()

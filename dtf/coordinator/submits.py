@@ -1,0 +1,101 @@
+"""Submits: a run arrives in chunks, each stored as it comes (dtf.store stages them), and
+starts when the last chunk is in: memory holds one chunk at a time, however large the run."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Mapping, Sequence
+
+from ..errors import HardwareError
+from ..model import HARDWARE_KINDS, RenderedTest, TestSpec
+from ..schedule import RunGraph
+from .dispatch import DispatchPolicy
+
+__all__ = ["SubmitPolicy", "STALE_SUBMIT_AFTER_S"]
+
+log = logging.getLogger("dtf.coordinator")
+
+STALE_SUBMIT_AFTER_S = 3600.0  # a submit whose chunks stopped coming this long ago is dropped
+
+
+class SubmitPolicy(DispatchPolicy):
+    def _on_submit_chunk(self, body: Mapping[str, Any], message: Any) -> None:
+        """Store one chunk of a submit as it arrives, ack it, and start the run when the last
+        chunk is in."""
+        reply = {k: body.get(k) for k in ("reply_to", "correlation_id")} if body.get("reply_to") else None
+        try:
+            submit_id, chunk, chunks = str(body["submit_id"]), int(body["chunk"]), int(body["chunks"])
+            run_id = str(body.get("run_id") or body["run"]["run_id"])
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("dropping a malformed submit chunk: %s", exc)
+            if reply is not None:
+                self._reply(reply, {"ok": False, "error": f"malformed submit: {exc}"})
+            message.ack()
+            return
+        if self._stored(run_id):  # redelivered: stored already
+            if reply is not None:
+                self._reply(reply, {"ok": True, "data": {"run_id": run_id}})
+            message.ack()
+            return
+        tests: list[RenderedTest] = []
+        try:
+            tests = [RenderedTest.from_dict(t) for t in body["tests"]]
+            _check_hardware(tests)
+            error = None
+        except HardwareError as exc:
+            error = str(exc)
+        except (KeyError, TypeError, ValueError) as exc:
+            error = f"malformed submit: {exc}"
+        staged = self.store.stage_submit_chunk(submit_id, run_id, chunk, chunks, tests, run=body.get("run"),
+                                               reply=reply, error=error, token=self.token())
+        message.ack()
+        if staged < chunks:
+            return
+        done = self.store.finish_submit(submit_id, token=self.token())
+        if done["error"] is None:
+            self._start_run(run_id, [TestSpec.from_dict(spec) for spec in self.store.iter_specs(run_id)])
+        else:
+            log.warning("submit of run %s refused: %s", run_id, done["error"])
+        if done["reply"]:
+            outcome = {"ok": True, "data": {"run_id": run_id}} if done["error"] is None else {"ok": False, "error": done["error"]}
+            self._reply(done["reply"], outcome)
+
+    def _start_run(self, run_id: str, specs: Sequence[TestSpec]) -> None:
+        """Build a stored run's graph, skip what no worker can serve, publish what is ready."""
+        graph = RunGraph(run_id, specs)
+        self.runs[run_id] = graph
+        if self.servable is not None:
+            missing = graph.unservable(self.servable)
+            if missing:
+                kinds = sorted({graph.tests[t].spec.hardware for t in missing})
+                reason = f"no worker here serves {', '.join(kinds)} (this machine has {', '.join(sorted(self.servable))})"
+                self._commit([], graph, graph.skip(missing, reason))
+        else:
+            self._skip_requested(graph)
+        self._dispatch()
+        self._finish_if_done(graph)
+
+    def _skip_requested(self, graph: RunGraph) -> None:
+        """Skip the hardware the submitter found no live worker for (`dtf submit --wait`
+        without --wait-unserved puts it in the run's info as ``skip_hardware``)."""
+        info = (self.store.run(graph.run_id) or {}).get("info")
+        try:
+            info = json.loads(info) if isinstance(info, str) else info
+        except ValueError:
+            info = None
+        kinds = info.get("skip_hardware") if isinstance(info, dict) else None
+        if not isinstance(kinds, list) or not kinds:
+            return
+        kinds = sorted({str(k) for k in kinds})
+        missing = [tid for tid, t in graph.tests.items() if t.spec.hardware in kinds and not t.final]
+        if missing:
+            reason = f"no live worker served {', '.join(kinds)} at submit (dtf submit --wait-unserved waits for one)"
+            self._commit([], graph, graph.skip(missing, reason))
+
+
+def _check_hardware(tests: Sequence[RenderedTest]) -> None:
+    unknown = sorted({t.spec.hardware for t in tests} - set(HARDWARE_KINDS))
+    if unknown:  # the CLI refuses these; a forged submit must not reach the store either
+        raise HardwareError(f"unknown hardware {', '.join(map(repr, unknown))} "
+                            f"(expected one of {', '.join(HARDWARE_KINDS)})")
