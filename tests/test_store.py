@@ -5,11 +5,13 @@ Store asks for a local file that is taken."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import uuid
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -20,7 +22,7 @@ from dtf.errors import FencingError, StoreError
 from dtf.model import RenderedTest, TestResult, TestSpec
 from dtf.store import MIGRATIONS, Store
 
-from .conftest import StoreSpec, fresh_store_spec
+from .conftest import StoreSpec
 
 SQL_LOOKING = [
     "'); DROP TABLE results; --",
@@ -73,10 +75,15 @@ def local_store(tmp_path: Path) -> Iterator[Store]:
         yield s
 
 
-@pytest.fixture
-def fresh_store(store_spec: StoreSpec, tmp_path: Path) -> Callable[[], Store]:
-    """A new store of the test's backend per Hypothesis example, so no example sees another's rows."""
-    return lambda: fresh_store_spec(store_spec.backend, tmp_path).open()
+def own_run(batch: list[TestResult]) -> tuple[str, list[TestResult]]:
+    """The batch moved into a run of its own, so one store serves every Hypothesis example
+    and no example sees another's rows (a new lake per example costs seconds)."""
+    run_id = f"run-{uuid.uuid4().hex}"
+    return run_id, [dataclasses.replace(r, run_id=run_id) for r in batch]
+
+
+def count_run(s: Store, run_id: str) -> int:
+    return int(s.query("SELECT count(*) AS n FROM results WHERE run_id = ?", [run_id])[0]["n"])
 
 
 def result(test_id: str = "t1", attempt: int = 1, status: str = "passed", run_id: str = "run", **kw: Any) -> TestResult:
@@ -144,31 +151,31 @@ def test_every_attempt_of_a_test_is_its_own_row(store: Store) -> None:
 
 @per_example
 @given(batch=st.lists(stored_results, max_size=8, unique_by=lambda r: (r.test_id, r.attempt)))
-def test_ingesting_the_same_batch_twice_leaves_the_row_count_unchanged(fresh_store: Callable[[], Store], batch: list[TestResult]) -> None:
-    with fresh_store() as s:
-        assert s.commit_batch(batch) == len(batch)
-        assert s.commit_batch(batch) == 0
-        assert count(s) == len(batch)
+def test_ingesting_the_same_batch_twice_leaves_the_row_count_unchanged(store: Store, batch: list[TestResult]) -> None:
+    run_id, batch = own_run(batch)
+    assert store.commit_batch(batch) == len(batch)
+    assert store.commit_batch(batch) == 0
+    assert count_run(store, run_id) == len(batch)
 
 
 @per_example
 @given(batch=st.lists(stored_results, min_size=1, max_size=8), data=st.data())
 def test_a_batch_with_duplicate_keys_inside_it_stores_one_row_per_key(
-    fresh_store: Callable[[], Store], batch: list[TestResult], data: st.DataObject
+    store: Store, batch: list[TestResult], data: st.DataObject
 ) -> None:
+    run_id, batch = own_run(batch)
     repeats = data.draw(st.lists(st.sampled_from(batch), min_size=1, max_size=4))
     keys = {(r.test_id, r.attempt) for r in batch}
-    with fresh_store() as s:
-        assert s.commit_batch(batch + repeats) == len(keys)
-        assert count(s) == len(keys)
+    assert store.commit_batch(batch + repeats) == len(keys)
+    assert count_run(store, run_id) == len(keys)
 
 
 @per_example
 @given(original=stored_results)
-def test_a_result_reads_back_as_it_was_written(fresh_store: Callable[[], Store], original: TestResult) -> None:
-    with fresh_store() as s:
-        s.commit_batch([original], token=3)
-        (row,) = s.results("run")
+def test_a_result_reads_back_as_it_was_written(store: Store, original: TestResult) -> None:
+    run_id, (original,) = own_run([original])
+    store.commit_batch([original], token=3)
+    (row,) = store.results(run_id)
     stored = {k: row[k] for k in original.to_dict()}
     assert stored == original.to_dict() | {"metrics": expected_json(dict(original.metrics))}
     assert row["token"] == 3
