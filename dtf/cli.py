@@ -25,7 +25,7 @@ from rich.table import Table
 from . import __version__
 from .errors import DtfError, check_option, check_positive
 from .model import FINAL_ORDER, UNFINISHED_ORDER, RenderedTest
-from .settings import EMBEDDED_BROKER, Settings, hide_own_secrets
+from .settings import EMBEDDED_BROKER, Settings, hide_own_secrets, redact_db
 from .state import remove_worker_record, write_worker_record
 
 __all__ = ["app", "main"]
@@ -70,7 +70,8 @@ EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
 
 BrokerOpt = Annotated[Optional[str], typer.Option("--broker", envvar="DTF_BROKER_URL", help="Broker URL, e.g. redis://127.0.0.1:6379/0.")]
 TemplatesOpt = Annotated[Optional[list[Path]], typer.Option("--templates", help="Extra template folder (repeatable).")]
-DbOpt = Annotated[Optional[str], typer.Option("--db", envvar="DTF_DB", help="DuckDB results file.")]
+DbOpt = Annotated[Optional[str], typer.Option("--db", envvar="DTF_DB", help="Results store: a DuckDB file, or ducklake:<catalog> (docs/ha.md).")]
+DataPathOpt = Annotated[Optional[str], typer.Option("--data-path", envvar="DTF_DATA_PATH", help="A DuckLake store's data folder (shared by every host).")]
 
 
 def _errors(fn: F) -> F:
@@ -143,14 +144,14 @@ def _report_store(db: str) -> Iterator[Any]:
     import duckdb
 
     from .errors import StoreError
-    from .store import Store
+    from .store import open_store
 
-    with Store.open_for_reports(db) as store:
+    with open_store(db, reports=True, password=Settings.from_env().db_password) as store:
         try:
             yield store
         except duckdb.Error as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise StoreError(f"cannot read results database {db}: {first}") from None
+            raise StoreError(f"cannot read results database {redact_db(db)}: {first}") from None
 
 
 def _run_meta(suite: Any) -> dict[str, Any]:
@@ -281,6 +282,7 @@ def _emit(data: dict[str, Any], fmt: str) -> None:
 def run(
     suite: Annotated[Path, typer.Argument(help="Suite YAML file.")],
     db: DbOpt = None,
+    data_path: DataPathOpt = None,
     workers: Annotated[int, typer.Option("--workers", "-w", help="Tests run at the same time.")] = 2,
     templates: TemplatesOpt = None,
     fmt: Annotated[str, typer.Option("--format", help="table or json")] = "table",
@@ -302,7 +304,7 @@ def run(
     if workers < 1:
         raise DtfError(f"--workers: expected at least 1, got {workers}")
     baseline = _baseline_choice(baseline, fail_on_regression)
-    settings = _settings(broker_url=EMBEDDED_BROKER, db_path=db)
+    settings = _settings(broker_url=EMBEDDED_BROKER, db_path=db, data_path=data_path)
     settings = settings.with_overrides(broker_url=EMBEDDED_BROKER, sentinels=())
     parsed, tests = _prepare(suite, settings, templates)
     profile = detect()
@@ -313,13 +315,13 @@ def run(
         client = CoordinatorClient(celery_app)
         _check_baseline(client, baseline)
         run_id = client.submit(_run_meta(parsed), tests)
-        err.print(f"run {run_id}: {len(tests)} tests, {workers} workers, queues {', '.join(queues)}, db {settings.db_path}")
+        err.print(f"run {run_id}: {len(tests)} tests, {workers} workers, queues {', '.join(queues)}, db {settings.safe_db}")
         status_now = _wait(client, run_id, timeout)
         data, report_data = _collect(client, run_id, baseline, output_dir)
         if cluster.error is not None:
             raise DtfError(f"embedded coordinator failed: {cluster.error}")
     _emit(data, fmt)
-    err.print(f"wall time {time.perf_counter() - started:.1f} s; results in {settings.db_path} (run {run_id})")
+    err.print(f"wall time {time.perf_counter() - started:.1f} s; results in {settings.safe_db} (run {run_id})")
     raise typer.Exit(_conclude(data, report_data, status_now, timeout, output_dir, fail_on_regression))
 
 
@@ -449,7 +451,7 @@ def results(
         with _report_store(db) as store:
             run_row = store.run(run_id)
             if run_row is None:
-                raise DtfError(f"unknown run {run_id!r} in {db}")
+                raise DtfError(f"unknown run {run_id!r} in {redact_db(db)}")
             data = {"run": run_row, "tests": store.final_results(run_id)}
     else:
         from .app import make_app
@@ -464,6 +466,7 @@ def results(
 @_errors
 def coordinator(
     db: DbOpt = None,
+    data_path: DataPathOpt = None,
     broker: BrokerOpt = None,
     standalone: Annotated[bool, typer.Option("--standalone", help="Lead at once, without the leader lock (one coordinator only).")] = False,
     node_id: Annotated[Optional[str], typer.Option("--node-id", help="Name in the leader lock (default host-pid-random).")] = None,
@@ -477,9 +480,13 @@ def coordinator(
     from .app import make_app
     from .coordinator import Candidate, Coordinator
     from .ha import LeaderLock, redis_from_settings
-    from .store import Store
+    from .store import open_store
 
-    settings = _settings(broker_url=broker, db_path=db, leader_ttl_ms=lease_ttl_ms)
+    settings = _settings(broker_url=broker, db_path=db, data_path=data_path, leader_ttl_ms=lease_ttl_ms)
+
+    def open_db(spec: str) -> Any:
+        return open_store(spec, data_path=settings.data_path or None, password=settings.db_password)
+
     hide_own_secrets()  # read: out of os.environ and /proc/<pid>/environ
     if not settings.embedded:
         from .app import check_broker_credentials
@@ -490,15 +497,15 @@ def coordinator(
     celery_app = make_app(settings)
     stop = threading.Event()
     if standalone:
-        with Store(settings.db_path) as store:
+        with open_db(settings.db_path) as store:
             token = store.max_token() + 1
-            err.print(f"dtf coordinator (standalone, token {token}): broker {settings.safe_broker}, db {settings.db_path}")
+            err.print(f"dtf coordinator (standalone, token {token}): broker {settings.safe_broker}, db {settings.safe_db}")
             _serve_until_signal(lambda: Coordinator(celery_app, store, token=lambda: token).serve(stop), stop)
         return
     lock = LeaderLock(lambda: redis_from_settings(settings), node_id=node_id, ttl_ms=settings.leader_ttl_ms)
     err.print(f"dtf coordinator {lock.node_id}: candidate (lease ttl {lock.ttl_ms} ms), "
-              f"broker {settings.safe_broker}, db {settings.db_path}")
-    _serve_until_signal(lambda: Candidate(celery_app, lock, settings.db_path).run(stop), stop)
+              f"broker {settings.safe_broker}, db {settings.safe_db}")
+    _serve_until_signal(lambda: Candidate(celery_app, lock, settings.db_path, open_store=open_db).run(stop), stop)
 
 
 def _serve_until_signal(serve: Callable[[], None], stop: threading.Event) -> None:
@@ -789,7 +796,7 @@ def dashboard(
     web_auth = dashboard_auth(os.environ)
     warning = check_exposure("the dashboard", address, port, web_auth, auth_env=DASHBOARD_AUTH_ENV)
     if db:
-        source: Any = DbSource(db)
+        source: Any = DbSource(db, password=settings.db_password)
     else:
         if settings.embedded:
             raise DtfError("no broker configured: set DTF_BROKER_URL or --broker, or read a file with --db")
@@ -803,7 +810,7 @@ def dashboard(
         raise DtfError(f"cannot listen on {address}:{port}: {exc.strerror}") from None
     if warning:
         err.print(f"warning: {warning}")
-    err.print(f"dtf dashboard: {server.url} reading {db or settings.safe_broker}")
+    err.print(f"dtf dashboard: {server.url} reading {redact_db(db) if db else settings.safe_broker}")
     try:
         server.serve_forever()
     finally:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ import duckdb
 
 from ..errors import StoreError
 from ..model import TestResult
+from ..settings import redact_db
 from .base import REPORT_CONFIG, Store, _Conflict, _retry_conflicts
 from .schema import KEYS, TestUpdate, _result_table, keyless
 
@@ -44,12 +44,9 @@ __all__ = ["LakeStore", "redact_catalog", "extension_files", "ALIAS"]
 #: over ``results`` reads the same on both backends.
 ALIAS = "lake"
 
-_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
-
-
 def redact_catalog(text: str) -> str:
     """A catalog string (or anything quoting one) with its password hidden."""
-    return _PASSWORD.sub(r"\1***", text)
+    return redact_db(text)
 
 
 def _quote(text: str) -> str:
