@@ -25,6 +25,7 @@ from rich.table import Table
 from . import __version__
 from .errors import DtfError, check_option, check_positive
 from .model import FINAL_ORDER, UNFINISHED_ORDER, RenderedTest
+from .lakecli import register as register_store_commands
 from .settings import EMBEDDED_BROKER, Settings, hide_own_secrets, redact_db
 from .state import remove_worker_record, write_worker_record
 
@@ -1219,6 +1220,9 @@ def runs_cmd(
         table.add_row(r["run_id"], r.get("suite_name") or "", r.get("status") or "", str(r.get("total") or ""),
                       when, (r.get("git_sha") or "")[:10], r.get("branch") or "")
     out.print(table)
+
+
+register_store_commands(app, _errors)  # dtf export, dtf import (dtf/lakecli.py)
 
 
 def main() -> None:
