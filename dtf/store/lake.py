@@ -32,7 +32,7 @@ from typing import Any, Sequence
 
 import duckdb
 
-from ..errors import StoreError
+from ..errors import FencingError, StoreError
 from ..model import TestResult
 from ..settings import redact_db
 from .base import REPORT_CONFIG, Store, _Conflict, _retry_conflicts
@@ -214,6 +214,19 @@ class LakeStore(Store):
         match = " AND ".join(f"{table}.{k} = s.{k}" for k in keys)
         con.execute(f"UPDATE {table} SET {sets} FROM ({select}) s WHERE {match}", list(params))
         self._insert_new(con, table, select, params)
+
+    def _fence(self, con: duckdb.DuckDBPyConnection, token: int) -> None:
+        """As the local file's, but the token row is written in every fenced transaction
+        (see ``_fence_writes_always``), with one plain UPDATE: each statement on a lake
+        costs catalog round trips, and this runs once per batch."""
+        rows = con.execute("SELECT value FROM meta WHERE key = 'max_token'").fetchall()
+        current = int(rows[0][0]) if rows else 0
+        if token < current:
+            raise FencingError(f"write with fencing token {token} refused: database has seen {current}")
+        if rows:
+            con.execute("UPDATE meta SET value = ? WHERE key = 'max_token'", [str(max(token, current))])
+        else:
+            con.execute("INSERT INTO meta VALUES ('max_token', ?)", [str(token)])
 
     def _write_error(self, exc: duckdb.Error) -> StoreError:
         text = redact_catalog(str(exc))
