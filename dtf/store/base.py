@@ -39,6 +39,13 @@ __all__ = ["Store", "MIGRATIONS", "TestUpdate", "REPORT_CONFIG"]
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
+def _checked(table: str) -> str:
+    """``table`` if it is one of dtf's tables: the one name a keyed write interpolates."""
+    if table not in KEYS:
+        raise ValueError(f"not a dtf table: {table!r}")
+    return table
+
+
 class _Conflict(StoreError):
     """A write transaction lost to a concurrent one (DuckLake's optimistic commit); the
     whole write is safe to run again, and ``_retry_conflicts`` does."""
@@ -193,6 +200,7 @@ class Store:
         """Insert the rows of ``select`` (every column of ``table``, in order) whose key
         (schema.KEYS) is not stored yet; a key repeated inside ``select`` is stored once.
         Returns the rows stored."""
+        _checked(table)
         row = con.execute(f"INSERT INTO {table} {select} ON CONFLICT DO NOTHING", list(params)).fetchone()
         return int(row[0]) if row else 0
 
@@ -200,7 +208,7 @@ class Store:
                 update: Sequence[str]) -> None:
         """Insert the rows of ``select``; where the key is stored already, set the ``update``
         columns from them instead."""
-        keys = ", ".join(KEYS[table])
+        keys = ", ".join(KEYS[_checked(table)])
         sets = ", ".join(f"{c} = excluded.{c}" for c in update)
         con.execute(f"INSERT INTO {table} {select} ON CONFLICT ({keys}) DO UPDATE SET {sets}", list(params))
 

@@ -35,7 +35,7 @@ import duckdb
 from ..errors import FencingError, StoreError
 from ..model import TestResult
 from ..settings import redact_db
-from .base import REPORT_CONFIG, Store, _Conflict, _retry_conflicts
+from .base import REPORT_CONFIG, Store, _checked, _Conflict, _retry_conflicts
 from .schema import KEYS, TestUpdate, _result_table, keyless
 
 __all__ = ["LakeStore", "redact_catalog", "extension_files", "ALIAS"]
@@ -193,7 +193,7 @@ class LakeStore(Store):
         return keyless(sql)
 
     def _insert_new(self, con: duckdb.DuckDBPyConnection, table: str, select: str, params: Sequence[Any] = ()) -> int:
-        keys = KEYS[table]
+        keys = KEYS[_checked(table)]
         match = " AND ".join(f"t.{k} IS NOT DISTINCT FROM s.{k}" for k in keys)
         # The stored rows are searched only under the first key column's values in the
         # batch (a result's run): DuckLake skips files whose run_id range misses them.
@@ -209,7 +209,7 @@ class LakeStore(Store):
 
     def _upsert(self, con: duckdb.DuckDBPyConnection, table: str, select: str, params: Sequence[Any],
                 update: Sequence[str]) -> None:
-        keys = KEYS[table]
+        keys = KEYS[_checked(table)]
         sets = ", ".join(f"{c} = s.{c}" for c in update)
         match = " AND ".join(f"{table}.{k} = s.{k}" for k in keys)
         con.execute(f"UPDATE {table} SET {sets} FROM ({select}) s WHERE {match}", list(params))
