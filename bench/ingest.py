@@ -14,11 +14,20 @@ measures the neighbours too, and cpu_s shows how much of it was this process's o
 
     python bench/ingest.py            # N=100,000, per-row on 2,000, 3 repeats
     python bench/ingest.py --quick    # N=2,000, per-row on 200, 1 repeat
+    python bench/ingest.py --lake "ducklake:postgres:dbname=bench host=127.0.0.1 user=postgres" \
+        --data-path /tmp/bench-lake/   # the DuckLake store too (an empty catalog database)
+
+With ``--lake``, the DuckLake store (dtf.store.lake) ingests the same results at 1,000-row
+batches and at ``--lake-batch`` rows (default 5,000): each batch there is a Parquet file
+and a catalog commit in PostgreSQL, so its cost per batch is far higher than the local
+file's and a bigger batch is what reaches its goal. Each repeat gets its own run id, so
+the lake's anti-join (new keys only) searches as much as the coordinator's would.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -31,7 +40,7 @@ from _common import add_common_args, emit, ratio, repeats_of, summary, workdir  
 import duckdb  # noqa: E402
 
 from dtf.model import TestResult  # noqa: E402
-from dtf.store import MIGRATIONS, Store  # noqa: E402
+from dtf.store import MIGRATIONS, open_store  # noqa: E402
 
 BATCH = 1000
 GOAL_RATIO = 100.0  # dtf vs per-row
@@ -52,15 +61,17 @@ def make_results(run_id: str, n: int) -> list[TestResult]:
     ]
 
 
-def batched_once(db: Path, results: list[TestResult], method: str) -> dict[str, float]:
-    with Store(db) as store:
+def batched_once(db: Path | str, results: list[TestResult], method: str, *, batch: int = BATCH,
+                 data_path: str | None = None) -> dict[str, float]:
+    with open_store(str(db), data_path=data_path) as store:
         write = getattr(store, method)
+        run_id = results[0].run_id
         t0, c0 = time.perf_counter(), time.process_time()
-        stored = sum(write(results[i:i + BATCH]) for i in range(0, len(results), BATCH))
+        stored = sum(write(results[i:i + batch]) for i in range(0, len(results), batch))
         t1, c1 = time.perf_counter(), time.process_time()
-        again = sum(write(results[i:i + BATCH]) for i in range(0, len(results), BATCH))
+        again = sum(write(results[i:i + batch]) for i in range(0, len(results), batch))
         t2, c2 = time.perf_counter(), time.process_time()
-        count = store.query("SELECT count(*) AS n FROM results")[0]["n"]
+        count = store.query("SELECT count(*) AS n FROM results WHERE run_id = ?", [run_id])[0]["n"]
     if stored != len(results) or again != 0 or count != len(results):
         raise RuntimeError(f"stored {stored}, re-ingest added {again}, table holds {count} (expected {len(results)})")
     return {"ingest_s": t1 - t0, "ingest_cpu_s": c1 - c0, "reingest_s": t2 - t1, "reingest_cpu_s": c2 - c1,
@@ -71,7 +82,7 @@ def duckdb_ceiling_once(db: Path, results: list[TestResult]) -> float:
     """DuckDB alone: the same batches, their Arrow tables built before the clock starts,
     each appended in a transaction of its own to the same schema and key. What any
     Python writer on this machine can reach at this batch size; returns wall seconds."""
-    from dtf.store import _result_table
+    from dtf.store.schema import _result_table
 
     tables = [_result_table(results[i:i + BATCH], time.time(), 0) for i in range(0, len(results), BATCH)]
     con = duckdb.connect(str(db))
@@ -114,6 +125,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser)
     parser.add_argument("-n", "--results", type=int, default=None, help="results (default 100,000; 2,000 with --quick)")
+    parser.add_argument("--lake", default=None, help="also measure a DuckLake store: its --db string (an empty catalog)")
+    parser.add_argument("--data-path", default=None, help="the DuckLake's data folder")
+    parser.add_argument("--lake-batch", type=int, default=5000, help="the DuckLake's chosen batch size (default 5,000)")
     parser.add_argument("--per-row", type=int, default=None, help="results for the per-row baseline (default 2,000; 200 with --quick)")
     args = parser.parse_args()
     n = args.results or (2_000 if args.quick else 100_000)
@@ -124,6 +138,7 @@ def main() -> None:
     batched: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
     per_row: list[tuple[float, float]] = []
     ceiling: list[float] = []
+    lake: dict[int, list[dict[str, float]]] = {}
     load_at_start = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     with workdir("dtf-bench-ingest-") as tmp:
         for i in range(reps):  # interleaved, so drift in the machine's load hits each alike
@@ -131,6 +146,11 @@ def main() -> None:
                 batched[m].append(batched_once(tmp / f"{m}-{i}.duckdb", results, m))
             per_row.append(per_row_once(tmp / f"per-row-{i}.duckdb", results[:n_row]))
             ceiling.append(duckdb_ceiling_once(tmp / f"ceiling-{i}.duckdb", results))
+            if args.lake:
+                for size in (BATCH, args.lake_batch):
+                    own = [dataclasses.replace(r, run_id=f"ingest-lake-{size}-{i}") for r in results]
+                    lake.setdefault(size, []).append(batched_once(args.lake, own, "ingest_batch", batch=size,
+                                                                  data_path=args.data_path))
     row_wall = summary([w for w, _ in per_row])
     row_cpu = summary([c for _, c in per_row])
     row_rate = n_row / row_wall["median"]
@@ -156,6 +176,15 @@ def main() -> None:
     out["duckdb_alone_prebuilt_arrow"] = {"wall_s": ceiling_wall, "rows_per_s": round(ceiling_rate)}
     ratios["dtf_ingest_batch_vs_duckdb_alone"] = ratio(n / summary([b["ingest_s"] for b in batched["ingest_batch"]])["median"],
                                                        ceiling_rate)
+    for size, runs in lake.items():
+        wall = summary([b["ingest_s"] for b in runs])
+        out[f"dtf_lake_batch_{size}"] = {
+            "wall_s": wall, "rows_per_s": round(n / wall["median"]),
+            "cpu_s": summary([b["ingest_cpu_s"] for b in runs]),
+            "reingest_same_batches": {"wall_s": summary([b["reingest_s"] for b in runs]), "rows_added": 0,
+                                      "row_count_unchanged": all(b["rows_after_reingest"] == n for b in runs)},
+        }
+        ratios[f"dtf_lake_batch_{size}_vs_duckdb_alone"] = ratio(n / wall["median"], ceiling_rate)
     out["ratios"] = ratios
     best = out["dtf_ingest_batch"]
     assert isinstance(best, dict)
@@ -174,6 +203,9 @@ def main() -> None:
         "ceiling for 1,000-row transactions on this machine, whatever the Python around it",
         "cpu_s is this process's CPU time, DuckDB's threads included; with load_avg_1m_at_start near or above "
         "the core count, wall_s also measures the other jobs on the machine",
+        "dtf_lake_batch_<size> (with --lake): the DuckLake store, same results, a run id per repeat; every batch "
+        "is an anti-join on (run_id, test_id, attempt) within the batch's runs, a Parquet file and one catalog "
+        "commit; its reingest finds every key and writes nothing",
     ])
 
 

@@ -73,13 +73,15 @@ class DbSource:
     """Reads a DuckDB file, opened read-only for each request and closed after it, so a
     coordinator started later can still take the file."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, password: str | None = None) -> None:
         self.path = path
+        self._password = password
 
     def _with_store(self, read: Callable[[Any], Any]) -> Any:
-        from .store import Store
+        from .store import open_store
 
-        with Store.open_for_reports(self.path) as store:  # locked down: a crafted file reads nothing else
+        # locked down: a crafted file reads nothing else (a lake: its data and its catalog only)
+        with open_store(self.path, reports=True, password=self._password) as store:
             return read(store)
 
     def runs(self, limit: int) -> list[dict[str, Any]]:

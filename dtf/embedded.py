@@ -14,7 +14,7 @@ from .celery_worker import AssembledWorker, assemble_worker
 from .coordinator import Coordinator
 from .errors import DtfError
 from .model import HardwareProfile
-from .store import Store
+from .store import open_store
 from .worker import WorkerRuntime
 
 __all__ = ["EmbeddedCluster"]
@@ -40,7 +40,8 @@ class EmbeddedCluster:
         self.app = app
         self.queues = list(queues)
         self.concurrency = max(1, workers)
-        self.store = Store(db_path or settings.db_path)
+        self.store = open_store(db_path or settings.db_path, data_path=settings.data_path or None,
+                                password=settings.db_password)
         kinds = {q.split(".", 1)[1] for q in self.queues if q.count(".") == 1}
         self.coordinator = Coordinator(app, self.store, servable=kinds)
         self.runtime = WorkerRuntime(app, worker_id="dtf-embedded@local", queues=self.queues, profile=profile)

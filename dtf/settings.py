@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,6 +157,14 @@ def _blank_environment_block(names: set[bytes]) -> None:
         offset += len(entry) + 1
 
 
+_DB_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+
+def redact_db(spec: str) -> str:
+    """A ``--db`` string (or a message quoting one) with a catalog password hidden."""
+    return _DB_PASSWORD.sub(r"\1***", spec)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a dtf process needs to know about where things are."""
@@ -168,7 +177,9 @@ class Settings:
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
-    db_path: str = "dtf.duckdb"
+    db_path: str = "dtf.duckdb"  # a DuckDB file, or "ducklake:<catalog>" (dtf.store.open_store)
+    data_path: str = ""  # where a DuckLake keeps its Parquet files ("": where its catalog says)
+    db_password: str | None = field(default=None, repr=False)  # a DuckLake catalog's PostgreSQL password
     spool_dir: str = ""  # "": <state_dir>/spool
     state_dir: str = field(default_factory=lambda: default_state_dir({}))  # dtf.state; from_env reads XDG_STATE_HOME
     template_dirs: tuple[str, ...] = ()
@@ -206,6 +217,11 @@ class Settings:
         return self.broker_url.startswith("memory://") and not self.sentinels
 
     @property
+    def safe_db(self) -> str:
+        """``db_path`` as it may be printed: a catalog's password hidden."""
+        return redact_db(self.db_path)
+
+    @property
     def safe_broker(self) -> str:
         if self.sentinels:
             return f"sentinel://{','.join(self.sentinels)} (master {self.sentinel_master})"
@@ -227,6 +243,7 @@ class Settings:
             "tls_cert": "DTF_TLS_CERT",
             "tls_key": "DTF_TLS_KEY",
             "db_path": "DTF_DB",
+            "data_path": "DTF_DATA_PATH",
             "spool_dir": "DTF_SPOOL_DIR",
             "state_dir": "DTF_STATE_DIR",
             "log_level": "DTF_LOG_LEVEL",
@@ -263,6 +280,9 @@ class Settings:
         password = _read_secret(env, "DTF_REDIS_PASSWORD")
         if password:
             values["redis_password"] = password
+        db_password = _read_secret(env, "DTF_DB_PASSWORD")
+        if db_password:
+            values["db_password"] = db_password.strip()
         sentinel_password = _read_secret(env, "DTF_SENTINEL_PASSWORD")
         if sentinel_password:
             values["sentinel_password"] = sentinel_password

@@ -9,10 +9,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -166,3 +167,126 @@ def coordinator_and_worker(root: Path, worker_name: str) -> Iterator[RedisServer
     finally:
         procs.stop_all()
         redis.stop()
+
+
+# -- PostgreSQL and the two store backends ---------------------------------------------------------
+
+class PostgresServer:
+    """A PostgreSQL server of our own: initdb into a temp dir, pg_ctl start on a free
+    loopback port, trust authentication, no fsync; run as the ``postgres`` user when this
+    process is root (initdb refuses root), stopped at teardown."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.bindir = Path()
+        self.as_user: list[str] = []
+
+    def _run(self, *args: str) -> None:
+        subprocess.run([*self.as_user, *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120)
+
+    def start(self) -> "PostgresServer":
+        initdb = shutil.which("initdb") or next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))), None)
+        if initdb is None:
+            if IN_CI:
+                pytest.fail("PostgreSQL (initdb) is required under CI but is not installed")
+            pytest.skip("PostgreSQL not installed (no initdb): the DuckLake store tests need one")
+        self.bindir = Path(os.path.realpath(initdb)).parent
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+            shutil.chown(self.workdir, "postgres")
+        self._run(str(self.bindir / "initdb"), "-D", str(self.workdir / "data"), "-A", "trust", "-U", "postgres",
+                  "--no-sync", "-E", "UTF8")
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.workdir / "data"), "-l", str(self.workdir / "log"), "-w",
+                  "-o", f"-p {self.port} -k {self.workdir} -c listen_addresses=127.0.0.1 -c fsync=off"
+                        " -c synchronous_commit=off -c full_page_writes=off -c max_connections=200", "start")
+        wait_for_port(self.port)
+        return self
+
+    def conninfo(self, dbname: str = "postgres") -> str:
+        return f"dbname={dbname} host=127.0.0.1 port={self.port} user=postgres"
+
+    def create_database(self) -> str:
+        import uuid
+
+        name = f"dtf_{uuid.uuid4().hex[:12]}"
+        subprocess.run(["psql", "-q", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", "postgres",
+                        "-c", f"CREATE DATABASE {name}"], check=True, stdout=subprocess.DEVNULL, timeout=60)
+        return name
+
+    def stop(self) -> None:
+        if self.bindir != Path():
+            subprocess.run([*self.as_user, str(self.bindir / "pg_ctl"), "-D", str(self.workdir / "data"), "-m", "immediate",
+                            "-w", "stop"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    workdir = tmp_path_factory.mktemp("postgres")
+    os.chmod(workdir, 0o755)  # the postgres user must reach its data directory
+    for parent in workdir.parents:
+        if parent == Path(tempfile.gettempdir()):
+            break
+        os.chmod(parent, os.stat(parent).st_mode | 0o011)
+    server = PostgresServer(workdir / "pg")
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+def need_lake_extension() -> None:
+    """Skip (fail under CI) when this DuckDB has no ducklake extension to load."""
+    from dtf.store.lake import extension_files
+
+    if "/" not in extension_files()["ducklake"]:
+        import duckdb
+
+        try:
+            duckdb.connect(config={"autoinstall_known_extensions": False}).execute("LOAD ducklake")
+        except duckdb.Error:
+            if IN_CI:
+                pytest.fail(f"the ducklake extension is required under CI (pip install -e '.[lake]'), DuckDB {duckdb.__version__}")
+            pytest.skip(f"no ducklake extension for DuckDB {duckdb.__version__} (install the lake extra)")
+
+
+class StoreSpec:
+    """One store of a backend, named as ``--db`` names it: ``open`` it as often as needed."""
+
+    def __init__(self, db: str, data_path: str | None = None) -> None:
+        self.db, self.data_path = db, data_path
+
+    @property
+    def backend(self) -> str:
+        return "ducklake" if self.db.startswith("ducklake:") else "duckdb"
+
+    def open(self, *, read_only: bool = False, reports: bool = False) -> Any:
+        from dtf.store import open_store
+
+        return open_store(self.db, data_path=self.data_path, read_only=read_only, reports=reports)
+
+    def cli_args(self) -> list[str]:
+        return ["--db", self.db, *(["--data-path", self.data_path] if self.data_path else [])]
+
+
+@pytest.fixture(params=["duckdb", "ducklake"])
+def store_spec(request: pytest.FixtureRequest, tmp_path: Path) -> StoreSpec:
+    """A new, empty store of each backend: the local file, and a DuckLake whose catalog is a
+    fresh database on the session's PostgreSQL server."""
+    if request.param == "duckdb":
+        return StoreSpec(str(tmp_path / "dtf.duckdb"))
+    need_lake_extension()
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return StoreSpec(f"ducklake:postgres:{server.conninfo(server.create_database())}", str(tmp_path / "lake") + "/")
+
+
+def fresh_store_spec(backend: str, tmp_path: Path) -> StoreSpec:
+    """Another new store of ``backend`` without a server round trip (a Hypothesis example
+    each): a new DuckDB file, or a DuckLake with a DuckDB-file catalog."""
+    import uuid
+
+    name = uuid.uuid4().hex
+    if backend == "duckdb":
+        return StoreSpec(str(tmp_path / f"{name}.duckdb"))
+    return StoreSpec(f"ducklake:{tmp_path / name}.ducklake", str(tmp_path / f"{name}-data") + "/")

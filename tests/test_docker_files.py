@@ -282,3 +282,18 @@ def test_the_readme_names_every_file_it_describes() -> None:
     for name in ("Dockerfile.cpu", "Dockerfile.cuda", "docker-compose.yml", "redis/redis.conf",
                  "sentinel/sentinel.conf", "redis/entrypoint.sh"):
         assert name in readme and (DOCKER / name).exists(), name
+
+
+def test_the_lake_variant_adds_postgres_and_points_both_coordinators_at_one_lake(compose: dict[str, Any]) -> None:
+    lake = yaml.safe_load((DOCKER / "docker-compose.lake.yml").read_text())
+    assert set(lake["services"]) == {"postgres", "coordinator-1", "coordinator-2"}
+    assert {"coordinator-1", "coordinator-2"} <= set(compose["services"])  # it only overrides what exists
+    for name in ("coordinator-1", "coordinator-2"):
+        svc = lake["services"][name]
+        env = svc["environment"]
+        assert env["DTF_DB"].startswith("ducklake:postgres:") and "password" not in env["DTF_DB"]
+        assert env["DTF_DB_PASSWORD_FILE"] == "/run/secrets/postgres_password"
+        assert svc["build"]["args"]["EXTRAS"] == "[lake]"
+        assert f"lake-data:{env['DTF_DATA_PATH'].rstrip('/')}" in svc["volumes"]
+        assert svc["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert lake["services"]["postgres"]["environment"]["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres_password"

@@ -18,6 +18,7 @@ from dtf.model import RenderedTest, TestSpec
 from dtf.settings import Settings
 from dtf.store import Store
 
+from .conftest import StoreSpec
 from .memory_broker import FakeMessage, attach, drain, empty
 
 REPLIES = "dtf.reply.staged"
@@ -32,8 +33,8 @@ def count(store: Store, sql: str, params: list[Any] | None = None) -> int:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    with Store(tmp_path / "s.duckdb") as s:
+def store(store_spec: StoreSpec) -> Iterator[Store]:
+    with store_spec.open() as s:
         yield s
 
 

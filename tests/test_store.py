@@ -1,12 +1,15 @@
-"""The results database against a real DuckDB file: migrations, idempotent Arrow batches,
-fencing, queries, and what happens when a second Store asks for a file that is taken."""
+"""The store test-suite, run against both backends (the ``store_spec`` fixture: a real
+DuckDB file, and a real DuckLake on a PostgreSQL server of the session's own):
+migrations, idempotent Arrow batches, fencing, queries; then what happens when a second
+Store asks for a local file that is taken."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import uuid
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -14,10 +17,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import dtf.store as store_module
+import dtf.store.schema as store_module
 from dtf.errors import FencingError, StoreError
 from dtf.model import RenderedTest, TestResult, TestSpec
 from dtf.store import MIGRATIONS, Store
+
+from .conftest import StoreSpec
 
 SQL_LOOKING = [
     "'); DROP TABLE results; --",
@@ -58,14 +63,27 @@ per_example = settings(max_examples=40, deadline=None, suppress_health_check=[He
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
+def store(store_spec: StoreSpec) -> Iterator[Store]:
+    with store_spec.open() as s:
+        yield s
+
+
+@pytest.fixture
+def local_store(tmp_path: Path) -> Iterator[Store]:
+    """The local file only: what a file lock does is its own business."""
     with Store(tmp_path / "dtf.duckdb") as s:
         yield s
 
 
-def fresh_store(tmp_path: Path) -> Store:
-    """A new file per Hypothesis example, so no example sees another's rows."""
-    return Store(tmp_path / f"{uuid.uuid4().hex}.duckdb")
+def own_run(batch: list[TestResult]) -> tuple[str, list[TestResult]]:
+    """The batch moved into a run of its own, so one store serves every Hypothesis example
+    and no example sees another's rows (a new lake per example costs seconds)."""
+    run_id = f"run-{uuid.uuid4().hex}"
+    return run_id, [dataclasses.replace(r, run_id=run_id) for r in batch]
+
+
+def count_run(s: Store, run_id: str) -> int:
+    return int(s.query("SELECT count(*) AS n FROM results WHERE run_id = ?", [run_id])[0]["n"])
 
 
 def result(test_id: str = "t1", attempt: int = 1, status: str = "passed", run_id: str = "run", **kw: Any) -> TestResult:
@@ -101,12 +119,11 @@ def test_a_new_file_records_every_migration_by_name(store: Store) -> None:
     assert {"meta", "runs", "tests", "results", "workers", "migrations"} <= tables
 
 
-def test_reopening_the_file_applies_no_migration(tmp_path: Path) -> None:
-    path = tmp_path / "dtf.duckdb"
-    with Store(path) as first:
+def test_reopening_the_file_applies_no_migration(store_spec: StoreSpec) -> None:
+    with store_spec.open() as first:
         recorded = first.query("SELECT name, applied_at FROM migrations")
         first.commit_batch([result()])
-    with Store(path) as again:
+    with store_spec.open() as again:
         assert again.migrate() == []
         assert again.query("SELECT name, applied_at FROM migrations") == recorded
         assert count(again) == 1
@@ -134,31 +151,31 @@ def test_every_attempt_of_a_test_is_its_own_row(store: Store) -> None:
 
 @per_example
 @given(batch=st.lists(stored_results, max_size=8, unique_by=lambda r: (r.test_id, r.attempt)))
-def test_ingesting_the_same_batch_twice_leaves_the_row_count_unchanged(tmp_path: Path, batch: list[TestResult]) -> None:
-    with fresh_store(tmp_path) as s:
-        assert s.commit_batch(batch) == len(batch)
-        assert s.commit_batch(batch) == 0
-        assert count(s) == len(batch)
+def test_ingesting_the_same_batch_twice_leaves_the_row_count_unchanged(store: Store, batch: list[TestResult]) -> None:
+    run_id, batch = own_run(batch)
+    assert store.commit_batch(batch) == len(batch)
+    assert store.commit_batch(batch) == 0
+    assert count_run(store, run_id) == len(batch)
 
 
 @per_example
 @given(batch=st.lists(stored_results, min_size=1, max_size=8), data=st.data())
 def test_a_batch_with_duplicate_keys_inside_it_stores_one_row_per_key(
-    tmp_path: Path, batch: list[TestResult], data: st.DataObject
+    store: Store, batch: list[TestResult], data: st.DataObject
 ) -> None:
+    run_id, batch = own_run(batch)
     repeats = data.draw(st.lists(st.sampled_from(batch), min_size=1, max_size=4))
     keys = {(r.test_id, r.attempt) for r in batch}
-    with fresh_store(tmp_path) as s:
-        assert s.commit_batch(batch + repeats) == len(keys)
-        assert count(s) == len(keys)
+    assert store.commit_batch(batch + repeats) == len(keys)
+    assert count_run(store, run_id) == len(keys)
 
 
 @per_example
 @given(original=stored_results)
-def test_a_result_reads_back_as_it_was_written(tmp_path: Path, original: TestResult) -> None:
-    with fresh_store(tmp_path) as s:
-        s.commit_batch([original], token=3)
-        (row,) = s.results("run")
+def test_a_result_reads_back_as_it_was_written(store: Store, original: TestResult) -> None:
+    run_id, (original,) = own_run([original])
+    store.commit_batch([original], token=3)
+    (row,) = store.results(run_id)
     stored = {k: row[k] for k in original.to_dict()}
     assert stored == original.to_dict() | {"metrics": expected_json(dict(original.metrics))}
     assert row["token"] == 3
@@ -248,10 +265,10 @@ def test_a_higher_fencing_token_passes_and_becomes_the_new_minimum(store: Store)
         store.commit_batch([result("c")], token=5)
 
 
-def test_the_highest_token_survives_reopening_the_file(tmp_path: Path) -> None:
-    with Store(tmp_path / "dtf.duckdb") as s:
+def test_the_highest_token_survives_reopening_the_file(store_spec: StoreSpec) -> None:
+    with store_spec.open() as s:
         s.commit_batch([], token=11)
-    with Store(tmp_path / "dtf.duckdb") as s:
+    with store_spec.open() as s:
         assert s.max_token() == 11
         with pytest.raises(FencingError):
             s.commit_batch([result()], token=10)
@@ -315,13 +332,11 @@ def test_status_counts_group_tests_by_hardware_and_status(store: Store) -> None:
     assert store.status_counts("run") == {"cpu": {"passed": 1, "pending": 1}, "cuda": {"pending": 1}}
 
 
-def test_latest_run_is_the_last_submitted_optionally_of_one_suite(store: Store) -> None:
+def test_runs_are_listed_newest_first(store: Store) -> None:
     store.insert_run({"run_id": "old", "suite_name": "a", "submitted_at": 1.0}, [])
     store.insert_run({"run_id": "new", "suite_name": "b", "submitted_at": 2.0}, [])
-    assert store.latest_run_id() == "new"
-    assert store.latest_run_id("a") == "old"
-    assert store.latest_run_id("missing") is None
     assert [r["run_id"] for r in store.runs()] == ["new", "old"]
+    assert [r["run_id"] for r in store.runs(1)] == ["new"]
 
 
 def test_a_returning_worker_keeps_its_first_seen_time(store: Store) -> None:
@@ -344,7 +359,8 @@ def test_a_returning_worker_keeps_its_first_seen_time(store: Store) -> None:
 #   ("Could not set lock on file ... Conflicting lock is held").
 # Store turns each failure into a StoreError with a one-line message.
 
-def test_a_read_only_store_on_a_file_this_process_holds_read_write_raises_store_error(store: Store) -> None:
+def test_a_read_only_store_on_a_file_this_process_holds_read_write_raises_store_error(local_store: Store) -> None:
+    store = local_store
     with pytest.raises(StoreError) as info:
         Store(store.path, read_only=True)
     assert "\n" not in str(info.value)
@@ -352,7 +368,7 @@ def test_a_read_only_store_on_a_file_this_process_holds_read_write_raises_store_
     assert "different configuration" in str(info.value)
 
 
-def test_a_read_only_store_on_a_file_another_process_holds_raises_store_error(store: Store, tmp_path: Path) -> None:
+def test_a_read_only_store_on_a_file_another_process_holds_raises_store_error(tmp_path: Path) -> None:
     holder = subprocess.Popen(
         [sys.executable, "-c",
          "import sys; from dtf.store import Store; s = Store(sys.argv[1]); print('ready', flush=True); sys.stdin.read()",
@@ -370,17 +386,16 @@ def test_a_read_only_store_on_a_file_another_process_holds_raises_store_error(st
     assert holder.returncode == 0
 
 
-def test_a_second_read_write_store_in_the_same_process_shares_the_file(store: Store) -> None:
-    with Store(store.path) as second:
+def test_a_second_read_write_store_in_the_same_process_shares_the_file(store: Store, store_spec: StoreSpec) -> None:
+    with store_spec.open() as second:
         second.commit_batch([result()])
     assert count(store) == 1
 
 
-def test_a_read_only_store_reads_but_refuses_writes(tmp_path: Path) -> None:
-    path = tmp_path / "dtf.duckdb"
-    with Store(path) as s:
+def test_a_read_only_store_reads_but_refuses_writes(store_spec: StoreSpec) -> None:
+    with store_spec.open() as s:
         s.commit_batch([result()])
-    with Store(path, read_only=True) as ro:
+    with store_spec.open(read_only=True) as ro:
         assert len(ro.results("run")) == 1
         with pytest.raises(StoreError, match="read-only"):
             ro.commit_batch([result("t2")])

@@ -1,5 +1,5 @@
 """Store.ingest_batch writes exactly what commit_batch writes, odd values included, and a
-redelivered batch stores nothing twice."""
+redelivered batch stores nothing twice (on both backends where the test says store_spec)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import pytest
 from dtf.errors import FencingError, StoreError
 from dtf.model import RenderedTest, TestResult, TestSpec
 from dtf.store import Store
+
+from .conftest import StoreSpec
 
 
 def results(run_id: str) -> list[TestResult]:
@@ -37,16 +39,16 @@ def test_ingest_batch_stores_what_commit_batch_stores(tmp_path: Path) -> None:
         assert rows(a) == rows(b)
 
 
-def test_reingesting_a_batch_stores_nothing(tmp_path: Path) -> None:
-    with Store(tmp_path / "s.duckdb") as store:
+def test_reingesting_a_batch_stores_nothing(store_spec: StoreSpec) -> None:
+    with store_spec.open() as store:
         assert store.ingest_batch(results("r")) == 7
         assert store.ingest_batch(results("r")) == 0
         assert store.ingest_batch(results("r") + results("r2")) == 7
         assert store.query("SELECT count(*) AS n FROM results")[0]["n"] == 14
 
 
-def test_an_empty_batch_still_applies_updates_and_closes_runs(tmp_path: Path) -> None:
-    with Store(tmp_path / "s.duckdb") as store:
+def test_an_empty_batch_still_applies_updates_and_closes_runs(store_spec: StoreSpec) -> None:
+    with store_spec.open() as store:
         store.insert_run({"run_id": "r", "suite_name": "s"}, [])
         assert store.ingest_batch([], finished_runs=[("r", "passed")]) == 0
         run = store.run("r")
@@ -57,10 +59,10 @@ def rendered(test_id: str) -> RenderedTest:
     return RenderedTest(TestSpec(test_id, "m", "f", "cpu", 1, "fp32", "t"), "", "h")
 
 
-def test_a_batch_with_one_stored_key_stores_the_rest_and_applies_its_updates_once(tmp_path: Path) -> None:
+def test_a_batch_with_one_stored_key_stores_the_rest_and_applies_its_updates_once(store_spec: StoreSpec) -> None:
     """The plain insert is refused, and the redone transaction still writes everything else."""
     batch = [r for r in results("r") if r.test_id.isascii()]
-    with Store(tmp_path / "s.duckdb") as store:
+    with store_spec.open() as store:
         store.insert_run({"run_id": "r", "suite_name": "s"}, [rendered(r.test_id) for r in batch])
         assert store.ingest_batch(batch[:1]) == 1
         updates = [{"run_id": "r", "test_id": r.test_id, "status": r.status, "attempts": r.attempt} for r in batch]
@@ -72,8 +74,8 @@ def test_a_batch_with_one_stored_key_stores_the_rest_and_applies_its_updates_onc
         assert store.max_token() == 2
 
 
-def test_a_stale_token_is_refused_before_any_duplicate_is_looked_at(tmp_path: Path) -> None:
-    with Store(tmp_path / "s.duckdb") as store:
+def test_a_stale_token_is_refused_before_any_duplicate_is_looked_at(store_spec: StoreSpec) -> None:
+    with store_spec.open() as store:
         store.ingest_batch(results("r"), token=5)
         with pytest.raises(FencingError):
             store.ingest_batch(results("r") + results("r2"), token=4)
@@ -81,7 +83,8 @@ def test_a_stale_token_is_refused_before_any_duplicate_is_looked_at(tmp_path: Pa
 
 
 def test_a_batch_no_retry_can_store_raises_and_writes_nothing(tmp_path: Path) -> None:
-    """A key column that is NULL fails the plain insert and the ON CONFLICT one alike."""
+    """A key column that is NULL fails the plain insert and the ON CONFLICT one alike (the
+    local file: its primary key makes the key columns NOT NULL)."""
     with Store(tmp_path / "s.duckdb") as store:
         bad = TestResult(None, "t", 1, "passed")  # type: ignore[arg-type]
         with pytest.raises(StoreError, match="NOT NULL"):

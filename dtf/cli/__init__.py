@@ -15,9 +15,10 @@ from typing import Annotated, Any
 import typer
 
 from . import fleet, runs, serve
-from .common import Verbosity, err
+from .common import Verbosity, err, errors_to_exit
 from .models import models_app
 from .templates import templates_app
+from .stores import register as register_store_commands
 
 __all__ = ["app", "main", "templates_app", "models_app"]
 
@@ -71,6 +72,7 @@ for command, name in (
     (runs.report, None), (runs.runs, None),
 ):
     app.command(name)(command)
+register_store_commands(app, errors_to_exit)  # dtf export, dtf import
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ from rich.console import Console
 
 from ..errors import DtfError
 from ..outcome import Outcome
-from ..settings import Settings
+from ..settings import Settings, redact_db
 
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -26,7 +26,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 BrokerOpt = Annotated[Optional[str], typer.Option("--broker", envvar="DTF_BROKER_URL", help="Broker URL, e.g. redis://127.0.0.1:6379/0.")]
 TemplatesOpt = Annotated[Optional[list[Path]], typer.Option("--templates", help="Extra template folder (repeatable).")]
-DbOpt = Annotated[Optional[str], typer.Option("--db", envvar="DTF_DB", help="DuckDB results file.")]
+DbOpt = Annotated[Optional[str], typer.Option("--db", envvar="DTF_DB", help="Results store: a DuckDB file, or ducklake:<catalog> (docs/ha.md).")]
+DataPathOpt = Annotated[Optional[str], typer.Option("--data-path", envvar="DTF_DATA_PATH", help="A DuckLake store's data folder (shared by every host).")]
 ReadDbOpt = Annotated[Optional[str], typer.Option("--db", help="Read this DuckDB file (read-only) instead of asking the coordinator.")]
 FormatOpt = Annotated[str, typer.Option("--format", help="table or json")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
@@ -120,12 +121,12 @@ def template_registry(built: Settings, templates: Optional[list[Path]]) -> Any:
     return registry(built.template_dirs, templates)
 
 
-def writable_store(db: str) -> Any:
-    """The results file a standalone coordinator owns (read-write). With ``open_store``
-    below, the only places the CLI opens a DuckDB file."""
-    from ..store import Store
+def writable_store(built: Settings) -> Any:
+    """The results store a coordinator owns (read-write): a local DuckDB file or a DuckLake.
+    With ``open_store`` below, the only places the CLI opens a store."""
+    from ..store import open_store as open_any
 
-    return Store(db)
+    return open_any(built.db_path, data_path=built.data_path or None, password=built.db_password)
 
 
 @contextlib.contextmanager
@@ -137,14 +138,14 @@ def open_store(db: str) -> Iterator[Any]:
     import duckdb
 
     from ..errors import StoreError
-    from ..store import Store
+    from ..store import open_store as open_any
 
-    with Store.open_for_reports(db) as store:
+    with open_any(db, reports=True, password=Settings.from_env().db_password) as store:
         try:
             yield store
         except duckdb.Error as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise StoreError(f"cannot read results database {db}: {first}") from None
+            raise StoreError(f"cannot read results database {redact_db(db)}: {first}") from None
 
 
 # -- small formatting helpers ------------------------------------------------------------------

@@ -19,10 +19,10 @@ from rich.table import Table
 from .. import __version__
 from ..errors import DtfError
 from ..outcome import run_outcome, results_code, status_outcome
-from ..settings import EMBEDDED_BROKER
+from ..settings import EMBEDDED_BROKER, redact_db
 from ..submission import baseline_choice, check_baseline, collect, prepare_suite, run_meta, unserved
 from . import common, progress
-from .common import (BaselineOpt, BrokerOpt, DbOpt, FailOnRegressionOpt, FormatOpt, OutputDirOpt, ReadDbOpt, TemplatesOpt,
+from .common import (BaselineOpt, BrokerOpt, DataPathOpt, DbOpt, FailOnRegressionOpt, FormatOpt, OutputDirOpt, ReadDbOpt, TemplatesOpt,
                      conclude, errors_to_exit, fmt_value, info, open_store, table_or_json)
 
 _STATUS_STYLE = {"passed": "green", "failed": "red", "error": "red", "timeout": "magenta", "skipped": "yellow"}
@@ -97,6 +97,7 @@ def finish(data: dict[str, Any], report_data: Optional[dict[str, Any]], status_n
 def run(
     suite: Annotated[Path, typer.Argument(help="Suite YAML file.")],
     db: DbOpt = None,
+    data_path: DataPathOpt = None,
     workers: Annotated[int, typer.Option("--workers", "-w", help="Tests run at the same time.")] = 2,
     templates: TemplatesOpt = None,
     fmt: Annotated[str, typer.Option("--format", help="table or json")] = "table",
@@ -118,7 +119,7 @@ def run(
     if workers < 1:
         raise DtfError(f"--workers: expected at least 1, got {workers}")
     baseline = baseline_choice(baseline, fail_on_regression)
-    settings = common.settings(broker_url=EMBEDDED_BROKER, db_path=db)
+    settings = common.settings(broker_url=EMBEDDED_BROKER, db_path=db, data_path=data_path)
     settings = settings.with_overrides(broker_url=EMBEDDED_BROKER, sentinels=())
     parsed, tests = prepare_suite(suite, common.template_registry(settings, templates))
     profile = detect()
@@ -129,13 +130,13 @@ def run(
         client = CoordinatorClient(celery_app)
         check_baseline(client, baseline)
         run_id = client.submit(run_meta(parsed), tests)
-        info(f"run {run_id}: {len(tests)} tests, {workers} workers, queues {', '.join(queues)}, db {settings.db_path}")
+        info(f"run {run_id}: {len(tests)} tests, {workers} workers, queues {', '.join(queues)}, db {settings.safe_db}")
         status_now = progress.follow(client, run_id, timeout)
         data, report_data = collect(client, run_id, baseline, output_dir is not None)
         if cluster.error is not None:
             raise DtfError(f"embedded coordinator failed: {cluster.error}")
     emit(data, fmt)
-    info(f"wall time {time.perf_counter() - started:.1f} s; results in {settings.db_path} (run {run_id})")
+    info(f"wall time {time.perf_counter() - started:.1f} s; results in {settings.safe_db} (run {run_id})")
     finish(data, report_data, status_now, timeout, output_dir, fail_on_regression)
 
 
@@ -235,7 +236,7 @@ def results(
         with open_store(db) as store:
             run_row = store.run(run_id)
             if run_row is None:
-                raise DtfError(f"unknown run {run_id!r} in {db}")
+                raise DtfError(f"unknown run {run_id!r} in {redact_db(db)}")
             data = {"run": run_row, "tests": store.final_results(run_id)}
     else:
         data = common.coordinator_client(broker, db_too=True).call("results", run_id=run_id)

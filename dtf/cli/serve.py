@@ -10,9 +10,9 @@ import typer
 
 from ..errors import DtfError
 from ..outcome import EXIT_FAILED
-from ..settings import hide_own_secrets
+from ..settings import hide_own_secrets, redact_db
 from . import common
-from .common import BrokerOpt, DbOpt, ReadDbOpt, Verbosity, errors_to_exit, info, split
+from .common import BrokerOpt, DataPathOpt, DbOpt, ReadDbOpt, Verbosity, errors_to_exit, info, split
 
 
 def _check_credentials(settings: Any) -> None:
@@ -24,6 +24,7 @@ def _check_credentials(settings: Any) -> None:
 @errors_to_exit
 def coordinator(
     db: DbOpt = None,
+    data_path: DataPathOpt = None,
     broker: BrokerOpt = None,
     standalone: Annotated[bool, typer.Option("--standalone", help="Lead at once, without the leader lock (one coordinator only).")] = False,
     node_id: Annotated[Optional[str], typer.Option("--node-id", help="Name in the leader lock (default host-pid-random).")] = None,
@@ -38,7 +39,13 @@ def coordinator(
     from ..coordinator import Candidate, Coordinator
     from ..ha import LeaderLock, redis_from_settings
 
-    settings = common.settings(broker_url=broker, db_path=db, leader_ttl_ms=lease_ttl_ms)
+    from ..store import open_store
+
+    settings = common.settings(broker_url=broker, db_path=db, data_path=data_path, leader_ttl_ms=lease_ttl_ms)
+
+    def open_db(spec: str) -> Any:
+        return open_store(spec, data_path=settings.data_path or None, password=settings.db_password)
+
     hide_own_secrets()  # read: out of os.environ and /proc/<pid>/environ
     if settings.embedded:
         raise DtfError("no broker configured: set DTF_BROKER_URL or --broker")
@@ -46,15 +53,15 @@ def coordinator(
     celery_app = make_app(settings)
     stop = threading.Event()
     if standalone:
-        with common.writable_store(settings.db_path) as store:
+        with common.writable_store(settings) as store:
             token = store.max_token() + 1
-            info(f"dtf coordinator (standalone, token {token}): broker {settings.safe_broker}, db {settings.db_path}")
+            info(f"dtf coordinator (standalone, token {token}): broker {settings.safe_broker}, db {settings.safe_db}")
             _serve_until_signal(lambda: Coordinator(celery_app, store, token=lambda: token).serve(stop), stop)
         return
     lock = LeaderLock(lambda: redis_from_settings(settings), node_id=node_id, ttl_ms=settings.leader_ttl_ms)
     info(f"dtf coordinator {lock.node_id}: candidate (lease ttl {lock.ttl_ms} ms), "
-         f"broker {settings.safe_broker}, db {settings.db_path}")
-    _serve_until_signal(lambda: Candidate(celery_app, lock, settings.db_path).run(stop), stop)
+         f"broker {settings.safe_broker}, db {settings.safe_db}")
+    _serve_until_signal(lambda: Candidate(celery_app, lock, settings.db_path, open_store=open_db).run(stop), stop)
 
 
 def _serve_until_signal(serve: Callable[[], None], stop: threading.Event) -> None:
@@ -213,7 +220,7 @@ def dashboard(
     web_auth = dashboard_auth(os.environ)
     warning = check_exposure("the dashboard", address, port, web_auth, auth_env=DASHBOARD_AUTH_ENV)
     if db:
-        source: Any = DbSource(db)
+        source: Any = DbSource(db, password=settings.db_password)
     else:
         if settings.embedded:
             raise DtfError("no broker configured: set DTF_BROKER_URL or --broker, or read a file with --db")
@@ -227,7 +234,7 @@ def dashboard(
         raise DtfError(f"cannot listen on {address}:{port}: {exc.strerror}") from None
     if warning:
         common.err.print(f"warning: {warning}")
-    info(f"dtf dashboard: {server.url} reading {db or settings.safe_broker}")
+    info(f"dtf dashboard: {server.url} reading {redact_db(db) if db else settings.safe_broker}")
     try:
         server.serve_forever()
     finally:

@@ -144,6 +144,8 @@ class LivenessPolicy(DispatchPolicy):
             self.store.drop_stale_submits(now - STALE_SUBMIT_AFTER_S, token=self.token())
         stale = [w for w, seen in self.workers.items() if now - seen.last_seen > seen.offline_after_s]
         self.store.mark_silent_workers(now, WORKER_OFFLINE_AFTER_S, token=self.token())
+        for step in self.store.housekeeping(now, token=self.token()):  # a lake: compaction, snapshot expiry
+            log.info("store housekeeping: %s", step)
         if stale:
             self.store.mark_workers(stale, "offline")
         for w in stale:

@@ -17,7 +17,7 @@ from dtf.app import make_app
 from dtf.client import CoordinatorClient
 from dtf.ha import LEADER_KEY
 from dtf.settings import Settings
-from dtf.store import Store
+from dtf.store import open_store
 
 from ..conftest import Processes, dtf_cmd, dtf_env
 from .conftest import HA_TEMPLATES, wait_until
@@ -48,10 +48,16 @@ class Outcome:
 class Deployment:
     """Coordinators and workers as `dtf` subprocesses sharing one environment."""
 
-    def __init__(self, tmp_path: Path, processes: Processes, env: dict[str, str]) -> None:
+    def __init__(self, tmp_path: Path, processes: Processes, env: dict[str, str], *,
+                 db: str | None = None, data_path: str | None = None) -> None:
         self.tmp_path = tmp_path
         self.processes = processes
-        self.db = tmp_path / "central.duckdb"
+        # The local file by default; a "ducklake:..." store puts coordinators on "different
+        # hosts": each gets a local directory (state, working dir) of its own.
+        self.db: Any = db or tmp_path / "central.duckdb"
+        self.data_path = data_path
+        if data_path:  # hosts of their own share a signing key (else each would make one in its state dir)
+            env = dict(env, DTF_SIGNING_KEY=env.get("DTF_SIGNING_KEY", "lake-ha-test-signing-key-0123456789abcdef"))
         self.env = dtf_env(DTF_SPOOL_DIR=str(tmp_path / "spool"), DTF_LOG_LEVEL="WARNING", **env)
         self.settings = Settings.from_env(self.env)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -62,8 +68,14 @@ class Deployment:
         """Start (or restart) coordinator ``name``; each start logs to its own file."""
         self.starts[name] = self.starts.get(name, 0) + 1
         log_name = name if self.starts[name] == 1 else f"{name}.{self.starts[name]}"
-        proc = self.processes.start(log_name, ["coordinator", "--db", str(self.db), "--node-id", name, *extra],
-                                    self.env, self.tmp_path)
+        env, cwd = self.env, self.tmp_path
+        store_args = ["--db", str(self.db)]
+        if self.data_path:
+            cwd = self.tmp_path / f"host-{name}"
+            cwd.mkdir(exist_ok=True)
+            env = dict(self.env, DTF_STATE_DIR=str(cwd / "state"))
+            store_args += ["--data-path", self.data_path]
+        proc = self.processes.start(log_name, ["coordinator", *store_args, "--node-id", name, *extra], env, cwd)
         self.procs[name] = proc
         return proc
 
@@ -125,7 +137,7 @@ class Deployment:
         return Submission(self, proc, run_id)
 
     def outcome(self, run_id: str) -> Outcome:
-        with Store(self.db, read_only=True) as store:
+        with open_store(str(self.db), read_only=True) as store:
             tests = {row["test_id"]: row for row in store.final_results(run_id)}
             run = store.run(run_id)
             assert run is not None

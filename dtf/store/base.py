@@ -1,5 +1,12 @@
-"""The results database: DuckDB schema and named migrations, Arrow-backed batch writes,
-fencing, and the queries behind status, results and reports.
+"""The results store: the interface every backend offers and its local DuckDB file backend.
+
+``Store`` holds every query and write transaction dtf runs (fencing, Arrow batch writes,
+the reads behind status, results, reports and the dashboard) over one DuckDB connection.
+It is also the local backend: ``Store(path)`` opens a DuckDB file. ``dtf.store.lake``'s
+``LakeStore`` is the same class over a DuckLake catalog, overriding only what depends on
+the backend: how it connects, the key-less DDL, and the writes that lean on primary keys
+in the local file (ON CONFLICT) and are made idempotent by an anti-join there instead.
+``dtf.store.open_store`` picks the backend from the ``--db`` string.
 
 One process owns the file read-write (the leader coordinator, or the embedded run), and
 it keeps one connection open: connect-per-batch is about 7x slower. Every write goes
@@ -9,106 +16,58 @@ through a registered Arrow table, never one INSERT per row, and every result is 
 
 from __future__ import annotations
 
+import functools
 import json
-import math
-import operator
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 from contextlib import contextmanager
 
 import duckdb
 import pyarrow as pa
 
-from .errors import FencingError, StoreError
-from .model import RenderedTest, TestResult
+from ..errors import FencingError, StoreError
+from ..model import RenderedTest, TestResult
+from .schema import (
+    KEYS, MIGRATIONS, TestUpdate, _finite, _json_safe, _result_table, _table, _test_row, _utf8,
+    _TEST_SCHEMA, _UPDATE_SCHEMA,
+)
 
 __all__ = ["Store", "MIGRATIONS", "TestUpdate", "REPORT_CONFIG"]
 
-MIGRATIONS: tuple[tuple[str, str], ...] = (
-    (
-        "0001_initial",
-        """
-        CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
-        CREATE TABLE IF NOT EXISTS runs (
-            run_id VARCHAR PRIMARY KEY, suite_name VARCHAR, suite_hash VARCHAR,
-            submitted_at DOUBLE, git_sha VARCHAR, branch VARCHAR, ci_url VARCHAR,
-            status VARCHAR, finished_at DOUBLE, total INTEGER, info JSON);
-        CREATE TABLE IF NOT EXISTS tests (
-            run_id VARCHAR, test_id VARCHAR, model VARCHAR, family VARCHAR, hardware VARCHAR,
-            batch_size INTEGER, precision VARCHAR, template VARCHAR, template_hash VARCHAR,
-            priority INTEGER, memory_gb DOUBLE, depends_on VARCHAR[], timeout_s DOUBLE,
-            retries INTEGER, status VARCHAR, attempts INTEGER, reason VARCHAR,
-            queued_at DOUBLE, finished_at DOUBLE, spec JSON, source VARCHAR,
-            PRIMARY KEY (run_id, test_id));
-        CREATE TABLE IF NOT EXISTS results (
-            run_id VARCHAR, test_id VARCHAR, attempt INTEGER, worker_id VARCHAR,
-            hostname VARCHAR, hardware VARCHAR, status VARCHAR, duration_s DOUBLE,
-            peak_memory_mb DOUBLE, metrics JSON, error VARCHAR, stderr_tail VARCHAR,
-            started_at DOUBLE, finished_at DOUBLE, ingested_at DOUBLE, token BIGINT,
-            PRIMARY KEY (run_id, test_id, attempt));
-        CREATE TABLE IF NOT EXISTS workers (
-            worker_id VARCHAR PRIMARY KEY, hostname VARCHAR, platform VARCHAR,
-            hardware JSON, queues VARCHAR[], state VARCHAR, health JSON,
-            first_seen DOUBLE, last_seen DOUBLE);
-        """,
-    ),
-    (
-        "0002_worker_health",
-        # A bounded history of heartbeats per worker (record_worker_health prunes it).
-        """
-        CREATE TABLE IF NOT EXISTS worker_health (
-            worker_id VARCHAR, seen_at DOUBLE, state VARCHAR, health JSON,
-            PRIMARY KEY (worker_id, seen_at));
-        """,
-    ),
-    (
-        "0003_staged_submits",
-        # A large submit arrives in chunks; each is stored as it comes (its tests go straight
-        # into `tests`, the run row only when the last chunk is in), so the coordinator never
-        # holds a whole run in memory, and a chunk is acked once it is on disk.
-        """
-        CREATE TABLE IF NOT EXISTS staged_chunks (
-            submit_id VARCHAR, chunk INTEGER, chunks INTEGER, run_id VARCHAR, received_at DOUBLE,
-            run JSON, reply JSON, error VARCHAR,
-            PRIMARY KEY (submit_id, chunk));
-        """,
-    ),
-)
+_F = TypeVar("_F", bound=Callable[..., Any])
 
-_RESULT_SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()), ("test_id", pa.string()), ("attempt", pa.int32()),
-        ("worker_id", pa.string()), ("hostname", pa.string()), ("hardware", pa.string()),
-        ("status", pa.string()), ("duration_s", pa.float64()), ("peak_memory_mb", pa.float64()),
-        ("metrics", pa.string()), ("error", pa.string()), ("stderr_tail", pa.string()),
-        ("started_at", pa.float64()), ("finished_at", pa.float64()),
-        ("ingested_at", pa.float64()), ("token", pa.int64()),
-    ]
-)
 
-_TEST_SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()), ("test_id", pa.string()), ("model", pa.string()),
-        ("family", pa.string()), ("hardware", pa.string()), ("batch_size", pa.int32()),
-        ("precision", pa.string()), ("template", pa.string()), ("template_hash", pa.string()),
-        ("priority", pa.int32()), ("memory_gb", pa.float64()), ("depends_on", pa.list_(pa.string())),
-        ("timeout_s", pa.float64()), ("retries", pa.int32()), ("status", pa.string()),
-        ("attempts", pa.int32()), ("reason", pa.string()), ("queued_at", pa.float64()),
-        ("finished_at", pa.float64()), ("spec", pa.string()), ("source", pa.string()),
-    ]
-)
+def _checked(table: str) -> str:
+    """``table`` if it is one of dtf's tables: the one name a keyed write interpolates."""
+    if table not in KEYS:
+        raise ValueError(f"not a dtf table: {table!r}")
+    return table
 
-_UPDATE_SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()), ("test_id", pa.string()), ("status", pa.string()),
-        ("attempts", pa.int32()), ("reason", pa.string()), ("queued_at", pa.float64()),
-        ("finished_at", pa.float64()),
-    ]
-)
 
-TestUpdate = Mapping[str, Any]  # keys of _UPDATE_SCHEMA
+class _Conflict(StoreError):
+    """A write transaction lost to a concurrent one (DuckLake's optimistic commit); the
+    whole write is safe to run again, and ``_retry_conflicts`` does."""
+
+
+def _retry_conflicts(method: _F) -> _F:
+    """Run a write method again (a few times) when its transaction lost a commit race. The
+    local file never raises _Conflict (one process holds it); on a lake the retry reads the
+    fencing token again, so a deposed leader's retry ends in FencingError."""
+
+    @functools.wraps(method)
+    def wrapper(self: "Store", *args: Any, **kwargs: Any) -> Any:
+        for attempt in range(5):
+            try:
+                return method(self, *args, **kwargs)
+            except _Conflict:
+                if attempt == 4:
+                    raise
+                time.sleep(0.01 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    return wrapper  # type: ignore[return-value]
 
 
 class _DuplicateKey(Exception):
@@ -126,48 +85,18 @@ REPORT_CONFIG: Mapping[str, bool] = {
 }
 
 
-def _utf8(value: Any) -> Any:
-    """A str that UTF-8 can encode. Lone surrogates (say, from surrogateescape-decoded file
-    names in an error message) make Arrow and DuckDB's JSON reject the whole batch, so they
-    are stored as their backslash escapes instead."""
-    if not isinstance(value, str):
-        return value
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return value.encode("utf-8", "backslashreplace").decode("utf-8")
-    return value
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN and infinities are not JSON; store them as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, str):
-        return _utf8(value)
-    if isinstance(value, dict):
-        return {_utf8(str(k)): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def _table(rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
-    """Rows given as mappings (test rows, status updates) as an Arrow table, column by column."""
-    return pa.Table.from_arrays(
-        [_arrow_column([row.get(f.name) for row in rows], f.type) for f in schema], schema=schema
-    )
-
-
 class Store:
-    """A DuckDB file opened read-write by this process, with one persistent connection."""
+    """The store interface, over a local DuckDB file opened by this process (read-write, or
+    read-only), with one persistent connection."""
+
+    #: "duckdb" for the local file, "ducklake" for a lake (dtf.store.lake).
+    backend = "duckdb"
 
     def __init__(self, path: str | Path, *, read_only: bool = False, config: Mapping[str, Any] | None = None) -> None:
-        self.path = str(path)
+        self.path = str(path)  # what messages name the store by: never holds a password
+        self.read_only = read_only
         try:
-            if self.path != ":memory:":
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            self._con = duckdb.connect(self.path, read_only=read_only, config=dict(config or {}))
+            self._con = self._connect(read_only, dict(config or {}))
             self.closed = False
         except (duckdb.Error, OSError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -176,6 +105,17 @@ class Store:
         self._stale_views: list[str] = []
         if not read_only:
             self.migrate()
+
+    def _connect(self, read_only: bool, config: dict[str, Any]) -> duckdb.DuckDBPyConnection:
+        """The one connection of this store (the local file here; a lake overrides it)."""
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        return duckdb.connect(self.path, read_only=read_only, config=config)
+
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        """A second connection to the same database, for a read that streams while the main
+        connection goes on writing."""
+        return self._con.cursor()
 
     @classmethod
     def open_for_reports(cls, path: str | Path) -> Store:
@@ -210,9 +150,14 @@ class Store:
             except BaseException as exc:
                 self._rollback()
                 if isinstance(exc, duckdb.Error):
-                    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                    raise StoreError(f"cannot write results database {self.path}: {first}") from exc
+                    raise self._write_error(exc) from exc
                 raise
+
+    def _write_error(self, exc: duckdb.Error) -> StoreError:
+        """What a failed write transaction raises (a lake turns a lost commit race into
+        _Conflict, or FencingError when a newer leader won it)."""
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return StoreError(f"cannot write results database {self.path}: {first}")
 
     def _rollback(self) -> None:
         try:
@@ -246,18 +191,40 @@ class Store:
             names = [d[0] for d in cur.description or ()]
             return [dict(zip(names, row)) for row in cur.fetchall()]
 
+    def _ddl(self, sql: str) -> str:
+        """A migration's statements as this backend runs them (the local file: unchanged)."""
+        return sql
+
+    # -- the writes that lean on keys: a lake overrides these two --------------------
+    def _insert_new(self, con: duckdb.DuckDBPyConnection, table: str, select: str, params: Sequence[Any] = ()) -> int:
+        """Insert the rows of ``select`` (every column of ``table``, in order) whose key
+        (schema.KEYS) is not stored yet; a key repeated inside ``select`` is stored once.
+        Returns the rows stored."""
+        _checked(table)
+        row = con.execute(f"INSERT INTO {table} {select} ON CONFLICT DO NOTHING", list(params)).fetchone()
+        return int(row[0]) if row else 0
+
+    def _upsert(self, con: duckdb.DuckDBPyConnection, table: str, select: str, params: Sequence[Any],
+                update: Sequence[str]) -> None:
+        """Insert the rows of ``select``; where the key is stored already, set the ``update``
+        columns from them instead."""
+        keys = ", ".join(KEYS[_checked(table)])
+        sets = ", ".join(f"{c} = excluded.{c}" for c in update)
+        con.execute(f"INSERT INTO {table} {select} ON CONFLICT ({keys}) DO UPDATE SET {sets}", list(params))
+
+    @_retry_conflicts
     def migrate(self) -> list[str]:
         """Apply the named migrations not yet recorded; return the ones applied."""
         applied: list[str] = []
         with self._transaction() as con:
-            con.execute(
+            con.execute(self._ddl(
                 "CREATE TABLE IF NOT EXISTS migrations (name VARCHAR PRIMARY KEY, applied_at DOUBLE)"
-            )
+            ))
             done = {row[0] for row in con.execute("SELECT name FROM migrations").fetchall()}
             for name, sql in MIGRATIONS:
                 if name in done:
                     continue
-                con.execute(sql)
+                con.execute(self._ddl(sql))
                 con.execute("INSERT INTO migrations VALUES (?, ?)", [name, time.time()])
                 applied.append(name)
         return applied
@@ -267,17 +234,21 @@ class Store:
         rows = self.query("SELECT value FROM meta WHERE key = 'max_token'")
         return int(rows[0]["value"]) if rows else 0
 
+    #: Write the token row in every fenced transaction, not only when the token rises. A
+    #: lake sets this: its writers on other hosts serialize only on rows they both write,
+    #: so a deposed leader's transaction that read the old token then fails to commit.
+    _fence_writes_always = False
+
     def _fence(self, con: duckdb.DuckDBPyConnection, token: int) -> None:
         rows = con.execute("SELECT value FROM meta WHERE key = 'max_token'").fetchall()
         current = int(rows[0][0]) if rows else 0
         if token < current:
             raise FencingError(f"write with fencing token {token} refused: database has seen {current}")
-        if token > current:
-            con.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('max_token', ?)", [str(token)]
-            )
+        if token > current or self._fence_writes_always:
+            self._upsert(con, "meta", "SELECT 'max_token' AS key, ? AS value", [str(token)], ["value"])
 
     # -- writes -----------------------------------------------------------------------
+    @_retry_conflicts
     def insert_run(
         self,
         run: Mapping[str, Any],
@@ -292,12 +263,11 @@ class Store:
             self._insert_run_row(con, run, len(tests), now)
             self._insert_tests(con, str(run["run_id"]), tests, now)
 
-    @staticmethod
-    def _insert_run_row(con: duckdb.DuckDBPyConnection, run: Mapping[str, Any], total: int, now: float) -> None:
-        con.execute(
-            "INSERT INTO runs (run_id, suite_name, suite_hash, submitted_at, git_sha, branch,"
-            " ci_url, status, finished_at, total, info) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)"
-            " ON CONFLICT DO NOTHING",
+    def _insert_run_row(self, con: duckdb.DuckDBPyConnection, run: Mapping[str, Any], total: int, now: float) -> None:
+        self._insert_new(
+            con, "runs",
+            "SELECT ? AS run_id, ? AS suite_name, ? AS suite_hash, ? AS submitted_at, ? AS git_sha, ? AS branch,"
+            " ? AS ci_url, ? AS status, NULL::DOUBLE AS finished_at, ? AS total, ?::JSON AS info",
             [
                 run["run_id"], run.get("suite_name"), run.get("suite_hash"),
                 run.get("submitted_at", now), run.get("git_sha"), run.get("branch"),
@@ -308,8 +278,9 @@ class Store:
     def _insert_tests(self, con: duckdb.DuckDBPyConnection, run_id: str, tests: Sequence[RenderedTest], now: float) -> None:
         table = _table([_test_row(run_id, t, now) for t in tests], _TEST_SCHEMA)
         with self._arrow_view(con, "new_tests", table):
-            con.execute("INSERT INTO tests SELECT * FROM new_tests ON CONFLICT DO NOTHING")
+            self._insert_new(con, "tests", "SELECT * FROM new_tests")
 
+    @_retry_conflicts
     def stage_submit_chunk(
         self,
         submit_id: str,
@@ -330,8 +301,10 @@ class Store:
         now = time.time()
         with self._transaction() as con:
             self._fence(con, token)
-            con.execute(
-                "INSERT INTO staged_chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            self._insert_new(
+                con, "staged_chunks",
+                "SELECT ? AS submit_id, ? AS chunk, ? AS chunks, ? AS run_id, ? AS received_at,"
+                " ?::JSON AS run, ?::JSON AS reply, ? AS error",
                 [submit_id, chunk, chunks, run_id, now, json.dumps(dict(run)) if run is not None else None,
                  json.dumps(dict(reply)) if reply is not None else None, error],
             )
@@ -340,6 +313,7 @@ class Store:
             row = con.execute("SELECT count(*) FROM staged_chunks WHERE submit_id = ?", [submit_id]).fetchone()
         return int(row[0]) if row else 0
 
+    @_retry_conflicts
     def finish_submit(self, submit_id: str, *, token: int = 0) -> dict[str, Any]:
         """Complete a fully staged submit in one transaction: add the run row (status
         running, total = its tests) unless a chunk failed, in which case its tests are
@@ -367,6 +341,7 @@ class Store:
             con.execute("DELETE FROM staged_chunks WHERE submit_id = ?", [submit_id])
         return {"run_id": run_id, "run": run, "reply": reply, "error": error, "total": int(total)}
 
+    @_retry_conflicts
     def drop_stale_submits(self, older_than: float, *, token: int = 0) -> int:
         """Forget submits whose chunks stopped coming before ``older_than`` (a client that
         died mid-submit): their staged chunks, and their tests if the run never started."""
@@ -385,7 +360,7 @@ class Store:
         """The spec of every test of a run, decoded, in test id order: fetched a batch at a
         time, so a 100k-test run never has all its JSON text and dicts in memory at once."""
         with self._lock:
-            cursor = self._con.cursor()
+            cursor = self._cursor()
         try:
             cursor.execute("SELECT spec FROM tests WHERE run_id = ? ORDER BY test_id", [run_id])
             while rows := cursor.fetchmany(batch):
@@ -415,6 +390,7 @@ class Store:
                 self._con.unregister("source_keys")
         return {test_id: (spec, source, template_hash) for test_id, spec, source, template_hash in rows}
 
+    @_retry_conflicts
     def ingest_batch(
         self,
         results: Sequence[TestResult],
@@ -425,7 +401,8 @@ class Store:
     ) -> int:
         """One transaction: insert results (duplicates ignored), apply test status updates,
         close finished runs. Returns the number of result rows stored by this call. The
-        coordinator's write path, also named ``commit_batch``.
+        coordinator's write path, also named ``commit_batch``. (This is the local file's
+        way; a lake stores only the keys it does not hold, in one pass: see LakeStore.)
 
         The batch is written optimistically as a plain INSERT, and only when the key
         constraint refuses it (a redelivered result, or a key repeated inside the batch) is
@@ -475,16 +452,14 @@ class Store:
         per batch, and about a fifth of a 1,000-row insert's time)."""
         if skip_duplicates:
             with self._arrow_view(con, "batch_results", table):
-                row = con.execute(
-                    "INSERT INTO results SELECT * FROM batch_results ON CONFLICT DO NOTHING"
-                ).fetchone()
-            return int(row[0]) if row else 0
+                return self._insert_new(con, "results", "SELECT * FROM batch_results")
         try:
             con.from_arrow(table).insert_into("results")
         except duckdb.ConstraintException as exc:
             raise _DuplicateKey() from exc
         return table.num_rows
 
+    @_retry_conflicts
     def update_tests(self, updates: Sequence[TestUpdate], *, token: int = 0) -> None:
         if not updates:
             return
@@ -506,23 +481,25 @@ class Store:
                 " FROM test_updates u WHERE tests.run_id = u.run_id AND tests.test_id = u.test_id"
             )
 
+    @_retry_conflicts
     def upsert_worker(self, info: Mapping[str, Any], *, token: int = 0) -> None:
         now = time.time()
         with self._transaction() as con:
             self._fence(con, token)
-            con.execute(
-                "INSERT INTO workers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (worker_id) DO UPDATE"
-                " SET hostname = excluded.hostname, platform = excluded.platform,"
-                " hardware = excluded.hardware, queues = excluded.queues, state = excluded.state,"
-                " health = excluded.health, last_seen = excluded.last_seen",
+            self._upsert(
+                con, "workers",
+                "SELECT ? AS worker_id, ? AS hostname, ? AS platform, ?::JSON AS hardware, ?::VARCHAR[] AS queues,"
+                " ? AS state, ?::JSON AS health, ? AS first_seen, ? AS last_seen",
                 [
                     info["worker_id"], info.get("hostname"), info.get("platform"),
                     json.dumps(_json_safe(info.get("hardware") or {})), list(info.get("queues") or []),
                     info.get("state", "online"), json.dumps(_json_safe(info.get("health") or {})),
                     now, info.get("last_seen", now),
                 ],
+                ["hostname", "platform", "hardware", "queues", "state", "health", "last_seen"],
             )
 
+    @_retry_conflicts
     def mark_workers(self, worker_ids: Sequence[str], state: str) -> None:
         if not worker_ids:
             return
@@ -531,6 +508,11 @@ class Store:
                 "UPDATE workers SET state = ? WHERE list_contains(?, worker_id)",
                 [state, list(worker_ids)],
             )
+
+    def housekeeping(self, now: float, *, token: int = 0) -> list[str]:
+        """Periodic upkeep the leader runs (coordinator's sweep); returns what it did. The
+        local file needs none; a lake merges small files and expires old snapshots."""
+        return []
 
     # -- reads ------------------------------------------------------------------------
     def run(self, run_id: str) -> dict[str, Any] | None:
@@ -588,16 +570,6 @@ class Store:
         ):
             counts.setdefault(row["hardware"], {})[row["status"]] = int(row["n"])
         return counts
-
-    def latest_run_id(self, suite_name: str | None = None) -> str | None:
-        if suite_name:
-            rows = self.query(
-                "SELECT run_id FROM runs WHERE suite_name = ? ORDER BY submitted_at DESC LIMIT 1",
-                [suite_name],
-            )
-        else:
-            rows = self.query("SELECT run_id FROM runs ORDER BY submitted_at DESC LIMIT 1")
-        return rows[0]["run_id"] if rows else None
 
     # -- baselines and report data (read-only) ---------------------------------------------
     def earlier_runs(self, run_id: str, *, limit: int = 1, hardware: str | None = None) -> list[dict[str, Any]]:
@@ -689,14 +661,15 @@ class Store:
         return rows
 
     # -- worker health and the dashboard's views ---------------------------------------
+    @_retry_conflicts
     def record_worker_health(
         self, worker_id: str, seen_at: float, state: str, health: Mapping[str, Any], *, keep: int = 360, token: int = 0
     ) -> None:
         """Append one heartbeat's health to the worker's history, keeping its newest ``keep``."""
         with self._transaction() as con:
             self._fence(con, token)
-            con.execute(
-                "INSERT INTO worker_health VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            self._insert_new(
+                con, "worker_health", "SELECT ? AS worker_id, ? AS seen_at, ? AS state, ?::JSON AS health",
                 [worker_id, seen_at, state, json.dumps(_json_safe(dict(health)))],
             )
             con.execute(
@@ -716,18 +689,22 @@ class Store:
             row["health"] = json.loads(row["health"]) if row["health"] else {}
         return rows
 
+    @_retry_conflicts
     def mark_silent_workers(self, now: float, offline_after_s: float, *, token: int = 0) -> list[str]:
         """Mark offline every worker silent for longer than ``offline_after_s`` (or three of
         its own heartbeat intervals, if longer); returns their ids."""
         with self._transaction() as con:
             self._fence(con, token)
+            # SELECT then UPDATE rather than UPDATE ... RETURNING, which DuckLake does not support.
             rows = con.execute(
-                "UPDATE workers SET state = 'offline' WHERE coalesce(state, '') <> 'offline' AND last_seen < ?"
-                " - greatest(?, 3 * coalesce(TRY_CAST(health->>'$.heartbeat_interval_s' AS DOUBLE), 0))"
-                " RETURNING worker_id",
+                "SELECT worker_id FROM workers WHERE coalesce(state, '') <> 'offline' AND last_seen < ?"
+                " - greatest(?, 3 * coalesce(TRY_CAST(health->>'$.heartbeat_interval_s' AS DOUBLE), 0))",
                 [now, offline_after_s],
             ).fetchall()
-        return sorted(str(r[0]) for r in rows)
+            silent = sorted(str(r[0]) for r in rows)
+            if silent:
+                con.execute("UPDATE workers SET state = 'offline' WHERE list_contains(?, worker_id)", [silent])
+        return silent
 
     def run_progress(self, limit: int = 20) -> list[dict[str, Any]]:
         """The newest runs, each with {status: count} of its tests."""
@@ -801,96 +778,3 @@ class Store:
         return list(series.values())
 
 
-def _test_row(run_id: str, test: RenderedTest, now: float) -> dict[str, Any]:
-    s = test.spec
-    return {
-        "run_id": run_id, "test_id": s.test_id, "model": s.model, "family": s.family,
-        "hardware": s.hardware, "batch_size": s.batch_size, "precision": s.precision,
-        "template": s.template, "template_hash": test.template_hash, "priority": s.priority,
-        "memory_gb": s.memory_gb, "depends_on": list(s.depends_on), "timeout_s": s.timeout_s,
-        "retries": s.retries, "status": "pending", "attempts": 0, "reason": None,
-        "queued_at": None, "finished_at": None, "spec": json.dumps(_json_safe(s.to_dict())),
-        "source": test.source,
-    }
-
-
-
-def _finite(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
-
-
-def _string_array(values: Sequence[Any], type_: pa.DataType = pa.string()) -> pa.Array:
-    """A string (or list-of-string) Arrow array of ``values``. Arrow itself refuses a lone
-    surrogate, so the column is converted as it is (nearly always) and only a refused one
-    is converted again with those values escaped, rather than checking every value first."""
-    try:
-        return pa.array(values, type_)
-    except UnicodeEncodeError:
-        if pa.types.is_list(type_):
-            return pa.array([None if v is None else [_utf8(x) for x in v] for v in values], type_)
-        return pa.array([_utf8(v) for v in values], type_)
-
-
-def _arrow_column(values: Sequence[Any], type_: pa.DataType) -> pa.Array:
-    """One column as Arrow; text columns go through ``_string_array``."""
-    if pa.types.is_string(type_) or (pa.types.is_list(type_) and pa.types.is_string(type_.value_type)):
-        return _string_array(values, type_)
-    return pa.array(values, type_)
-
-
-def _compact_encoder() -> Callable[[Any], str]:
-    """``json.dumps(value, ensure_ascii=False, allow_nan=False)`` without its per-call cost:
-    dumps builds a JSONEncoder and a C encoder on every call, which for a small metrics
-    dict is most of the time taken. The C encoder is built once here (no circular-reference
-    check: a self-referencing dict fails with RecursionError instead of ValueError); where
-    Python has no C encoder, the JSONEncoder's own ``encode`` is used."""
-    plain = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:
-        return plain.encode
-    encode = make(None, plain.default, json.encoder.encode_basestring, None, ": ", ", ", False, False, False)
-    join = "".join
-    return lambda value: join(encode(value, 0))
-
-
-_encode_compact = _compact_encoder()
-
-
-def _metrics_json(metrics: Mapping[str, Any]) -> str:
-    """One result's metrics as JSON, made safe: NaN, infinities, lone surrogates and odd keys
-    are what the slow path fixes."""
-    try:
-        text = json.dumps(metrics, ensure_ascii=False, allow_nan=False)
-        text.encode("utf-8")
-        return text
-    except (ValueError, TypeError, UnicodeEncodeError):  # NaN, inf, lone surrogates, odd keys
-        return json.dumps(_json_safe(dict(metrics)))
-
-
-def _metrics_array(metrics: Sequence[Mapping[str, Any]]) -> pa.Array:
-    """The metrics column as JSON text, encoded in one pass over the batch; only a batch
-    holding a value JSON or UTF-8 refuses (NaN, infinity, a lone surrogate, an odd key) is
-    encoded again row by row through ``_metrics_json``."""
-    try:
-        return pa.array([_encode_compact(m) for m in metrics], pa.string())
-    except (ValueError, TypeError, RecursionError):  # UnicodeEncodeError is a ValueError
-        return pa.array([_metrics_json(m) for m in metrics], pa.string())
-
-
-_RESULT_FIELDS = tuple(f.name for f in _RESULT_SCHEMA if f.name not in ("ingested_at", "token"))
-_result_values = operator.attrgetter(*_RESULT_FIELDS)
-
-
-def _result_table(results: Sequence[TestResult], now: float, token: int) -> pa.Table:
-    """The results as an Arrow table of the results table's columns. One C-level attribute
-    fetch per result and a transpose give the columns (no dict per row); each column is then
-    converted by Arrow as a whole."""
-    n = len(results)
-    rows = map(_result_values, results)
-    columns = dict(zip(_RESULT_FIELDS, zip(*rows))) if n else {name: () for name in _RESULT_FIELDS}
-    arrays = {name: _arrow_column(values, _RESULT_SCHEMA.field(name).type)
-              for name, values in columns.items() if name != "metrics"}
-    arrays["metrics"] = _metrics_array(columns["metrics"])
-    arrays["ingested_at"] = pa.array([now] * n, pa.float64())
-    arrays["token"] = pa.array([token] * n, pa.int64())
-    return pa.Table.from_arrays([arrays[f.name] for f in _RESULT_SCHEMA], schema=_RESULT_SCHEMA)
