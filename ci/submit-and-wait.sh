@@ -13,6 +13,12 @@
 #   DTF_BASELINE            run id, "latest", or "none" to skip the comparison (default: latest)
 #   DTF_FAIL_ON_REGRESSION  1: exit 1 on a flagged performance regression (default: 0)
 #   DTF_CMD                 how to call dtf (default: dtf; e.g. "python -m dtf.cli")
+#   DTF_COMMENT_MAX         longest comment.md in characters (default: 60000; GitHub
+#                           refuses comments over 65536)
+#
+# Besides the reports, $DTF_REPORT_DIR/comment.md is a pull/merge-request comment body (the
+# verdict and the Markdown report, cut at DTF_COMMENT_MAX with a note). On GitHub the
+# Markdown report is appended to the job summary; on Buildkite it becomes a build annotation.
 #
 # Exit status is dtf's: 0 all passed, 1 test failures (or regressions when asked),
 # 2 bad input, an unreachable broker or coordinator, or a timeout.
@@ -46,6 +52,21 @@ status=0
 if [ -f "$report_dir/report.md" ]; then
     if [ -n "${GITHUB_STEP_SUMMARY:-}" ]; then
         cat "$report_dir/report.md" >> "$GITHUB_STEP_SUMMARY"
+    fi
+    max=${DTF_COMMENT_MAX:-60000}
+    {
+        echo "<!-- dtf-report -->"
+        if [ "$(wc -c < "$report_dir/report.md")" -le "$max" ]; then
+            cat "$report_dir/report.md"
+        else
+            head -c "$max" "$report_dir/report.md"
+            printf '\n\n_Cut at %s characters: the full report is in the build artifacts._\n' "$max"
+        fi
+    } > "$report_dir/comment.md"
+    if [ -n "${BUILDKITE_BUILD_ID:-}" ] && command -v buildkite-agent >/dev/null 2>&1; then
+        style=success
+        [ "$status" -eq 0 ] || style=error
+        buildkite-agent annotate --style "$style" --context dtf < "$report_dir/comment.md" || true
     fi
     echo "dtf: exit $status; reports in $report_dir (report.html, junit.xml, report.json, report.md)" >&2
 else

@@ -23,6 +23,8 @@ from .conftest import REPO, RedisServer, coordinator_and_worker, dtf_env, need_b
 CI = REPO / "ci"
 GITHUB = CI / "github" / "dtf.yml"
 GITLAB = CI / "gitlab" / ".gitlab-ci.yml"
+BUILDKITE = CI / "buildkite" / "pipeline.yml"
+JENKINS = CI / "jenkins" / "Jenkinsfile"
 SCRIPT = CI / "submit-and-wait.sh"
 PROBE_TEMPLATES = REPO / "tests" / "fixtures" / "pipeline_templates"
 
@@ -58,6 +60,20 @@ def gitlab_script() -> str:
     return "\n".join(gitlab()["dtf"]["script"])
 
 
+def buildkite_scripts() -> list[str]:
+    return [step["command"] for step in yaml.safe_load(BUILDKITE.read_text())["steps"]]
+
+
+def jenkins_scripts() -> list[str]:
+    """The shell blocks (sh '''...''') of the Jenkinsfile."""
+    return re.findall(r"sh '''(.*?)'''", JENKINS.read_text(), flags=re.S)
+
+
+def scripts_of(source: str) -> list[str]:
+    return {"github": github_scripts, "gitlab": lambda: [gitlab_script()], "buildkite": buildkite_scripts,
+            "jenkins": jenkins_scripts}[source]()
+
+
 def dtf_calls(script: str) -> Iterator[list[str]]:
     """Every `dtf ...` command line in a shell script, as words."""
     text = script.replace("\\\n", " ")
@@ -72,7 +88,8 @@ def script_submit_options() -> set[str]:
     return set(re.findall(r"(--[a-z][a-z-]+)", " ".join(re.findall(r"args\+?=\((.*)\)", text))))
 
 
-@pytest.mark.parametrize(("schema", "path"), [("vendor.github-workflows", GITHUB), ("vendor.gitlab-ci", GITLAB)])
+@pytest.mark.parametrize(("schema", "path"), [("vendor.github-workflows", GITHUB), ("vendor.gitlab-ci", GITLAB),
+                                              ("vendor.buildkite", BUILDKITE)])
 def test_the_pipelines_pass_their_platforms_schema(schema: str, path: Path) -> None:
     """GitHub's workflow schema and GitLab's CI schema, as check-jsonschema ships them (offline)."""
     check = REPO / ".venv" / "bin" / "check-jsonschema"
@@ -114,10 +131,13 @@ def test_the_gitlab_pipeline_runs_redis_a_coordinator_workers_and_keeps_junit() 
     assert script.strip().endswith('exit "$status"')
 
 
-@pytest.mark.parametrize("source", ["github", "gitlab"])
+SOURCES = ["github", "gitlab", "buildkite", "jenkins"]
+
+
+@pytest.mark.parametrize("source", SOURCES)
 def test_ci_files_use_only_commands_and_options_the_cli_has(source: str) -> None:
     options = cli_options()
-    scripts = github_scripts() if source == "github" else [gitlab_script()]
+    scripts = scripts_of(source)
     calls = [words for s in scripts for words in dtf_calls(s)]
     assert len(calls) >= 2
     for words in calls:
@@ -143,9 +163,9 @@ def test_the_script_passes_shellcheck() -> None:
     assert proc.returncode == 0, proc.stdout
 
 
-@pytest.mark.parametrize("source", ["github", "gitlab"])
+@pytest.mark.parametrize("source", SOURCES)
 def test_the_pipelines_shell_steps_pass_shellcheck(source: str, tmp_path: Path) -> None:
-    scripts = github_scripts() if source == "github" else [gitlab_script()]
+    scripts = scripts_of(source)
     for i, script in enumerate(scripts):
         # CI expressions are substituted before the shell sees the text.
         text = re.sub(r"\$\{\{[^}]*\}\}", "x", script)
@@ -169,14 +189,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RedisSer
         yield redis, root
 
 
-def run_script(cluster: tuple[RedisServer, Path], tmp_path: Path, suite_text: str, *args: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+def run_script(cluster: tuple[RedisServer, Path], tmp_path: Path, suite_text: str, *args: str,
+               env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess[str], Path]:
     redis, _ = cluster
     suite = tmp_path / "suite.yaml"
     suite.write_text(suite_text)
     reports = tmp_path / "reports"
-    env = dtf_env(DTF_BROKER_URL=redis.url, DTF_REPORT_DIR=str(reports), DTF_WAIT_TIMEOUT="240",
+    env_ = dtf_env(DTF_BROKER_URL=redis.url, DTF_REPORT_DIR=str(reports), DTF_WAIT_TIMEOUT="240",
                   DTF_CMD=f"{shlex.quote(sys.executable)} -m dtf.cli", GITHUB_STEP_SUMMARY=str(tmp_path / "summary.md"))
-    proc = subprocess.run(["bash", str(SCRIPT), str(suite), *args], env=env, cwd=tmp_path,
+    proc = subprocess.run(["bash", str(SCRIPT), str(suite), *args], env={**env_, **(env or {})}, cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
     return proc, reports
 
@@ -186,10 +207,12 @@ def run_script(cluster: tuple[RedisServer, Path], tmp_path: Path, suite_text: st
 def test_the_script_exits_0_for_a_passing_suite_and_leaves_reports(cluster: tuple[RedisServer, Path], tmp_path: Path) -> None:
     proc, reports = run_script(cluster, tmp_path, PASSING)
     assert proc.returncode == 0, proc.stderr + (cluster[1] / "logs" / "coordinator.log").read_text()
-    assert sorted(p.name for p in reports.iterdir()) == ["junit.xml", "report.html", "report.json", "report.md"]
+    assert sorted(p.name for p in reports.iterdir()) == ["comment.md", "junit.xml", "report.html", "report.json", "report.md"]
     xml = junitparser.JUnitXml.fromfile(str(reports / "junit.xml"))
     assert [(c.name, c.is_passed) for s in xml for c in s] == [("bs1 fp32", True)]
     assert (tmp_path / "summary.md").read_text().startswith("## ✅ dtf: passed")
+    comment = (reports / "comment.md").read_text()
+    assert comment.startswith("<!-- dtf-report -->\n## ✅ dtf: passed") and comment.endswith((reports / "report.md").read_text())
     assert "1/1 done, passed 1" in proc.stderr  # plain progress lines, as CI logs want
 
 
@@ -205,6 +228,17 @@ def test_the_script_exits_1_for_a_failing_suite_and_junit_shows_the_failure(clus
     assert isinstance(failure, junitparser.Failure) and "fails by design" in failure.message
     assert "AssertionError" in failure.text
     assert "❌ 1 failed" in (reports / "report.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_the_comment_body_is_cut_at_its_limit_with_a_note(cluster: tuple[RedisServer, Path], tmp_path: Path) -> None:
+    proc, reports = run_script(cluster, tmp_path, PASSING, env={"DTF_COMMENT_MAX": "120"})
+    assert proc.returncode == 0, proc.stderr
+    comment = (reports / "comment.md").read_text()
+    assert len((reports / "report.md").read_text()) > 120
+    assert comment.endswith("_Cut at 120 characters: the full report is in the build artifacts._\n")
+    assert len(comment) < 120 + 120
 
 
 @pytest.mark.redis
