@@ -22,6 +22,10 @@ every place a reader looks: ``webgpu_adapter.fallback``, the metric ``webgpu_fal
 the provenance's ``device_name`` ("software fallback (SwiftShader)"); it is never shown as
 a GPU. A machine without Chromium, onnxruntime-web or any WebGPU adapter skips the test
 with a reason that names what is missing.
+
+Why one module of ~650 lines: the export, the loopback server, the page's script and the
+browser run are the steps of one path that nothing else uses, and the page's JavaScript and
+the Python that reads its answer must change together.
 """
 
 from __future__ import annotations

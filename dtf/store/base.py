@@ -12,6 +12,11 @@ One process owns the file read-write (the leader coordinator, or the embedded ru
 it keeps one connection open: connect-per-batch is about 7x slower. Every write goes
 through a registered Arrow table, never one INSERT per row, and every result is keyed
 (run_id, test_id, attempt) so a redelivered result is a no-op.
+
+Why one module of ~800 lines: every method is one transaction over the same connection and
+fencing rule, and a backend overrides methods of this one class; split by table, the
+fencing and locking discipline would be repeated in each part (schema, migrations and Arrow
+conversion, which need neither, live in ``dtf.store.schema``).
 """
 
 from __future__ import annotations
