@@ -11,7 +11,7 @@ from when it received the renewal, so the holder always lets go first.
 
     lock = LeaderLock(lambda: redis_from_settings(settings), ttl_ms=10_000)
     threading.Thread(target=lock.run, args=(stop,), daemon=True).start()
-    if lock.is_leader(): store.commit_batch(..., token=lock.token())
+    if lock.is_leader(): store.ingest_batch(..., token=lock.token())
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ def _store_with_runs(path: Path) -> Store:
                    TestResult(run_id, specs[1].test_id, 1, "failed", error="wrong output\ntraceback...",
                               metrics={"latency_p50_ms": float("nan")})]
         updates = [{"run_id": run_id, "test_id": r.test_id, "status": r.status, "attempts": 1} for r in results]
-        store.commit_batch(results, updates)
+        store.ingest_batch(results, updates)
     return store
 
 

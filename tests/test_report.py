@@ -162,7 +162,7 @@ def _stored_run(store: Store, run_id: str, submitted: float, center_ms: float, *
                                   error="AssertionError: nope" if status == "failed" else None,
                                   hardware="cpu", started_at=submitted + 1, finished_at=submitted + 2))
         updates.append({"run_id": run_id, "test_id": s.test_id, "status": status, "attempts": 1})
-    store.commit_batch(results, updates, finished_runs=[(run_id, "failed" if fail else "passed")])
+    store.ingest_batch(results, updates, finished_runs=[(run_id, "failed" if fail else "passed")])
 
 
 @pytest.fixture

@@ -317,7 +317,7 @@ def _store_real_run(db: Path) -> str:
                    for t in tests if t["status"] != "skipped"]
         updates = [{"run_id": run_id, "test_id": t["test_id"], "status": t["status"], "attempts": 1,
                     "reason": t.get("reason")} for t in tests]
-        store.commit_batch(results, updates, finished_runs=[(run_id, "failed")])
+        store.ingest_batch(results, updates, finished_runs=[(run_id, "failed")])
     return run_id
 
 

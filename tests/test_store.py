@@ -122,7 +122,7 @@ def test_a_new_file_records_every_migration_by_name(store: Store) -> None:
 def test_reopening_the_file_applies_no_migration(store_spec: StoreSpec) -> None:
     with store_spec.open() as first:
         recorded = first.query("SELECT name, applied_at FROM migrations")
-        first.commit_batch([result()])
+        first.ingest_batch([result()])
     with store_spec.open() as again:
         assert again.migrate() == []
         assert again.query("SELECT name, applied_at FROM migrations") == recorded
@@ -138,14 +138,14 @@ def test_store_creates_missing_parent_directories(tmp_path: Path) -> None:
 # -- idempotent batches ------------------------------------------------------------------------
 
 def test_redelivered_result_does_not_create_a_duplicate_row(store: Store) -> None:
-    assert store.commit_batch([result()]) == 1
-    assert store.commit_batch([result(status="failed")]) == 0
+    assert store.ingest_batch([result()]) == 1
+    assert store.ingest_batch([result(status="failed")]) == 0
     rows = store.results("run")
     assert len(rows) == 1 and rows[0]["status"] == "passed"
 
 
 def test_every_attempt_of_a_test_is_its_own_row(store: Store) -> None:
-    assert store.commit_batch([result(attempt=1, status="failed"), result(attempt=2)]) == 2
+    assert store.ingest_batch([result(attempt=1, status="failed"), result(attempt=2)]) == 2
     assert [(r["attempt"], r["status"]) for r in store.results("run")] == [(1, "failed"), (2, "passed")]
 
 
@@ -153,8 +153,8 @@ def test_every_attempt_of_a_test_is_its_own_row(store: Store) -> None:
 @given(batch=st.lists(stored_results, max_size=8, unique_by=lambda r: (r.test_id, r.attempt)))
 def test_ingesting_the_same_batch_twice_leaves_the_row_count_unchanged(store: Store, batch: list[TestResult]) -> None:
     run_id, batch = own_run(batch)
-    assert store.commit_batch(batch) == len(batch)
-    assert store.commit_batch(batch) == 0
+    assert store.ingest_batch(batch) == len(batch)
+    assert store.ingest_batch(batch) == 0
     assert count_run(store, run_id) == len(batch)
 
 
@@ -166,7 +166,7 @@ def test_a_batch_with_duplicate_keys_inside_it_stores_one_row_per_key(
     run_id, batch = own_run(batch)
     repeats = data.draw(st.lists(st.sampled_from(batch), min_size=1, max_size=4))
     keys = {(r.test_id, r.attempt) for r in batch}
-    assert store.commit_batch(batch + repeats) == len(keys)
+    assert store.ingest_batch(batch + repeats) == len(keys)
     assert count_run(store, run_id) == len(keys)
 
 
@@ -174,7 +174,7 @@ def test_a_batch_with_duplicate_keys_inside_it_stores_one_row_per_key(
 @given(original=stored_results)
 def test_a_result_reads_back_as_it_was_written(store: Store, original: TestResult) -> None:
     run_id, (original,) = own_run([original])
-    store.commit_batch([original], token=3)
+    store.ingest_batch([original], token=3)
     (row,) = store.results(run_id)
     stored = {k: row[k] for k in original.to_dict()}
     assert stored == original.to_dict() | {"metrics": expected_json(dict(original.metrics))}
@@ -182,7 +182,7 @@ def test_a_result_reads_back_as_it_was_written(store: Store, original: TestResul
 
 
 def test_nan_and_infinite_metrics_are_stored_as_null(store: Store) -> None:
-    store.commit_batch([result(metrics={"p50": math.nan, "nested": {"x": [1.5, math.inf, -math.inf]}})])
+    store.ingest_batch([result(metrics={"p50": math.nan, "nested": {"x": [1.5, math.inf, -math.inf]}})])
     assert store.results("run")[0]["metrics"] == {"p50": None, "nested": {"x": [1.5, None, None]}}
     raw = store.query("SELECT metrics FROM results")[0]["metrics"]
     assert "NaN" not in raw and "Infinity" not in raw
@@ -190,7 +190,7 @@ def test_nan_and_infinite_metrics_are_stored_as_null(store: Store) -> None:
 
 @pytest.mark.parametrize("text", SQL_LOOKING)
 def test_sql_looking_strings_are_stored_verbatim(store: Store, text: str) -> None:
-    store.commit_batch([result(test_id=text, error=text, metrics={text: text})])
+    store.ingest_batch([result(test_id=text, error=text, metrics={text: text})])
     (row,) = store.results("run")
     assert (row["test_id"], row["error"], row["metrics"]) == (text, text, {text: text})
     assert count(store, "tests") == 0 and count(store, "runs") == 0  # nothing was executed
@@ -199,7 +199,7 @@ def test_sql_looking_strings_are_stored_verbatim(store: Store, text: str) -> Non
 def test_a_lone_surrogate_is_stored_escaped_instead_of_poisoning_the_batch(store: Store) -> None:
     """An error message with a surrogateescape-decoded file name must not fail every redelivery."""
     bad = "cannot open /data/\udcff.bin"
-    assert store.commit_batch([result(error=bad, metrics={"path": bad, bad: 1})]) == 1
+    assert store.ingest_batch([result(error=bad, metrics={"path": bad, bad: 1})]) == 1
     (row,) = store.results("run")
     assert row["error"] == "cannot open /data/\\udcff.bin"
     assert row["metrics"] == {"path": "cannot open /data/\\udcff.bin", "cannot open /data/\\udcff.bin": 1}
@@ -210,13 +210,13 @@ def test_a_batch_the_database_rejects_raises_store_error_naming_the_cause_and_wr
 ) -> None:
     monkeypatch.setattr(store_module, "_encode_compact", lambda metrics: "{not json")
     with pytest.raises(StoreError) as info:
-        store.commit_batch([result()], [{"run_id": "run", "test_id": "t1", "status": "passed"}])
+        store.ingest_batch([result()], [{"run_id": "run", "test_id": "t1", "status": "passed"}])
     message = str(info.value)
     assert "\n" not in message
     assert "JSON" in message and "aborted" not in message  # the cause, not the follow-on error
     monkeypatch.undo()
     assert count(store) == 0
-    assert store.commit_batch([result()]) == 1  # the connection is usable again
+    assert store.ingest_batch([result()]) == 1  # the connection is usable again
 
 
 # -- fencing -----------------------------------------------------------------------------------
@@ -224,7 +224,7 @@ def test_a_batch_the_database_rejects_raises_store_error_naming_the_cause_and_wr
 def test_a_lower_fencing_token_is_refused_and_writes_nothing(store: Store) -> None:
     store.insert_run({"run_id": "run"}, [rendered("t1")], token=5)
     with pytest.raises(FencingError, match="token 4"):
-        store.commit_batch(
+        store.ingest_batch(
             [result()], [{"run_id": "run", "test_id": "t1", "status": "passed"}],
             finished_runs=[("run", "passed")], token=4,
         )
@@ -252,26 +252,26 @@ def test_every_write_checks_the_fencing_token(store: Store, write: Any) -> None:
 
 
 def test_an_equal_fencing_token_passes(store: Store) -> None:
-    store.commit_batch([result("a")], token=5)
-    assert store.commit_batch([result("b")], token=5) == 1
+    store.ingest_batch([result("a")], token=5)
+    assert store.ingest_batch([result("b")], token=5) == 1
     assert store.max_token() == 5
 
 
 def test_a_higher_fencing_token_passes_and_becomes_the_new_minimum(store: Store) -> None:
-    store.commit_batch([result("a")], token=5)
-    assert store.commit_batch([result("b")], token=9) == 1
+    store.ingest_batch([result("a")], token=5)
+    assert store.ingest_batch([result("b")], token=9) == 1
     assert store.max_token() == 9
     with pytest.raises(FencingError):
-        store.commit_batch([result("c")], token=5)
+        store.ingest_batch([result("c")], token=5)
 
 
 def test_the_highest_token_survives_reopening_the_file(store_spec: StoreSpec) -> None:
     with store_spec.open() as s:
-        s.commit_batch([], token=11)
+        s.ingest_batch([], token=11)
     with store_spec.open() as s:
         assert s.max_token() == 11
         with pytest.raises(FencingError):
-            s.commit_batch([result()], token=10)
+            s.ingest_batch([result()], token=10)
 
 
 def test_a_new_file_has_seen_no_token(store: Store) -> None:
@@ -312,7 +312,7 @@ def test_the_last_update_for_a_test_in_a_batch_wins(store: Store) -> None:
 
 def test_commit_batch_closes_finished_runs(store: Store) -> None:
     store.insert_run({"run_id": "run"}, [rendered("t1")])
-    store.commit_batch([result()], [{"run_id": "run", "test_id": "t1", "status": "passed"}],
+    store.ingest_batch([result()], [{"run_id": "run", "test_id": "t1", "status": "passed"}],
                        finished_runs=[("run", "passed")])
     run = store.run("run")
     assert run is not None and run["status"] == "passed" and run["finished_at"] is not None
@@ -320,7 +320,7 @@ def test_commit_batch_closes_finished_runs(store: Store) -> None:
 
 def test_final_results_joins_each_test_with_its_last_attempt(store: Store) -> None:
     store.insert_run({"run_id": "run"}, [rendered("t1"), rendered("t2")])
-    store.commit_batch([result("t1", 1, "failed", error="boom"), result("t1", 2, "passed", metrics={"p50": 1.0})])
+    store.ingest_batch([result("t1", 1, "failed", error="boom"), result("t1", 2, "passed", metrics={"p50": 1.0})])
     rows = {r["test_id"]: r for r in store.final_results("run")}
     assert (rows["t1"]["attempt"], rows["t1"]["metrics"], rows["t1"]["error"]) == (2, {"p50": 1.0}, None)
     assert rows["t2"]["attempt"] is None and rows["t2"]["metrics"] == {}
@@ -388,17 +388,17 @@ def test_a_read_only_store_on_a_file_another_process_holds_raises_store_error(tm
 
 def test_a_second_read_write_store_in_the_same_process_shares_the_file(store: Store, store_spec: StoreSpec) -> None:
     with store_spec.open() as second:
-        second.commit_batch([result()])
+        second.ingest_batch([result()])
     assert count(store) == 1
 
 
 def test_a_read_only_store_reads_but_refuses_writes(store_spec: StoreSpec) -> None:
     with store_spec.open() as s:
-        s.commit_batch([result()])
+        s.ingest_batch([result()])
     with store_spec.open(read_only=True) as ro:
         assert len(ro.results("run")) == 1
         with pytest.raises(StoreError, match="read-only"):
-            ro.commit_batch([result("t2")])
+            ro.ingest_batch([result("t2")])
 
 
 def test_a_read_only_store_on_a_missing_file_raises_store_error(tmp_path: Path) -> None:

@@ -46,11 +46,11 @@ def test_a_deposed_leaders_write_is_refused_by_a_store_another_process_holds(lak
     a = lake.open()
     b = lake.open()
     try:
-        a.commit_batch(results("r", 3), token=5)
+        a.ingest_batch(results("r", 3), token=5)
         assert b.max_token() == 5
-        b.commit_batch([], token=6)
+        b.ingest_batch([], token=6)
         with pytest.raises(FencingError, match="token 5"):
-            a.commit_batch(results("r2", 3), token=5)
+            a.ingest_batch(results("r2", 3), token=5)
         assert count(b) == 3 and count(a) == 3
     finally:
         a.close()
@@ -63,18 +63,18 @@ def test_a_deposed_leaders_transaction_racing_the_new_leaders_loses(lake: StoreS
     a = lake.open()
     b = lake.open()
     try:
-        a.commit_batch([], token=5)
+        a.ingest_batch([], token=5)
         raced: dict[str, Any] = {}
         original = a._fence
 
         def fence_then_let_b_commit(con: Any, token: int) -> None:
             original(con, token)
             if not raced:  # only the first attempt: B commits between A's read and A's commit
-                raced["b"] = b.commit_batch(results("b", 2), token=6)
+                raced["b"] = b.ingest_batch(results("b", 2), token=6)
 
         a._fence = fence_then_let_b_commit  # type: ignore[method-assign]
         with pytest.raises(FencingError):
-            a.commit_batch(results("a", 2), token=5)
+            a.ingest_batch(results("a", 2), token=5)
         assert raced["b"] == 2
         assert {r["run_id"] for r in b.query("SELECT DISTINCT run_id FROM results")} == {"b"}
         assert b.max_token() == 6
@@ -87,8 +87,8 @@ def test_the_same_results_from_two_writers_are_stored_once(lake: StoreSpec) -> N
     a = lake.open()
     b = lake.open()
     try:
-        assert a.commit_batch(results("r", 50), token=1) == 50
-        assert b.commit_batch(results("r", 60), token=1) == 10  # a redelivery reaching the next leader
+        assert a.ingest_batch(results("r", 50), token=1) == 50
+        assert b.ingest_batch(results("r", 60), token=1) == 10  # a redelivery reaching the next leader
         assert count(a) == 60
     finally:
         a.close()
@@ -98,7 +98,7 @@ def test_the_same_results_from_two_writers_are_stored_once(lake: StoreSpec) -> N
 def test_a_reader_in_another_process_reads_while_a_writer_holds_the_store(lake: StoreSpec) -> None:
     with lake.open() as writer:
         writer.insert_run({"run_id": "r", "suite_name": "s"}, rendered(20))
-        writer.commit_batch(results("r", 20), [{"run_id": "r", "test_id": "t0000", "status": "passed"}])
+        writer.ingest_batch(results("r", 20), [{"run_id": "r", "test_id": "t0000", "status": "passed"}])
         script = (
             "import sys, json; from dtf.store import open_store\n"
             "with open_store(sys.argv[1], reports=True) as s:\n"
@@ -106,13 +106,13 @@ def test_a_reader_in_another_process_reads_while_a_writer_holds_the_store(lake: 
         )
         out = subprocess.run([sys.executable, "-c", script, lake.db], capture_output=True, text=True, timeout=120, check=True)
         assert out.stdout.strip() == '[20, {"cpu": {"passed": 1, "pending": 19}}]'
-        writer.commit_batch(results("r", 30))  # still writing after the reader came and went
+        writer.ingest_batch(results("r", 30))  # still writing after the reader came and went
         assert count(writer) == 30
 
 
 def test_a_report_reader_reads_the_lake_and_nothing_else(lake: StoreSpec, tmp_path: Path) -> None:
     with lake.open() as writer:
-        writer.commit_batch(results("r", 5))
+        writer.ingest_batch(results("r", 5))
         writer.housekeeping(0.0, force=True)  # the rows in Parquet files under the data path
     secret = tmp_path / "secret.csv"
     secret.write_text("a\n1\n")
@@ -123,7 +123,7 @@ def test_a_report_reader_reads_the_lake_and_nothing_else(lake: StoreSpec, tmp_pa
             with pytest.raises(Exception):
                 reader.query(sql)
         with pytest.raises(StoreError, match="read-only"):
-            reader.commit_batch(results("r2", 1))
+            reader.ingest_batch(results("r2", 1))
 
 
 def test_compaction_and_snapshot_expiry_keep_every_result(lake: StoreSpec) -> None:
@@ -131,7 +131,7 @@ def test_compaction_and_snapshot_expiry_keep_every_result(lake: StoreSpec) -> No
         store.insert_run({"run_id": "r", "suite_name": "s"}, rendered(1200))
         batch = results("r", 1200)
         for i in range(0, 1200, 200):  # batches above the catalog's inlining limit: a Parquet file each
-            store.commit_batch(batch[i:i + 200], [{"run_id": "r", "test_id": f"t{j:04d}", "status": "passed"}
+            store.ingest_batch(batch[i:i + 200], [{"run_id": "r", "test_id": f"t{j:04d}", "status": "passed"}
                                                   for j in range(i, i + 200)])
         before = sorted(store.final_results("r"), key=lambda t: t["test_id"])
         files = count(store, "SELECT count(*) AS n FROM ducklake_list_files('lake', 'results')")
@@ -141,7 +141,7 @@ def test_compaction_and_snapshot_expiry_keep_every_result(lake: StoreSpec) -> No
         assert sorted(store.final_results("r"), key=lambda t: t["test_id"]) == before
         assert files >= 6
         assert count(store, "SELECT count(*) AS n FROM ducklake_list_files('lake', 'results')") < files
-        assert store.commit_batch(results("r", 1200)) == 0  # still exactly-once after the rewrite
+        assert store.ingest_batch(results("r", 1200)) == 0  # still exactly-once after the rewrite
 
 
 def snapshot(store: Store) -> tuple[Any, ...]:
@@ -152,7 +152,7 @@ def snapshot(store: Store) -> tuple[Any, ...]:
 def test_a_local_file_promoted_to_a_lake_and_back_keeps_every_row(lake: StoreSpec, tmp_path: Path) -> None:
     with Store(tmp_path / "a.duckdb") as local:
         local.insert_run({"run_id": "r", "suite_name": "s"}, rendered(30))
-        local.commit_batch(results("r", 30), [{"run_id": "r", "test_id": "t0001", "status": "failed"}],
+        local.ingest_batch(results("r", 30), [{"run_id": "r", "test_id": "t0001", "status": "failed"}],
                            finished_runs=[("r", "failed")], token=4)
         local.upsert_worker({"worker_id": "w1", "hostname": "h", "queues": ["dtf.cpu"]}, token=4)
         expected = snapshot(local)
@@ -169,7 +169,7 @@ def test_a_local_file_promoted_to_a_lake_and_back_keeps_every_row(lake: StoreSpe
 def test_dtf_export_and_import_copy_between_backends(lake: StoreSpec, tmp_path: Path) -> None:
     with Store(tmp_path / "a.duckdb") as local:
         local.insert_run({"run_id": "r", "suite_name": "s"}, rendered(3))
-        local.commit_batch(results("r", 3))
+        local.ingest_batch(results("r", 3))
     env_cmd = [sys.executable, "-m", "dtf.cli"]
     out = subprocess.run([*env_cmd, "export", "--db", str(tmp_path / "a.duckdb"), "--to", lake.db,
                           "--data-path", str(lake.data_path)], capture_output=True, text=True, timeout=120)

@@ -86,7 +86,7 @@ class ResultPolicy(DispatchPolicy):
                     requeue.append((graph.run_id, u.test_id, u.attempts))
         finished = [(g.run_id, g.verdict()) for g in touched.values() if g.finished()]
         try:
-            stored = self.store.commit_batch(list(fresh.values()), updates, finished_runs=finished, token=self.token())
+            stored = self.store.ingest_batch(list(fresh.values()), updates, finished_runs=finished, token=self.token())
         except FencingError:
             raise
         except Exception:

@@ -86,11 +86,11 @@ class CoordinatorState:
         return run_id in self.runs or self.store.run(run_id) is not None
 
     def _commit(self, results: Sequence[TestResult], graph: RunGraph, updates: Sequence[Update]) -> None:
-        self.store.commit_batch(results, [update_row(graph.run_id, u) for u in updates], token=self.token())
+        self.store.ingest_batch(results, [update_row(graph.run_id, u) for u in updates], token=self.token())
 
     def _finish_if_done(self, graph: RunGraph) -> None:
         if graph.finished():
-            self.store.commit_batch([], finished_runs=[(graph.run_id, graph.verdict())], token=self.token())
+            self.store.ingest_batch([], finished_runs=[(graph.run_id, graph.verdict())], token=self.token())
             self.runs.pop(graph.run_id, None)
 
 

@@ -406,7 +406,7 @@ class Store:
     ) -> int:
         """One transaction: insert results (duplicates ignored), apply test status updates,
         close finished runs. Returns the number of result rows stored by this call. The
-        coordinator's write path, also named ``commit_batch``. (This is the local file's
+        coordinator's write path. (This is the local file's
         way; a lake stores only the keys it does not hold, in one pass: see LakeStore.)
 
         The batch is written optimistically as a plain INSERT, and only when the key
@@ -424,7 +424,6 @@ class Store:
         except _DuplicateKey:
             return self._write_batch(table, updates, finished_runs, now, token, skip_duplicates=True)
 
-    commit_batch = ingest_batch  # the name dtf calls it by; both names are public
 
     def _write_batch(
         self,

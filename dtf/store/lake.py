@@ -251,7 +251,6 @@ class LakeStore(Store):
         return self._write_batch(_result_table(results, now, token), updates, finished_runs, now, token,
                                  skip_duplicates=True)
 
-    commit_batch = ingest_batch
 
     # -- housekeeping ----------------------------------------------------------------
     def housekeeping(self, now: float, *, token: int = 0, force: bool = False) -> list[str]:

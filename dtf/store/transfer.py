@@ -44,7 +44,7 @@ def copy_store(source: Store, dest: Store, *, batch_rows: int = 100_000,
         written[table] = total
     token = max(source.max_token(), dest.max_token())
     if token > dest.max_token():
-        dest.commit_batch([], token=token)  # raises the destination's token, nothing else
+        dest.ingest_batch([], token=token)  # raises the destination's token, nothing else
     return written
 
 

@@ -148,16 +148,16 @@ def test_a_paused_holder_steps_down_by_its_own_deadline_and_its_writes_are_fence
         wait_until(a.is_leader, 5.0, what="election")
         old_token = a.token()
         assert old_token is not None
-        store.commit_batch([], token=old_token)
+        store.ingest_batch([], token=old_token)
         paused.paused.set()  # every renewal from now on hangs, as if the process were stopped
         wait_until(lambda: not a.is_leader(), 5.0, 0.005, "the holder to step down")
         assert client_of(redis_server).pttl(LEADER_KEY) > 0  # it let go before Redis did
         wait_until(b.try_acquire, 5.0, 0.02, "the standby to lead")
         new_token = b.raise_token(store.max_token() + 1)
         assert new_token > old_token
-        store.commit_batch([], token=new_token)
+        store.ingest_batch([], token=new_token)
         with pytest.raises(FencingError):
-            store.commit_batch([], token=old_token)  # the deposed leader's late write
+            store.ingest_batch([], token=old_token)  # the deposed leader's late write
     finally:
         paused.resume.set()
         stop.set()
@@ -170,11 +170,11 @@ def test_a_new_leader_token_is_above_the_database_even_when_redis_lost_the_epoch
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     with Store(tmp_path / "epoch.duckdb") as store:
-        store.commit_batch([], token=7)  # written in an earlier life of Redis
+        store.ingest_batch([], token=7)  # written in an earlier life of Redis
         a = lock_on(redis_server, "a")
         assert a.try_acquire() and a.token() == 1
         assert a.raise_token(store.max_token() + 1) == 8 and a.token() == 8
-        store.commit_batch([], token=8)
+        store.ingest_batch([], token=8)
     assert client_of(redis_server).get(f"{LEADER_KEY}:epoch") == "8"
     assert a.release()
     b = lock_on(redis_server, "b")

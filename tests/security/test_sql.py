@@ -51,7 +51,7 @@ def test_sql_looking_values_are_stored_and_read_back_verbatim(
     spec = TestSpec(test_id, model, tag, "cpu", 1, "fp32", tag, params={metric: error}, depends_on=(name,))
     store.insert_run({"run_id": run_id, "suite_name": name, "git_sha": tag, "info": {metric: error}},
                      [RenderedTest(spec, error, tag)])
-    store.commit_batch([TestResult(run_id, test_id, 1, "failed", metrics={metric: 1.5}, error=error,
+    store.ingest_batch([TestResult(run_id, test_id, 1, "failed", metrics={metric: 1.5}, error=error,
                                    stderr_tail=name, worker_id=tag, hostname=model, hardware="cpu")])
     store.upsert_worker({"worker_id": worker_id, "hostname": name, "queues": [tag, error]})
     run = store.run(run_id)
