@@ -69,11 +69,15 @@ class AssembledWorker:
         return self.controller
 
     def serve(self, state_dir: str | Path) -> None:
-        """Heartbeat to the coordinator, leave a worker record for `dtf worker-health`, and
-        consume until Celery stops; a last heartbeat says "offline"."""
+        """Heartbeat to the coordinator, answer maintenance tasks (dtf.maintenance), leave a worker
+        record for `dtf worker-health`, and consume until Celery stops; a last heartbeat says "offline"."""
+        from .maintenance import MaintenanceListener  # `dtf tasks run` requests (docs/maintenance.md)
+
         stop = threading.Event()
         beats = threading.Thread(target=self.runtime.heartbeat_forever, args=(stop,), daemon=True, name="dtf-heartbeat")
         beats.start()
+        maintenance = MaintenanceListener(self.runtime)
+        maintenance.start()
         try:
             try:
                 record = write_worker_record(state_dir, self.runtime.worker_id, list(self.runtime.queues))
@@ -84,6 +88,7 @@ class AssembledWorker:
             finally:
                 remove_worker_record(record)
         finally:
+            maintenance.stop()
             stop.set()
             beats.join(timeout=5)  # lets the last heartbeat say "offline"
 
