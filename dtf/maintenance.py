@@ -28,6 +28,7 @@ hardware again and heartbeat it at once).
 
 from __future__ import annotations
 
+import getpass
 import logging
 import os
 import shutil
@@ -131,7 +132,9 @@ def prepare_models(runtime: WorkerRuntime, params: Mapping[str, Any]) -> TaskOut
             per[name] = {"state": "missing", "error": f"{name}: download failed: {first_line(exc)}"}
     absent = [n for n, v in per.items() if v["state"] == "missing"]
     if absent:
-        return TaskOutcome(False, f"missing: {', '.join(absent)}", {"models": per, "cache": str(hub.cache_dir())})
+        why = "HF_HUB_OFFLINE is set" if offline else "the hub is not reachable"
+        return TaskOutcome(False, f"missing: {', '.join(absent)} (not in the HF cache {hub.cache_dir()}; {why})",
+                           {"models": per, "cache": str(hub.cache_dir())})
     fetched = sum(1 for v in per.values() if v["state"] == "fetched")
     return TaskOutcome(True, f"{len(models)} model(s) ready ({len(models) - fetched} cached, {fetched} fetched)",
                        {"models": per, "cache": str(hub.cache_dir())})
@@ -157,7 +160,10 @@ def _remove_tree(path: Path) -> dict[str, Any]:
 
 def _compiled_dirs() -> list[Path]:
     """torch.compile's caches: TorchInductor's and Triton's (their variables, else their defaults)."""
-    user = os.environ.get("USER") or os.environ.get("USERNAME") or "unknown"
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
     inductor = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or os.path.join(tempfile.gettempdir(), f"torchinductor_{user}")
     triton = os.environ.get("TRITON_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".triton", "cache")
     return [Path(inductor), Path(triton)]
