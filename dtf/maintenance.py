@@ -388,7 +388,7 @@ def run_task(app: DtfApp, kind: str, params: Mapping[str, Any], *, hardware: str
                             expected=expected, check_reply=maintenance_reply_from_wire, on_refused=refused.append)
     for reason in refused:
         log.warning("refused a maintenance reply: %s", reason)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for wid in sorted(set(expected or ()) | answers.keys()):
         got = answers.get(wid)
         if got is None:
