@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -178,3 +179,83 @@ def test_split_case_spreads_cases_over_two_workers(cluster: Cluster) -> None:
     assert set(results) == {"tests/test_pair.py::test_left/cpu/bs1/fp32", "tests/test_pair.py::test_right/cpu/bs1/fp32"}
     assert all(t["status"] == "passed" for t in results.values()), results
     assert {t["worker_id"] for t in results.values()} == {"w1", "w2"}
+
+
+def test_an_unsigned_request_is_refused_unrun(cluster: Cluster) -> None:
+    """Signing is on (the session's key): a request in plain JSON is dropped by the worker,
+    never run. The signed request sent after it is answered, so the first was handled."""
+    before = runs_of(cluster, "w1", "clear-cache")
+    app = make_app(Settings(broker_url=cluster.redis.url))
+    body = {"op": "maintenance", "kind": "clear-cache", "params": {"what": ["work-dirs"]},
+            "reply_to": "dtf.reply.unsigned", "correlation_id": "c", "expires_at": time.time() + 60}
+    with app.connection_for_write() as conn:
+        Producer(conn.channel(), serializer="json").publish(body, exchange=MAINT_EXCHANGE, routing_key=route_for_worker("w1"))
+    code, _, err = tasks(cluster, "clear-cache", "--worker", "w1", "--what", "work-dirs")
+    assert code == 0, err
+    assert runs_of(cluster, "w1", "clear-cache") == before + 1
+    assert "dropping a message we refuse to decode" in cluster.processes.log("w1")
+
+
+# -- without a cluster: the registry, addressing and the exit code ----------------------------------
+
+def test_the_cli_refuses_unknown_kinds_parameters_and_addresses_in_one_line() -> None:
+    from dtf.errors import DtfError
+    from dtf.maintenance import address, check_params
+
+    with pytest.raises(DtfError, match="unknown task 'reboot'"):
+        check_params("reboot", {})
+    with pytest.raises(DtfError, match=r"detect: unknown parameter models \(it takes no parameters\)"):
+        check_params("detect", {"models": ["gpt2"]})
+    with pytest.raises(DtfError, match="exactly one of --hardware KIND and --worker NAME"):
+        address("cpu", "w1")
+    with pytest.raises(DtfError, match="neither a hardware kind"):
+        address("tpu", None)
+    assert address("cuda", None) == ("queue:dtf.cuda", "dtf.cuda")
+    assert address(None, "w1") == ("worker:w1", "worker w1")
+
+
+def test_exit_code_is_0_only_when_every_addressed_worker_succeeded() -> None:
+    from dtf.maintenance import exit_code
+
+    def rows_of(*statuses: str) -> list[dict[str, Any]]:
+        return [{"status": s} for s in statuses]
+
+    assert exit_code(rows_of("ok", "ok")) == 0
+    assert exit_code(rows_of("ok", "failed", "no answer")) == 1
+    assert exit_code(rows_of("ok", "no answer")) == 2
+    assert exit_code([]) == 2
+
+
+def test_a_new_kind_is_one_function_and_shows_in_tasks_list() -> None:
+    from dtf.maintenance import TASK_KINDS, TaskOutcome, task_kind
+
+    @task_kind("echo-test", params={"text": "what to echo"})
+    def echo(runtime: Any, params: Any) -> TaskOutcome:
+        """Echo the text back."""
+        return TaskOutcome(True, str(params.get("text")))
+
+    try:
+        proc = subprocess.run(dtf_cmd("tasks", "list", "--format", "json"), capture_output=True, text=True, timeout=120)
+        listed = {k["kind"]: k for k in json.loads(proc.stdout)}
+        assert set(listed) >= {"prepare-models", "clear-cache", "detect"}
+        assert listed["prepare-models"]["params"]["models"].startswith("hub ids")
+        assert TASK_KINDS["echo-test"].help == "Echo the text back."
+        assert TASK_KINDS["echo-test"].run(None, {"text": "hi"}) == TaskOutcome(True, "hi")  # type: ignore[arg-type]
+    finally:
+        TASK_KINDS.pop("echo-test", None)
+
+
+def test_maintenance_requests_are_checked_before_anything_acts_on_them() -> None:
+    from dtf.wire import MessageRefused, maintenance_reply_from_wire, maintenance_request_from_wire
+
+    kinds = frozenset({"detect"})
+    good = {"op": "maintenance", "kind": "detect", "params": {}, "reply_to": "dtf.reply.ab12", "correlation_id": "c",
+            "expires_at": 1.0}
+    assert maintenance_request_from_wire(good, kinds)["kind"] == "detect"
+    for bad, reason in (({**good, "kind": "rm"}, "unknown maintenance task"), ({**good, "reply_to": "dtf.cpu"}, "not a dtf reply queue"),
+                        ({**good, "params": [1]}, "params: expected an object"), ({**good, "op": "submit"}, "is not maintenance"),
+                        ({**good, "params": {"x": "y" * 70_000}}, "over the 65536 cap"), ("[]", "expected an object")):
+        with pytest.raises(MessageRefused, match=re.escape(reason)):
+            maintenance_request_from_wire(bad, kinds)
+    with pytest.raises(MessageRefused, match="ok: expected true or false"):
+        maintenance_reply_from_wire({"worker_id": "w", "kind": "detect", "ok": "yes", "summary": ""})
