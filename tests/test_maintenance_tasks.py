@@ -27,6 +27,12 @@ from .models.conftest import save_tiny
 TINY_ID = "org/tiny-bert"
 SNAPSHOT = "0123456789abcdef0123456789abcdef01234567"
 
+
+def on_cluster(fn: Any) -> Any:
+    """A test on the module's cluster: needs a redis-server binary, takes seconds."""
+    return pytest.mark.redis(pytest.mark.slow(fn))
+
+
 BARRIER_TESTS = '''
 import pathlib, time
 
@@ -92,6 +98,7 @@ def runs_of(c: Cluster, worker: str, kind: str) -> int:
     return len(re.findall(rf"maintenance task {kind}:", c.processes.log(worker)))
 
 
+@on_cluster
 def test_a_task_reaches_each_worker_of_its_queue_once_and_reports_per_worker(cluster: Cluster) -> None:
     before = {w: runs_of(cluster, w, "clear-cache") for w in ("w1", "w2", "w3")}
     code, data, err = tasks(cluster, "clear-cache", "--hardware", "cpu", "--what", "work-dirs,compiled")
@@ -107,6 +114,7 @@ def test_a_task_reaches_each_worker_of_its_queue_once_and_reports_per_worker(clu
     assert {w: after[w] - before[w] for w in after} == {"w1": 2, "w2": 1, "w3": 0}
 
 
+@on_cluster
 def test_one_named_worker_only_and_detect_heartbeats_at_once(cluster: Cluster) -> None:
     seen = cluster.worker("w3")
     assert seen is not None
@@ -121,6 +129,7 @@ def test_one_named_worker_only_and_detect_heartbeats_at_once(cluster: Cluster) -
     assert code == 0 and set(rows(data)) == {"w3"}, err
 
 
+@on_cluster
 def test_prepare_models_succeeds_from_the_cache_and_names_a_missing_model(cluster: Cluster) -> None:
     code, data, err = tasks(cluster, "prepare-models", "--models", TINY_ID, "--hardware", "cpu")
     assert code == 0, err
@@ -139,6 +148,7 @@ def test_prepare_models_succeeds_from_the_cache_and_names_a_missing_model(cluste
         assert "org/not-here is not in the HF cache" in row["details"]["models"]["org/not-here"]["error"]
 
 
+@on_cluster
 def test_a_worker_that_does_not_answer_is_listed_and_exits_2(cluster: Cluster) -> None:
     code, data, err = tasks(cluster, "detect", "--worker", "ghost", "--timeout", "2")
     assert code == 2, err
@@ -146,6 +156,7 @@ def test_a_worker_that_does_not_answer_is_listed_and_exits_2(cluster: Cluster) -
                                     "details": {}, "duration_s": None, "hostname": ""}}
 
 
+@on_cluster
 def test_a_malformed_request_is_dead_lettered_and_the_worker_keeps_answering(cluster: Cluster) -> None:
     import redis
 
@@ -162,6 +173,7 @@ def test_a_malformed_request_is_dead_lettered_and_the_worker_keeps_answering(clu
     assert code == 0, err
 
 
+@on_cluster
 def test_split_case_spreads_cases_over_two_workers(cluster: Cluster) -> None:
     project = cluster.tmp / "project"
     (project / "tests").mkdir(parents=True)
@@ -181,6 +193,7 @@ def test_split_case_spreads_cases_over_two_workers(cluster: Cluster) -> None:
     assert {t["worker_id"] for t in results.values()} == {"w1", "w2"}
 
 
+@on_cluster
 def test_an_unsigned_request_is_refused_unrun(cluster: Cluster) -> None:
     """Signing is on (the session's key): a request in plain JSON is dropped by the worker,
     never run. The signed request sent after it is answered, so the first was handled."""
