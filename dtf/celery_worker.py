@@ -73,11 +73,12 @@ class AssembledWorker:
         record for `dtf worker-health`, and consume until Celery stops; a last heartbeat says "offline"."""
         from .maintenance import MaintenanceListener  # `dtf tasks run` requests (docs/maintenance.md)
 
+        maintenance = MaintenanceListener(self.runtime)
+        maintenance.start()
+        maintenance.ready.wait(5.0)  # a worker that heartbeats is reachable by `dtf tasks run`
         stop = threading.Event()
         beats = threading.Thread(target=self.runtime.heartbeat_forever, args=(stop,), daemon=True, name="dtf-heartbeat")
         beats.start()
-        maintenance = MaintenanceListener(self.runtime)
-        maintenance.start()
         try:
             try:
                 record = write_worker_record(state_dir, self.runtime.worker_id, list(self.runtime.queues))
