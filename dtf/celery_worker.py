@@ -69,8 +69,13 @@ class AssembledWorker:
         return self.controller
 
     def serve(self, state_dir: str | Path) -> None:
-        """Heartbeat to the coordinator, leave a worker record for `dtf worker-health`, and
-        consume until Celery stops; a last heartbeat says "offline"."""
+        """Heartbeat to the coordinator, answer maintenance tasks (dtf.maintenance), leave a worker
+        record for `dtf worker-health`, and consume until Celery stops; a last heartbeat says "offline"."""
+        from .maintenance import MaintenanceListener  # `dtf tasks run` requests (docs/maintenance.md)
+
+        maintenance = MaintenanceListener(self.runtime)
+        maintenance.start()
+        maintenance.ready.wait(5.0)  # a worker that heartbeats is reachable by `dtf tasks run`
         stop = threading.Event()
         beats = threading.Thread(target=self.runtime.heartbeat_forever, args=(stop,), daemon=True, name="dtf-heartbeat")
         beats.start()
@@ -84,6 +89,7 @@ class AssembledWorker:
             finally:
                 remove_worker_record(record)
         finally:
+            maintenance.stop()
             stop.set()
             beats.join(timeout=5)  # lets the last heartbeat say "offline"
 

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, NoReturn
 
-__all__ = ["FORK_SERVER_PRELOAD", "ForkServer", "ForkedChild", "kill_group", "server_for"]
+__all__ = ["FORK_SERVER_PRELOAD", "ForkServer", "ForkedChild", "kill_group", "server_for", "stop_default_server"]
 
 
 def kill_group(pid: int) -> None:
@@ -251,6 +251,17 @@ def server_for(source: str, env: Mapping[str, str], python: str) -> ForkServer |
             atexit.register(_default_server.stop)
         server = _default_server
     return server if server.ensure_started() and server.serves(env) else None
+
+
+def stop_default_server() -> bool:
+    """Stop this process's fork server (it kills what it forked); True when one was running.
+    The next CPU test starts a fresh one."""
+    with _default_lock:
+        server = _default_server
+    if server is None or not server.running():
+        return False
+    server.stop()
+    return True
 
 
 def _forget_server_in_child() -> None:

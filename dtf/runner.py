@@ -33,7 +33,7 @@ from .harness import RESULT_FILE_ENV
 from .settings import scrub_secrets
 from .model import RenderedTest, Status, TestResult
 
-__all__ = ["Execution", "execute", "run_source"]
+__all__ = ["Execution", "execute", "run_source", "clear_work_dirs"]
 
 STDERR_TAIL_CHARS = 4000
 _SAMPLE_INTERVAL_S = 0.02
@@ -179,12 +179,13 @@ class _WorkDirs:
             if entry is not None:
                 _remove(entry[0])
 
-    def clear(self) -> None:
-        """Remove the directories kept for reuse (at exit)."""
+    def clear(self) -> int:
+        """Remove the directories kept for reuse (at exit, or `dtf tasks run clear-cache`); how many."""
         with self._lock:
             free, self._free = self._free, []
         for path, _, _ in free:
             shutil.rmtree(path, ignore_errors=True)
+        return len(free)
 
     @staticmethod
     def _emptied(entry: tuple[str, int, int]) -> bool:
@@ -217,6 +218,11 @@ def _remove(path: str) -> None:
 
 _WORK_DIRS = _WorkDirs()
 atexit.register(lambda: _WORK_DIRS.clear())
+
+
+def clear_work_dirs() -> int:
+    """Remove this process's work directories kept for reuse (not those of running tests)."""
+    return _WORK_DIRS.clear()
 
 
 def _spawn(python: str, script: Path, env: Mapping[str, str], stderr_file: Path) -> _SpawnedChild:

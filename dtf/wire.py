@@ -43,6 +43,8 @@ __all__ = [
     "check_control",
     "heartbeat_from_wire",
     "started_from_wire",
+    "maintenance_request_from_wire",
+    "maintenance_reply_from_wire",
     "check_envelope",
     "dead_letter",
     "dead_letter_count",
@@ -187,6 +189,38 @@ def started_from_wire(body: Mapping[str, Any]) -> tuple[str, str, int]:
     return _text(body, "run_id", empty=False), _text(body, "test_id", empty=False), _int(body, "attempt", 1, 10_000)
 
 
+# -- maintenance tasks (dtf.bus.maintenance) ---------------------------------------------------
+MAX_KIND_CHARS = 64
+MAX_PARAMS_BYTES = 64 * 1024
+
+
+def maintenance_request_from_wire(body: Any, kinds: frozenset[str]) -> dict[str, Any]:
+    """A maintenance request a worker may act on, or MessageRefused: a known kind, plain
+    JSON params under the cap, a dtf reply queue, a deadline."""
+    data = _object(body, "maintenance request")
+    if data.get("op") != "maintenance":
+        raise MessageRefused(f"op: {_show(data.get('op'))} is not maintenance")
+    kind = _text(data, "kind", MAX_KIND_CHARS, empty=False)
+    if kind not in kinds:
+        raise MessageRefused(f"kind: unknown maintenance task {_show(kind)} ({', '.join(sorted(kinds))})")
+    reply_to = data.get("reply_to")
+    if not (isinstance(reply_to, str) and REPLY_TO.fullmatch(reply_to)):
+        raise MessageRefused(f"reply_to: {_show(reply_to)} is not a dtf reply queue")
+    return {"kind": kind, "params": _mapping(data, "params", MAX_PARAMS_BYTES), "reply_to": reply_to,
+            "correlation_id": _text(data, "correlation_id", empty=False), "expires_at": _number(data, "expires_at")}
+
+
+def maintenance_reply_from_wire(body: Any) -> dict[str, Any]:
+    """One worker's answer to a maintenance request, every field checked, or MessageRefused."""
+    data = _object(body, "maintenance reply")
+    ok = data.get("ok")
+    if not isinstance(ok, bool):
+        raise MessageRefused(f"ok: expected true or false, got {_show(ok)}")
+    return {"worker_id": _text(data, "worker_id", 255, empty=False), "hostname": _text(data, "hostname", 255, optional=True) or "",
+            "kind": _text(data, "kind", MAX_KIND_CHARS), "ok": ok, "summary": _text(data, "summary", MAX_TEXT_CHARS),
+            "details": _mapping(data, "details"), "duration_s": _number(data, "duration_s")}
+
+
 # -- raw items on a Redis list ------------------------------------------------------------------
 _OPTIONAL_TEXT = (str, type(None))
 
@@ -235,7 +269,7 @@ def _is_task_queue(queue: str) -> bool:
     from .bus.protocol import CONTROL_QUEUE, RESULTS_QUEUE
 
     return queue.startswith("dtf.") and queue not in (CONTROL_QUEUE, RESULTS_QUEUE, DEAD_LETTER_QUEUE) and \
-        not queue.startswith("dtf.reply.")
+        not queue.startswith(("dtf.reply.", "dtf.maint."))
 
 
 def _check_task_headers(headers: Mapping[str, Any]) -> None:

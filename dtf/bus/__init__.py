@@ -6,6 +6,8 @@ share, so that none of them reaches into another's internals.
 * ``dtf/bus/connect.py``: ``Settings`` into kombu and redis-py connection options (URL,
   Sentinels, passwords, TLS).
 * ``dtf/bus/rpc.py``: the one way a control message is published, a reply awaited, a reply sent.
+* ``dtf/bus/maintenance.py``: maintenance requests (``dtf tasks run``): the ``dtf.maint``
+  exchange, each worker's queue and its bindings, one request gathered into a reply per worker.
 * ``dtf/bus/port.py``: the coordinator's outlet (``KombuPort``) and its in-memory stand-in
   (``MemoryPort``) for tests of coordinator policy.
 

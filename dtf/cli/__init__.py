@@ -5,7 +5,7 @@ or timed out, 2 bad input or an infrastructure failure (one line on stderr, no t
 Which code a run ends with is decided by dtf.outcome; the commands live one module per
 group: runs (run, submit, status, results, report, runs), serve (coordinator, worker,
 worker-health, flower, dashboard), fleet (detect, workers, deploy-script, keygen,
-version), templates, models; progress follows a run; common holds what they share.
+version), templates, models, tasks (maintenance tasks on workers); progress follows a run; common holds what they share.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import typer
 from . import fleet, runs, serve
 from .common import Verbosity, err, errors_to_exit
 from .models import models_app
+from .tasks import tasks_app
 from .templates import templates_app
 from .stores import register as register_store_commands
 
@@ -64,6 +65,7 @@ def _global_options(
 
 app.add_typer(templates_app, name="templates")
 app.add_typer(models_app, name="models")
+app.add_typer(tasks_app, name="tasks")
 for command, name in (
     (runs.run, None), (runs.submit, None), (runs.status, None), (runs.results, None),
     (serve.coordinator, None), (serve.worker, None), (serve.worker_health, "worker-health"),
