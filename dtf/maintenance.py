@@ -141,7 +141,7 @@ def prepare_models(runtime: WorkerRuntime, params: Mapping[str, Any]) -> TaskOut
 
 
 CLEAR_TARGETS = ("work-dirs", "fork-server", "compiled", "ort-web", "hf")
-DEFAULT_CLEAR = ("work-dirs", "fork-server", "compiled", "ort-web")  # the HF cache only when named
+DEFAULT_CLEAR = ("work-dirs", "fork-server", "compiled")  # ort-web (reinstalling needs npm) and the HF cache only when named
 
 
 def _size(path: Path) -> int:

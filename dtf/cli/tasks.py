@@ -63,7 +63,7 @@ def tasks_run(
     hardware: Annotated[Optional[str], typer.Option("--hardware", help="Every online worker of this hardware kind (cpu, cuda, ...) or dtf.* queue.")] = None,
     worker: Annotated[Optional[str], typer.Option("--worker", help="Only this worker (its --name).")] = None,
     models: Annotated[Optional[str], typer.Option("--models", help="prepare-models, clear-cache --what hf: hub ids, comma-separated.")] = None,
-    what: Annotated[Optional[str], typer.Option("--what", help="clear-cache: work-dirs,fork-server,compiled,ort-web,hf (default: all but hf).")] = None,
+    what: Annotated[Optional[str], typer.Option("--what", help="clear-cache: work-dirs,fork-server,compiled,ort-web,hf (default: work-dirs,fork-server,compiled).")] = None,
     revision: Annotated[Optional[str], typer.Option("--revision", help="prepare-models: branch, tag or commit.")] = None,
     param: Annotated[Optional[list[str]], typer.Option("--param", help="KEY=VALUE for the task (repeatable).")] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the workers' answers.")] = 60.0,
