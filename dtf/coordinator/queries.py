@@ -10,6 +10,7 @@ from typing import Any, Callable, Mapping
 from ..bus import QUERY_OPS
 from ..errors import DtfError, FencingError
 from ..model import queue_for
+from ..requirements import describe, queue_of
 from .state import CoordinatorState
 
 __all__ = ["QueryPolicy", "QUERIES", "MAX_STATUS_WAIT_S", "Demoted"]
@@ -28,6 +29,25 @@ class QueryPolicy(CoordinatorState):
         super().__init__(*args, **kwargs)
         # Status queries held until their run finishes or their wait ends: (deadline, body).
         self._waiting: list[tuple[float, Mapping[str, Any]]] = []
+        self._route_sets: dict[str, list[dict[str, Any]]] = {}  # run id -> its requirement sets (dtf.requirements)
+
+    def routes(self) -> list[dict[str, Any]]:
+        """The requirement sets of the active runs: what workers subscribe to (the `routes` query)."""
+        self._route_sets = {run_id: sets for run_id, sets in self._route_sets.items() if run_id in self.runs}
+        seen: dict[str, dict[str, Any]] = {}
+        for run_id, graph in self.runs.items():
+            if run_id not in self._route_sets:
+                found: dict[str, dict[str, Any]] = {}
+                for t in graph.tests.values():
+                    if t.spec.requires:
+                        queue = queue_of(t.spec)
+                        if queue not in found:
+                            found[queue] = {"queue": queue, "hardware": t.spec.hardware, "requires": dict(t.spec.requires),
+                                            "label": describe(t.spec.requires)}
+                self._route_sets[run_id] = list(found.values())
+            for entry in self._route_sets[run_id]:
+                seen.setdefault(entry["queue"], entry)
+        return sorted(seen.values(), key=lambda e: e["queue"])
 
     def _query(self, op: str, body: Mapping[str, Any]) -> None:
         """Answer one query, or hold a status query with ``wait_s``."""
@@ -151,7 +171,12 @@ def _metric_trends_op(c: QueryPolicy, body: Mapping[str, Any]) -> Any:
     return c.store.metric_trends(int(body.get("runs", 30)), suite_name=str(suite) if suite else None)
 
 
+def _routes_op(c: QueryPolicy, body: Mapping[str, Any]) -> Any:
+    return c.routes()
+
+
 QUERIES: dict[str, Callable[[QueryPolicy, Mapping[str, Any]], Any]] = {
+    "routes": _routes_op,
     "status": _status_op,
     "results": _results_op,
     "runs": _runs_op,
