@@ -71,6 +71,8 @@ OPERATOR_VARS: tuple[EnvVar, ...] = (
     EnvVar("DTF_GUARD_COOLDOWN", "Seconds below every guard limit before a worker takes tests again."),
     EnvVar("DTF_MAX_REJECTIONS", "Hand-backs of a test too big for the workers that took it before it fails."),
     EnvVar("DTF_HEARTBEAT_INTERVAL", "Seconds between a worker's heartbeats to the coordinator."),
+    EnvVar("DTF_HEALTHCHECK_INTERVAL", "Seconds between a worker's known-answer health checks per hardware kind (default 600)."),
+    EnvVar("DTF_HEALTHCHECK_FAIL", "Test hook: a comma list of hardware kinds (or all) whose health check fails; never set in production."),
     EnvVar("DTF_TASK_EVENTS", "1: workers send Celery task events from the start (Flower turns them on itself)."),
     EnvVar("DTF_DASHBOARD_BASIC_AUTH", "Dashboard basic auth user:password; prefer the _FILE form.", secret=True),
     EnvVar("DTF_DASHBOARD_BASIC_AUTH_FILE", "File holding dashboard basic auth user:password."),

@@ -23,6 +23,8 @@ __all__ = [
     "FAILING_ORDER",
     "UNFINISHED_ORDER",
     "Status",
+    "RunStatus",
+    "CANCELLED_REASON",
     "TestSpec",
     "RenderedTest",
     "TestResult",
@@ -59,6 +61,22 @@ UNFINISHED_ORDER: tuple[Status, ...] = (Status.PENDING, Status.QUEUED, Status.RU
 FINAL_STATUSES = frozenset(FINAL_ORDER)
 FAILING_STATUSES = frozenset(FAILING_ORDER)
 UNFINISHED_STATUSES = frozenset(UNFINISHED_ORDER)
+
+
+class RunStatus(str, enum.Enum):
+    """Life cycle of a run. A cancelled run keeps what had finished; its other tests are
+    ``skipped`` with the reason ``CANCELLED_REASON`` (no test status of its own)."""
+
+    RUNNING = "running"
+    PASSED = "passed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+CANCELLED_REASON = "cancelled"
 
 
 def queue_for(hardware: str) -> str:

@@ -13,6 +13,8 @@ from ..model import queue_for
 from ..requirements import describe, queue_of
 from .state import CoordinatorState
 
+CANCEL_KEPT_S = 3600.0  # how long workers are told about a cancelled run (to drop its queued tests)
+
 __all__ = ["QueryPolicy", "QUERIES", "MAX_STATUS_WAIT_S", "Demoted"]
 
 log = logging.getLogger("dtf.coordinator")
@@ -172,7 +174,10 @@ def _metric_trends_op(c: QueryPolicy, body: Mapping[str, Any]) -> Any:
 
 
 def _routes_op(c: QueryPolicy, body: Mapping[str, Any]) -> Any:
-    return c.routes()
+    """What workers ask at each heartbeat: the live runs' requirement sets, and the runs
+    cancelled lately (their running tests are stopped, their queued ones dropped)."""
+    now = time.time()
+    return {"routes": c.routes(), "cancelled": sorted(r for r, at in c.cancelled.items() if now - at < CANCEL_KEPT_S)}
 
 
 QUERIES: dict[str, Callable[[QueryPolicy, Mapping[str, Any]], Any]] = {
