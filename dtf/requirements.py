@@ -4,10 +4,10 @@ A suite states ``requires:`` (top level or in ``defaults:``, per model, per ``te
 entry) with any of:
 
     tags: [a100, nvlink]     every tag must be among the worker's --tags
-    gpu_memory_gb: 24        a GPU (of the test's kind) with at least this much memory
+    gpu_memory_gb: 24        a GPU (of the test's kind) with at least this much memory (GiB, 3% slack)
     device: "*H100*"         a GPU (of the test's kind; the CPU model for cpu) whose name matches this glob, any case
     cpu_cores: 16            at least this many usable cores (logical cores, or a cgroup quota)
-    ram_gb: 64               at least this much memory (installed, or a cgroup limit)
+    ram_gb: 64               at least this much memory (installed, or a cgroup limit; GiB, 3% slack)
     model_sources: [onnx]    the worker can run models from each of these sources
 
 A more specific level replaces the keys it states (a model's ``tags`` replace the suite's).
@@ -51,6 +51,9 @@ _TAG = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 _ROUTE_QUEUE = re.compile(r"dtf\.[a-z]+\.r-[0-9a-f]{8}")
 _GPU_VENDOR = {"cuda": "nvidia", "rocm": "amd", "mps": "apple"}
 _MAX_TAGS = 32
+# Sizes are GiB as the tools report them, with 3% slack: an "80 GB" H100 reports 79.6 GiB
+# (81559 MiB), a "24 GB" card 23.99 GiB; what the firmware keeps back should not unserve it.
+_SLACK = 0.97
 
 
 class RequirementError(ValueError):
@@ -161,7 +164,7 @@ def unmet(profile: HardwareProfile | None, tags: Sequence[str], hardware: str, r
             missing.append(f"device {pattern}")
         gpus = matching or gpus
     need = requires.get("gpu_memory_gb")
-    if need is not None and not any(g.memory_mb and g.memory_mb / 1024 >= need for g in gpus):
+    if need is not None and not any(g.memory_mb and g.memory_mb / 1024 >= need * _SLACK for g in gpus):
         missing.append(f"gpu_memory_gb {need:g}")
     cores = requires.get("cpu_cores")
     if cores is not None:
@@ -171,7 +174,7 @@ def unmet(profile: HardwareProfile | None, tags: Sequence[str], hardware: str, r
     ram = requires.get("ram_gb")
     if ram is not None:
         known_mb = [mb for mb in (profile.memory_total_mb, profile.memory_limit_mb) if mb is not None]
-        if not known_mb or min(known_mb) / 1024 < ram:
+        if not known_mb or min(known_mb) / 1024 < ram * _SLACK:
             missing.append(f"ram_gb {ram:g}")
     lacking = [s for s in requires.get("model_sources") or () if s not in profile.model_sources]
     if lacking:
