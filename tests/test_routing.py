@@ -261,5 +261,8 @@ def test_cancel_stops_a_run_mid_way_and_keeps_what_had_finished(tmp_path: Path, 
     assert status.returncode == 2 and "state: cancelled" in status.stdout
     assert f"run {run_id} was cancelled" in status.stderr
     assert all(not gates.started(t) for t in ids if t not in (first, second))  # the dropped ones never ran
+    report = subprocess.run(dtf_cmd("report", run_id, "--format", "md"), env=cluster.env, cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60)
+    assert report.returncode == 2  # a cancelled run did not finish
     again = subprocess.run(dtf_cmd("cancel", run_id), env=cluster.env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and "had already ended (cancelled)" in again.stderr
