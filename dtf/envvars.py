@@ -38,7 +38,7 @@ OPERATOR_VARS: tuple[EnvVar, ...] = (
     EnvVar("DTF_DB_PASSWORD", "PostgreSQL password of a DuckLake catalog; prefer the _FILE form or PGPASSFILE.", secret=True),
     EnvVar("DTF_DB_PASSWORD_FILE", "File holding the DuckLake catalog's PostgreSQL password."),
     EnvVar("DTF_WORKER_NAME", "Worker name (default: the host name)."),
-    EnvVar("DTF_TAGS", "Comma list of extra capability tags, e.g. cuda.sm90,mem>=80g."),
+    EnvVar("DTF_TAGS", "Comma list of tags a worker offers to suites' requires: {tags: [...]}, e.g. a100,nvlink."),
     EnvVar("DTF_QUEUES", "Comma list of queues to consume (default: from detected hardware)."),
     EnvVar("DTF_CONCURRENCY", "Tests a worker runs at once."),
     EnvVar("DTF_PROFILE", "Run profile: benchmark, test or light."),

@@ -25,7 +25,7 @@ import threading
 from typing import Any, Iterable, Mapping, Sequence
 
 from .model import HARDWARE_KINDS, HardwareProfile, queue_for
-from .requirements import is_route_queue, unmet
+from .requirements import RequirementError, check_requires, route_queue, unmet
 
 __all__ = ["RouteTable", "kind_of_queue", "worker_tags"]
 
@@ -75,8 +75,15 @@ class RouteTable:
         declined: dict[str, list[str]] = {}
         for entry in sets:
             queue, hardware = str(entry.get("queue") or ""), str(entry.get("hardware") or "")
-            requires = entry.get("requires") or {}
-            if not is_route_queue(queue) or queue_for(hardware) not in self.base or not isinstance(requires, Mapping):
+            try:
+                requires = check_requires(entry.get("requires"))
+            except RequirementError as exc:
+                log.warning("ignoring requirement set %s: %s", queue, exc)
+                continue
+            if hardware not in HARDWARE_KINDS or queue_for(hardware) not in self.base or not requires:
+                continue
+            if queue != route_queue(hardware, requires):
+                log.warning("ignoring requirement set %s: its name does not match its requirements", queue)
                 continue
             missing = unmet(self.profile, self.tags, hardware, requires)
             if missing:

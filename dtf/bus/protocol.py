@@ -15,6 +15,7 @@ from celery import Celery
 from kombu import Exchange, Message, Queue
 
 from ..model import HARDWARE_KINDS, RenderedTest, TestResult, queue_for
+from ..requirements import is_route_queue
 
 __all__ = [
     "RUN_TEST", "RESULTS_QUEUE", "CONTROL_QUEUE", "MARKER_QUEUE", "REPLY_PREFIX", "TASK_EXCHANGE", "QUERY_OPS",
@@ -86,9 +87,10 @@ def send_test(app: Celery, producer: Any, payload: Mapping[str, Any], queue: str
     )
     target: str | Queue = queue
     declare: list[Queue] = []
-    if queue not in app.amqp.queues:
+    if queue not in app.amqp.queues and is_route_queue(queue):
         # A requirement queue (dtf.<kind>.r-<hash>, dtf.requirements): declared once per
         # connection (kombu caches it), so its binding exists before a worker subscribes.
+        # Any other undeclared name still raises (task_create_missing_queues is off).
         target = task_queue(queue)
         declare = [target]
     with app.producer_or_acquire(producer) as pooled:  # None: one from the app's pool

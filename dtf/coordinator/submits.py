@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 
 from ..errors import HardwareError
 from ..model import HARDWARE_KINDS, RenderedTest, TestSpec
-from ..requirements import describe, queue_of
+from ..requirements import RequirementError, check_requires, describe, queue_of
 from ..schedule import RunGraph
 from .dispatch import DispatchPolicy
 
@@ -43,6 +43,7 @@ class SubmitPolicy(DispatchPolicy):
         try:
             tests = [RenderedTest.from_dict(t) for t in body["tests"]]
             _check_hardware(tests)
+            _check_requires(tests)
             error = None
         except HardwareError as exc:
             error = str(exc)
@@ -120,3 +121,13 @@ def _check_hardware(tests: Sequence[RenderedTest]) -> None:
     if unknown:  # the CLI refuses these; a forged submit must not reach the store either
         raise HardwareError(f"unknown hardware {', '.join(map(repr, unknown))} "
                             f"(expected one of {', '.join(HARDWARE_KINDS)})")
+
+
+def _check_requires(tests: Sequence[RenderedTest]) -> None:
+    """A forged submit's requires: must be what a suite could have said (dtf.requirements)."""
+    for t in tests:
+        if t.spec.requires:
+            try:
+                check_requires(t.spec.requires)
+            except RequirementError as exc:
+                raise HardwareError(f"test {t.spec.test_id}: requires: {exc}") from None
