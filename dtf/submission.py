@@ -94,7 +94,8 @@ def unserved_routes(workers: Sequence[dict[str, Any]], tests: Sequence[RenderedT
         for w in live:
             if queue_for(entry["hardware"]) not in (w.get("queues") or ()):
                 continue
-            hardware = w.get("hardware") if isinstance(w.get("hardware"), dict) else {}
+            raw = w.get("hardware")
+            hardware: dict[str, Any] = raw if isinstance(raw, dict) else {}
             missing = unmet(HardwareProfile.from_dict({"platform": "", **hardware}), hardware.get("tags") or (),
                             entry["hardware"], entry["requires"])
             if not missing:
