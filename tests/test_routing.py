@@ -266,3 +266,48 @@ def test_cancel_stops_a_run_mid_way_and_keeps_what_had_finished(tmp_path: Path, 
     assert report.returncode == 2  # a cancelled run did not finish
     again = subprocess.run(dtf_cmd("cancel", run_id), env=cluster.env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and "had already ended (cancelled)" in again.stderr
+
+
+# -- the worker's control round --------------------------------------------------------------
+class _Coordinator:
+    """What WorkerControl asks of a coordinator client: the routes query's answer."""
+
+    def __init__(self, answer: dict[str, Any]) -> None:
+        self.answer = answer
+
+    def call(self, op: str, **params: Any) -> Any:
+        assert op == "routes"
+        return self.answer
+
+
+def test_an_infrastructure_error_makes_the_worker_check_its_hardware_again(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from dtf.app import make_app
+    from dtf.model import RenderedTest, TestSpec
+    from dtf.settings import Settings
+    from dtf.worker import WorkerRuntime
+    from dtf.worker_control import WorkerControl, initial_checks
+
+    runtime = WorkerRuntime(make_app(Settings(spool_dir=str(tmp_path / "spool"))), worker_id="w@test", queues=["dtf.cpu"],
+                            profile=H100, health_checks=True)
+    assert initial_checks(runtime) == {"cpu": None}
+    queue = route_queue("cpu", {"cpu_cores": 16.0})
+    control = WorkerControl(runtime, lambda: _Coordinator({"routes": [
+        {"queue": queue, "hardware": "cpu", "requires": {"cpu_cores": 16}, "label": "cpu_cores>=16"}], "cancelled": []}),
+        interval_s=1.0, check_interval_s=3600.0)
+    control.step()
+    assert runtime.routing.desired() == ["dtf.cpu", queue] and not runtime.recheck.is_set()
+
+    # A test that crashes (an infrastructure error) flags a re-check; the next round runs it.
+    spec = TestSpec("crash/cpu/bs1/fp32", "crash", "generic", "cpu", 1, "fp32", "generic/x", timeout_s=60)
+    runtime.handle({"run_id": "run-x", "attempt": 1, "test": RenderedTest(spec, "import os\nos._exit(3)\n", "h").to_dict()})
+    assert runtime.recheck.is_set()
+    monkeypatch.setenv("DTF_HEALTHCHECK_FAIL", "cpu")  # the documented test hook: the check now fails
+    control.step()
+    assert not runtime.recheck.is_set()
+    assert runtime.routing.desired() == [] and runtime.heartbeat_body()["worker"]["queues"] == []
+    assert runtime.health_report()["routing"]["unhealthy"] == {"cpu": "failed by DTF_HEALTHCHECK_FAIL (test hook)"}
+    monkeypatch.delenv("DTF_HEALTHCHECK_FAIL")
+    runtime.recheck.set()
+    control.step()
+    assert runtime.routing.desired() == ["dtf.cpu", queue]
