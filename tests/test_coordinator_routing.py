@@ -44,6 +44,7 @@ def test_tests_with_requirements_go_to_their_sets_queue_and_the_routes_query_nam
     queue = route_queue("cpu", big)
     assert [t["test"]["spec"]["test_id"] for t in port.take("dtf.cpu")] == ["plain"]
     assert [t["test"]["spec"]["test_id"] for t in port.take(queue)] == ["big1", "big2"]
+    assert c.status("run-r")["idle_queues"] == ["dtf.cpu", queue]  # no worker yet: both named
     ask(c, "routes")
     answer = port.replies[REPLIES][-1]
     assert answer["ok"] and answer["data"] == {"routes": [{"queue": queue, "hardware": "cpu", "requires": big,

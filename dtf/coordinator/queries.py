@@ -37,19 +37,26 @@ class QueryPolicy(CoordinatorState):
         """The requirement sets of the active runs: what workers subscribe to (the `routes` query)."""
         self._route_sets = {run_id: sets for run_id, sets in self._route_sets.items() if run_id in self.runs}
         seen: dict[str, dict[str, Any]] = {}
-        for run_id, graph in self.runs.items():
-            if run_id not in self._route_sets:
-                found: dict[str, dict[str, Any]] = {}
-                for t in graph.tests.values():
-                    if t.spec.requires:
-                        queue = queue_of(t.spec)
-                        if queue not in found:
-                            found[queue] = {"queue": queue, "hardware": t.spec.hardware, "requires": dict(t.spec.requires),
-                                            "label": describe(t.spec.requires)}
-                self._route_sets[run_id] = list(found.values())
-            for entry in self._route_sets[run_id]:
+        for run_id in self.runs:
+            for entry in self._sets_of(run_id):
                 seen.setdefault(entry["queue"], entry)
         return sorted(seen.values(), key=lambda e: e["queue"])
+
+    def _sets_of(self, run_id: str) -> list[dict[str, Any]]:
+        """One active run's requirement sets, found once per run."""
+        graph = self.runs.get(run_id)
+        if graph is None:
+            return []
+        if run_id not in self._route_sets:
+            found: dict[str, dict[str, Any]] = {}
+            for t in graph.tests.values():
+                if t.spec.requires:
+                    queue = queue_of(t.spec)
+                    if queue not in found:
+                        found[queue] = {"queue": queue, "hardware": t.spec.hardware, "requires": dict(t.spec.requires),
+                                        "label": describe(t.spec.requires)}
+            self._route_sets[run_id] = list(found.values())
+        return self._route_sets[run_id]
 
     def _query(self, op: str, body: Mapping[str, Any]) -> None:
         """Answer one query, or hold a status query with ``wait_s``."""
@@ -108,6 +115,11 @@ class QueryPolicy(CoordinatorState):
             for hw, per in self.store.status_counts(run_id).items()
             if per.get("queued", 0) or per.get("pending", 0)
         }
+        # Requirement queues (dtf.requirements) nobody consumes, while their tests are open.
+        idle_sets = {e["queue"] for e in self._sets_of(run_id)} - served
+        graph = self.runs.get(run_id)
+        if idle_sets and graph is not None:
+            waiting |= idle_sets & {queue_of(t.spec) for t in graph.tests.values() if not t.final and t.spec.requires}
         return sorted(waiting - served)
 
     def status(self, run_id: str) -> dict[str, Any]:
