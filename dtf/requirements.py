@@ -92,8 +92,10 @@ def check_requires(value: object, sources: Sequence[str] = ()) -> dict[str, Any]
                 raise RequirementError(key, "expected a device name pattern such as '*H100*'")
             out[key] = raw.strip()
         else:
-            if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw) or raw <= 0 or raw > 1e6:
-                raise RequirementError(key, f"expected a positive number, got {raw!r}")
+            # Compared before isfinite: a huge int overflows float().
+            if isinstance(raw, bool) or not isinstance(raw, (int, float)) or raw > 1e6 or raw <= 0 or not math.isfinite(raw):
+                shown = repr(raw) if len(repr(raw)) <= 40 else repr(raw)[:37] + "..."
+                raise RequirementError(key, f"expected a positive number up to 1e6, got {shown}")
             out[key] = float(raw)
     return out
 
