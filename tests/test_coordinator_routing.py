@@ -54,7 +54,8 @@ def test_tests_with_requirements_go_to_their_sets_queue_and_the_routes_query_nam
 def test_cancel_keeps_finished_results_skips_the_rest_and_tells_workers(store: Store, tmp_path: Path) -> None:
     port = MemoryPort()
     c = make(store, port, tmp_path)
-    send_submit(c, "run-c", [rendered("a"), rendered("b"), rendered("c")])
+    send_submit(c, "run-c", [rendered("a"), rendered("b"), rendered("c", {"ram_gb": 1.0})])
+    ask(c, "routes")  # what workers ask at each heartbeat: the run's sets are known from here on
     body, message = result("run-c", "a")
     c.on_result(body, message)  # received, not yet written: the cancel writes it first
     ask(c, "cancel", run_id="run-c")
@@ -67,6 +68,8 @@ def test_cancel_keeps_finished_results_skips_the_rest_and_tells_workers(store: S
     assert store.run("run-c")["status"] == "cancelled"
     ask(c, "routes")
     assert port.replies[REPLIES][-1]["data"]["cancelled"] == ["run-c"]
+    assert port.replies[REPLIES][-1]["data"]["routes"] == [{"queue": route_queue("cpu", {"ram_gb": 1.0}), "hardware": "cpu",
+                                                             "requires": {"ram_gb": 1.0}, "label": "ram_gb>=1"}]  # drained
     late, late_message = result("run-c", "b")
     c.on_result(late, late_message)
     c.tick(time.monotonic() + 60)  # past any batch delay: the batch is handled

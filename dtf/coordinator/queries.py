@@ -35,10 +35,14 @@ class QueryPolicy(CoordinatorState):
 
     def routes(self) -> list[dict[str, Any]]:
         """The requirement sets of the active runs: what workers subscribe to (the `routes` query)."""
-        self._route_sets = {run_id: sets for run_id, sets in self._route_sets.items() if run_id in self.runs}
+        # A cancelled run's sets stay named while workers are told of the cancel, so that
+        # they drain its queued tests (dropped unrun) from the requirement queues.
+        now = time.time()
+        draining = {r for r, at in self.cancelled.items() if now - at < CANCEL_KEPT_S}
+        self._route_sets = {r: sets for r, sets in self._route_sets.items() if r in self.runs or r in draining}
         seen: dict[str, dict[str, Any]] = {}
-        for run_id in self.runs:
-            for entry in self._sets_of(run_id):
+        for run_id in [*self.runs, *sorted(draining)]:
+            for entry in self._sets_of(run_id) if run_id in self.runs else self._route_sets.get(run_id, []):
                 seen.setdefault(entry["queue"], entry)
         return sorted(seen.values(), key=lambda e: e["queue"])
 
