@@ -50,6 +50,19 @@ class AssembledWorker:
         self.replayed = replayed
         self.controller: Any = None
         self._thread: Optional[threading.Thread] = None
+        self._control_stop = threading.Event()
+        self._control: Optional[threading.Thread] = None
+
+    def _start_control(self, interval_s: Optional[float] = None) -> None:
+        """Routes, cancels and health re-checks from a thread of their own (dtf.worker_control)."""
+        from .client import CoordinatorClient
+        from .worker_control import WorkerControl
+
+        client = CoordinatorClient(self.app, timeout_s=5.0)
+        control = WorkerControl(self.runtime, lambda: client, interval_s=interval_s)
+        self._control = threading.Thread(target=control.run_forever, args=(self._control_stop,), daemon=True,
+                                         name="dtf-worker-control")
+        self._control.start()
 
     @property
     def concurrency(self) -> int:
@@ -79,6 +92,7 @@ class AssembledWorker:
         stop = threading.Event()
         beats = threading.Thread(target=self.runtime.heartbeat_forever, args=(stop,), daemon=True, name="dtf-heartbeat")
         beats.start()
+        self._start_control()
         try:
             try:
                 record = write_worker_record(state_dir, self.runtime.worker_id, list(self.runtime.queues))
@@ -91,14 +105,17 @@ class AssembledWorker:
         finally:
             maintenance.stop()
             stop.set()
+            self._control_stop.set()
             beats.join(timeout=5)  # lets the last heartbeat say "offline"
 
     def start(self) -> None:
         """Consume in a daemon thread."""
         self._thread = threading.Thread(target=self.build().start, name="dtf-worker", daemon=True)
         self._thread.start()
+        self._start_control(interval_s=0.5)  # in-process: asking the coordinator costs nothing
 
     def stop(self, timeout_s: float = 10.0) -> None:
+        self._control_stop.set()
         if self.controller is not None:
             self.controller.stop(in_sighandler=False)
         if self._thread is not None:
@@ -122,11 +139,16 @@ def assemble_worker(
     check_worker_options(pool=pool, loglevel=loglevel, concurrency=concurrency)
     app.conf.worker_prefetch_multiplier = runtime.execution.prefetch_multiplier
     runtime.install()
-    if runtime.guard.limits.active:
-        app.steps["consumer"].add(runtime.consumer_step())
+    # Always: the step applies the guard's verdict, requirement queues and the health gate.
+    app.steps["consumer"].add(runtime.consumer_step())
+    if runtime.health_checks:
+        from .worker_control import initial_checks
+
+        initial_checks(runtime)  # before consuming: a kind whose check fails is not consumed
     replayed = runtime.replay_spool()
     runtime.concurrency = concurrency or runtime.concurrency
-    queues = list(runtime.queues)
+    queues = runtime.routing.desired() or list(runtime.queues)  # Celery consumes every queue when given none
+    runtime.consumed = set(queues)
     options: dict[str, Any]
     if embedded:
         options = dict(pool_cls=pool, concurrency=runtime.concurrency, queues=queues, hostname=runtime.worker_id,

@@ -23,6 +23,8 @@ __all__ = [
     "FAILING_ORDER",
     "UNFINISHED_ORDER",
     "Status",
+    "RunStatus",
+    "CANCELLED_REASON",
     "TestSpec",
     "RenderedTest",
     "TestResult",
@@ -59,6 +61,22 @@ UNFINISHED_ORDER: tuple[Status, ...] = (Status.PENDING, Status.QUEUED, Status.RU
 FINAL_STATUSES = frozenset(FINAL_ORDER)
 FAILING_STATUSES = frozenset(FAILING_ORDER)
 UNFINISHED_STATUSES = frozenset(UNFINISHED_ORDER)
+
+
+class RunStatus(str, enum.Enum):
+    """Life cycle of a run. A cancelled run keeps what had finished; its other tests are
+    ``skipped`` with the reason ``CANCELLED_REASON`` (no test status of its own)."""
+
+    RUNNING = "running"
+    PASSED = "passed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+CANCELLED_REASON = "cancelled"
 
 
 def queue_for(hardware: str) -> str:
@@ -102,6 +120,7 @@ class TestSpec:
     priority: int = 5
     memory_gb: float = 0.0
     depends_on: tuple[str, ...] = ()
+    requires: Mapping[str, Any] = field(default_factory=dict)  # what the worker must offer (dtf.requirements)
 
     def to_dict(self) -> dict[str, Any]:
         # Field by field: dataclasses.asdict recurses through every value and was a tenth of
@@ -109,6 +128,7 @@ class TestSpec:
         d = {name: getattr(self, name) for name in _SPEC_FIELDS}
         d["params"] = copy.deepcopy(dict(self.params)) if self.params else {}
         d["depends_on"] = list(self.depends_on)
+        d["requires"] = copy.deepcopy(dict(self.requires)) if self.requires else {}
         return d
 
     @classmethod
@@ -117,6 +137,7 @@ class TestSpec:
         values = {k: v for k, v in data.items() if k in names}
         values["depends_on"] = tuple(values.get("depends_on") or ())
         values["params"] = dict(values.get("params") or {})
+        values["requires"] = dict(values.get("requires") or {})
         for name in _SHARED_TEXT:  # few distinct values across a run: one copy each, not one per test
             if isinstance(values.get(name), str):
                 values[name] = sys.intern(values[name])

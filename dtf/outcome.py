@@ -3,7 +3,7 @@
 One policy for every command that reports a run (``dtf run``, ``submit --wait``, ``status``,
 ``results``, ``report``): 0 all passed, 1 a test failed, errored or timed out (or a
 performance regression was flagged when asked to fail on one), 2 the run did not finish
-within the wait (naming the tests that never ran). Pure: the CLI turns an ``Outcome``
+within the wait (naming the tests that never ran) or was cancelled (`dtf cancel`). Pure: the CLI turns an ``Outcome``
 into ``typer.Exit``; nothing here prints or exits.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
-from .model import FAILING_ORDER, UNFINISHED_ORDER
+from .model import CANCELLED_REASON, FAILING_ORDER, UNFINISHED_ORDER, RunStatus
 
 __all__ = [
     "EXIT_OK",
@@ -26,6 +26,7 @@ __all__ = [
     "regression_summary",
     "run_outcome",
     "status_outcome",
+    "cancelled_outcome",
 ]
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
@@ -120,8 +121,17 @@ def status_outcome(
 ) -> Outcome:
     """How ``dtf status`` ends: a wait that gave up is 2 (naming the tests that never
     ran, from ``tests``); a finished run 1 when it failed, else 0; a run still going 0."""
+    if run.get("status") == RunStatus.CANCELLED.value:
+        return cancelled_outcome(str(run["run_id"]), tests)
     if waited and not finished:
         return Outcome(EXIT_ERROR, (timeout_message(timeout_s, str(run["run_id"]), tests),))
     if finished and run.get("status") == "failed":
         return Outcome(EXIT_FAILED)
     return Outcome(EXIT_OK)
+
+
+def cancelled_outcome(run_id: str, tests: Sequence[Mapping[str, Any]] = ()) -> Outcome:
+    """A cancelled run did not finish: 2, like a wait that gave up, saying how many tests never ran."""
+    dropped = sum(1 for row in tests if row.get("reason") == CANCELLED_REASON)
+    counted = f": {dropped} tests did not run" if tests else ""
+    return Outcome(EXIT_ERROR, (f"run {run_id} was cancelled{counted}",))

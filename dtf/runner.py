@@ -131,8 +131,8 @@ class _SpawnedChild:
         return self.proc.wait()
 
 
-def _wait(child: "_SpawnedChild | ForkedChild", timeout_s: float) -> tuple[bool, int]:
-    """Wait for the child, sampling the tree's RSS; True if it timed out. Returns peak bytes."""
+def _wait(child: "_SpawnedChild | ForkedChild", timeout_s: float, cancel: threading.Event | None = None) -> tuple[bool, int]:
+    """Wait for the child, sampling the tree's RSS; True if it timed out (or ``cancel`` was set). Returns peak bytes."""
     deadline = time.monotonic() + timeout_s
     peak = 0
     tree = _TreeRss(child.pid)
@@ -141,7 +141,7 @@ def _wait(child: "_SpawnedChild | ForkedChild", timeout_s: float) -> tuple[bool,
         peak = max(peak, tree.sample())
         if child.poll(interval):
             return False, peak
-        if time.monotonic() >= deadline:
+        if time.monotonic() >= deadline or (cancel is not None and cancel.is_set()):
             return True, peak
         interval = min(interval * 2, _SAMPLE_INTERVAL_S)
 
@@ -245,8 +245,10 @@ def run_source(
     timeout_s: float,
     env: Mapping[str, str] | None = None,
     python: str = sys.executable,
+    cancel: threading.Event | None = None,
 ) -> Execution:
-    """Write ``source`` to a temp dir and run it; never raises for what the test does."""
+    """Write ``source`` to a temp dir and run it; never raises for what the test does.
+    Setting ``cancel`` kills the test's process group (`dtf cancel`)."""
     with _WORK_DIRS.lease() as work:
         script = work / "test_main.py"
         script.write_text(source, encoding="utf-8")
@@ -270,13 +272,16 @@ def run_source(
                 now = time.time()
                 return Execution("error", 0.0, 0.0, {}, f"cannot start test: {exc}", None, started, now)
         try:
-            timed_out, peak = _wait(child, timeout_s)
+            timed_out, peak = _wait(child, timeout_s, cancel)
         finally:
             returncode = child.finish()
         duration = time.perf_counter() - t0
         finished = time.time()
         peak_mb = max(peak, child.peak_rss) / (1024 * 1024)
         stderr_tail = _tail(stderr_file) or None
+        if timed_out and cancel is not None and cancel.is_set():
+            return Execution("error", duration, peak_mb, {}, "cancelled: the run was cancelled; process group killed",
+                             stderr_tail, started, finished)
         if timed_out:
             return Execution(
                 "timeout", duration, peak_mb, {}, f"timed out after {timeout_s:g} s; process group killed",
@@ -332,9 +337,10 @@ def execute(
     worker_id: str,
     hostname: str,
     env: Mapping[str, str] | None = None,
+    cancel: threading.Event | None = None,
 ) -> TestResult:
     """Run one rendered test and describe the attempt as a TestResult."""
-    ex = run_source(test.source, timeout_s=test.spec.timeout_s, env=env)
+    ex = run_source(test.source, timeout_s=test.spec.timeout_s, env=env, cancel=cancel)
     return TestResult(
         run_id=run_id,
         test_id=test.spec.test_id,

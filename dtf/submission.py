@@ -15,7 +15,8 @@ from typing import Any, Iterable, Optional, Sequence
 from .errors import DtfError
 from .model import RenderedTest, queue_for
 
-__all__ = ["template_registry", "prepare_suite", "run_meta", "unserved", "baseline_choice", "check_baseline", "collect"]
+__all__ = ["template_registry", "prepare_suite", "run_meta", "unserved", "unserved_routes", "baseline_choice", "check_baseline",
+           "collect"]
 
 
 def template_registry(template_dirs: Iterable[str | Path], extra: Sequence[Path] | None = None) -> Any:
@@ -60,6 +61,50 @@ def unserved(client: Any, tests: Sequence[RenderedTest]) -> list[str]:
     if not served:
         return []  # no live worker at all (a cluster starting up): nothing to judge by
     return sorted({t.spec.hardware for t in tests if queue_for(t.spec.hardware) not in served})
+
+
+def requirement_sets(tests: Sequence[RenderedTest]) -> dict[str, dict[str, Any]]:
+    """queue -> {hardware, requires, label, tests} for every requirement set of these tests."""
+    from .requirements import describe, queue_of
+
+    sets: dict[str, dict[str, Any]] = {}
+    for t in tests:
+        if t.spec.requires:
+            entry = sets.setdefault(queue_of(t.spec), {"hardware": t.spec.hardware, "requires": dict(t.spec.requires),
+                                                       "label": describe(t.spec.requires), "tests": 0})
+            entry["tests"] += 1
+    return sets
+
+
+def unserved_routes(workers: Sequence[dict[str, Any]], tests: Sequence[RenderedTest]) -> dict[str, dict[str, Any]]:
+    """The requirement sets of these tests that no live worker satisfies, by queue; each with
+    what the live workers of its kind lack (``lacking``: worker id -> reasons).
+
+    ``workers`` are the coordinator's worker rows (their heartbeats: queues, hardware, tags).
+    A worker counts when it is live and consumes the set's hardware queue (so a kind whose
+    health check failed does not count)."""
+    from .model import HardwareProfile
+    from .requirements import unmet
+
+    live = [w for w in workers if w.get("state") != "offline"]
+    out: dict[str, dict[str, Any]] = {}
+    for queue, entry in requirement_sets(tests).items():
+        lacking: dict[str, list[str]] = {}
+        served = False
+        for w in live:
+            if queue_for(entry["hardware"]) not in (w.get("queues") or ()):
+                continue
+            raw = w.get("hardware")
+            hardware: dict[str, Any] = raw if isinstance(raw, dict) else {}
+            missing = unmet(HardwareProfile.from_dict({"platform": "", **hardware}), hardware.get("tags") or (),
+                            entry["hardware"], entry["requires"])
+            if not missing:
+                served = True
+                break
+            lacking[str(w.get("worker_id"))] = missing
+        if not served:
+            out[queue] = {**entry, "lacking": lacking}
+    return out
 
 
 def baseline_choice(baseline: Optional[str], fail_on_regression: bool) -> Optional[str]:

@@ -31,6 +31,7 @@ from .errors import SuiteError
 from .model import TestSpec
 from .suite import PYTEST_FAMILY, PYTEST_TEMPLATE, Suite, TestTaskEntry, format_test_id
 from .suite.parse import _suite_dir
+from .requirements import merge_requires
 
 __all__ = ["collect_tests", "collect_nodeids", "ship_files", "SHIP_MAX_BYTES", "COLLECT_TIMEOUT_S"]
 
@@ -100,6 +101,7 @@ def _entry_specs(suite: Suite, index: int, entry: TestTaskEntry, base: Path) -> 
                 warmup=0,
                 priority=5,
                 memory_gb=entry.memory_gb if entry.memory_gb is not None else DEFAULT_MEMORY_GB,
+                requires=merge_requires(suite.requires, entry.requires),
             ))
     return specs
 

@@ -65,7 +65,7 @@ MAX_QUEUES = 64
 RESULT_STATUSES = frozenset(s.value for s in FINAL_STATUSES)
 WORKER_STATES = frozenset({"online", "constrained", "offline"})
 REPLY_TO = re.compile(r"dtf\.reply\.[A-Za-z0-9_-]{1,64}")  # a reply queue, never a work queue
-CONTROL_OPS = frozenset({"submit", "heartbeat", "started"})  # plus dtf.bus.QUERY_OPS
+CONTROL_OPS = frozenset({"submit", "heartbeat", "started", "cancel"})  # plus dtf.bus.QUERY_OPS
 
 
 class MessageRefused(DtfError):

@@ -35,11 +35,13 @@ from celery.exceptions import Reject
 
 from . import runner
 from .app import DtfApp
-from .bus import RESULTS_QUEUE, publish_control, result_body, results_queue, send_test, wire_format
+from .bus import RESULTS_QUEUE, publish_control, result_body, results_queue, send_test, task_queue, wire_format
 from .guard import GuardLimits, GuardState, ResourceGuard
 from .hardware import cpu_capacity, memory_capacity_gb
 from .health import HealthSample, HealthSampler
 from .model import HARDWARE_KINDS, HardwareProfile, RenderedTest, TestResult, TestSpec, queue_for
+from .reservations import Reservations
+from .routing import RouteTable
 
 __all__ = [
     "WorkerRuntime",
@@ -217,6 +219,8 @@ class WorkerRuntime:
         sampler: HealthSampler | None = None,
         max_rejections: int = DEFAULT_MAX_REJECTIONS,
         heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
+        tags: Sequence[str] = (),
+        health_checks: bool = False,
     ) -> None:
         self.app = app
         self.worker_id = worker_id
@@ -238,6 +242,15 @@ class WorkerRuntime:
         self._running: dict[tuple[str, str, int], float] = {}
         self._lock = threading.Lock()
         self._notices = DelayedNotices(self._send_control, STARTED_NOTICE_AFTER_S)
+        # Routing, health gate, reservations and cancel (dtf.routing, dtf.healthcheck,
+        # dtf.reservations; dtf.worker_control runs the periodic parts).
+        self.routing = RouteTable(self.queues, profile, tags)
+        self.reservations = Reservations(lambda kind: memory_capacity_for(kind, profile))
+        self.health_checks = health_checks
+        self.recheck = threading.Event()  # set after an infrastructure error: check the hardware again
+        self.cancelled_runs: set[str] = set()
+        self._cancel_events: dict[tuple[str, str, int], threading.Event] = {}
+        self.consumed: set[str] = set(self.queues)
 
     def install(self) -> None:
         """Make this runtime the handler of the app's run_test task."""
@@ -263,6 +276,12 @@ class WorkerRuntime:
             # Prefetched before the guard cancelled intake: back to the queue, for a worker
             # that still consumes it (this one no longer does, so it cannot come straight back).
             raise Reject("resource guard: worker constrained", requeue=True)
+        if test.spec.hardware in self.routing.unhealthy():
+            # Taken before the failed health check cancelled this kind's consumers: back to the queue.
+            raise Reject(f"health check failed for {test.spec.hardware}", requeue=True)
+        if run_id in self.cancelled_runs:
+            log.info("dropping %s of cancelled run %s", test.spec.test_id, run_id)
+            return
         if self._rejected_for_memory(payload, test, request):
             return
         self._run(test, run_id, attempt)
@@ -270,7 +289,7 @@ class WorkerRuntime:
     def _run(self, test: RenderedTest, run_id: str, attempt: int) -> None:
         spec = test.spec
         key = (run_id, spec.test_id, attempt)
-        with self.slots.hold(spec.hardware) as device_env:
+        with self.reservations.hold(spec.hardware, spec.memory_gb), self.slots.hold(spec.hardware) as device_env:
             # Most tests end within milliseconds, and their result says they ran: only a test
             # still running after STARTED_NOTICE_AFTER_S costs the coordinator a started notice.
             self._notices.add(key, {"op": "started", "run_id": run_id, "test_id": spec.test_id, "attempt": attempt,
@@ -279,16 +298,37 @@ class WorkerRuntime:
             if timeout != spec.timeout_s:
                 test = dataclasses.replace(test, spec=dataclasses.replace(spec, timeout_s=timeout))
             env = self._env_with(device_env)
+            cancel = threading.Event()
             with self._lock:
                 self._running[key] = time.time()
+                self._cancel_events[key] = cancel
+                if run_id in self.cancelled_runs:
+                    cancel.set()
             try:
                 result = runner.execute(test, run_id=run_id, attempt=attempt, worker_id=self.worker_id,
-                                        hostname=self.hostname, env=env)
+                                        hostname=self.hostname, env=env, cancel=cancel)
             finally:
                 self._notices.cancel(key)
                 with self._lock:
                     self._running.pop(key, None)
+                    self._cancel_events.pop(key, None)
+        if result.status == "error" and not cancel.is_set():
+            self.recheck.set()  # an infrastructure error: check the hardware again before more tests
         self.publish_result(result)
+
+    def cancel_runs(self, run_ids: Sequence[str]) -> int:
+        """Stop every running test of these runs (their process groups are killed); later
+        deliveries of their tests are dropped. Returns how many running tests were stopped."""
+        stopped = 0
+        with self._lock:
+            self.cancelled_runs.update(run_ids)
+            for (run_id, _, _), event in self._cancel_events.items():
+                if run_id in run_ids and not event.is_set():
+                    event.set()
+                    stopped += 1
+        if stopped:
+            log.warning("%s: stopped %d running tests of cancelled runs %s", self.worker_id, stopped, ", ".join(run_ids))
+        return stopped
 
     def _env_with(self, device_env: Mapping[str, str]) -> dict[str, str] | None:
         """The test's environment plus its device pinning (None: inherit the worker's)."""
@@ -378,7 +418,8 @@ class WorkerRuntime:
         profile = self.profile.to_dict() if self.profile else {}
         return {"op": "heartbeat", "worker": {
             "worker_id": self.worker_id, "hostname": self.hostname,
-            "platform": profile.get("platform"), "hardware": profile, "queues": list(self.queues),
+            "platform": profile.get("platform"), "hardware": {**profile, "tags": list(self.routing.tags)},
+            "queues": [q for q in self.routing.desired()],
             "state": state or self.state, "health": self.health_report(), "last_seen": time.time(),
         }}
 
@@ -390,6 +431,7 @@ class WorkerRuntime:
             "running": len(running), "running_tests": running,
             "guard": {**self.guard.state.to_dict(), "limits": self.guard.limits.to_dict(), "consuming": self.consuming},
             "profile": self.execution.name, "concurrency": self.concurrency,
+            "routing": self.routing.report(), "reservations": self.reservations.report(),
             "heartbeat_interval_s": self.heartbeat_interval_s, "sent_at": time.time(),
         }
 
@@ -416,16 +458,21 @@ class WorkerRuntime:
             return False
 
     def sync_consumers(self, consumer: Any) -> None:
-        """Cancel or restore the queue consumers to match the guard (runs in the consumer's loop)."""
-        want = self.guard.state.accepting
-        if want == self.consuming or consumer.task_consumer is None:
+        """Consume what routing wants (requirement queues taken, kinds with a failed health
+        check left), nothing while the guard says overloaded (runs in the consumer's loop)."""
+        if consumer.task_consumer is None:
             return
-        for queue in self.queues:
-            if want:
-                consumer.add_task_queue(queue)
-            else:
-                consumer.cancel_task_queue(queue)
-        self.consuming = want
+        accepting = self.guard.state.accepting
+        want = set(self.routing.desired()) if accepting else set()
+        queues = consumer.app.amqp.queues
+        for queue in sorted(want - self.consumed):
+            if queue not in queues:
+                queues.add(task_queue(queue))  # a requirement queue: on the dtf exchange, by its name
+            consumer.add_task_queue(queue)
+        for queue in sorted(self.consumed - want):
+            consumer.cancel_task_queue(queue)
+        self.consumed = want
+        self.consuming = accepting
 
     def consumer_step(self) -> type[bootsteps.StartStopStep]:
         """A Celery consumer bootstep that applies the guard's verdict from the event loop,
@@ -443,7 +490,7 @@ class WorkerRuntime:
 
 def _guard_step(runtime: WorkerRuntime) -> type[bootsteps.StartStopStep]:
     class ResourceGuardStep(bootsteps.StartStopStep):
-        """Polls the runtime's guard verdict and cancels or restores the task consumers."""
+        """Polls the runtime's guard verdict and routing, and cancels or adds task consumers."""
 
         requires = ("celery.worker.consumer.tasks:Tasks",)
 

@@ -44,11 +44,12 @@ def test_a_standalone_worker_takes_the_profiles_prefetch_the_guard_step_and_the_
     assert assembled.controller is None  # Celery's full worker is built when it starts (it sets process-wide state)
 
 
-def test_without_guard_limits_no_bootstep_and_the_profile_decides_concurrency(tmp_path: Path) -> None:
+def test_without_guard_limits_the_bootstep_still_routes_and_the_profile_decides_concurrency(tmp_path: Path) -> None:
     runtime = runtime_for(tmp_path, "light")
     expected = runtime.concurrency
     assembled = assemble_worker(runtime.app, runtime)
-    assert not any(step.name == "dtf.worker.ResourceGuardStep" for step in runtime.app.steps["consumer"])
+    # The step also takes requirement queues and applies the health gate (dtf.routing), so it is always there.
+    assert any(step.name == "dtf.worker.ResourceGuardStep" for step in runtime.app.steps["consumer"])
     assert assembled.concurrency == expected == PROFILES["light"].concurrency(host(cores=4), ["dtf.cpu"])
     assert assembled.options["pool"] == "threads" and assembled.options["concurrency"] == expected
 

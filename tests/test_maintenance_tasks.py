@@ -74,8 +74,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         c.start_coordinator()
         for name in ("w1", "w2"):  # one test at a time each: a split-case run needs both
             c.start_worker(name, "--concurrency", "1")
+        # --no-health-check: this machine has no GPU, so the cuda health check would (rightly)
+        # keep w3 off dtf.cuda; here it only needs to be addressable on that queue.
         procs.start("w3", ["worker", "--name", "w3", "--queues", "dtf.cuda", "--loglevel", "INFO",
-                           "--heartbeat-interval", "1"], c.env, root)
+                           "--heartbeat-interval", "1", "--no-health-check"], c.env, root)
         wait_for(lambda: c.worker("w3"), "a heartbeat from w3")
         yield c
     finally:

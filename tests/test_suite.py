@@ -671,6 +671,14 @@ def test_the_cuda_example_is_a_small_fp32_and_fp16_gpu_suite() -> None:
     assert {s.precision for s in specs} == {"fp32", "fp16"}
 
 
+def test_the_requirements_example_routes_three_sets() -> None:
+    from dtf.requirements import queue_of
+
+    specs = expand_suite(load_suite(EXAMPLES / "requirements.yaml"))
+    assert len(specs) == 6 and len({queue_of(s) for s in specs}) == 3
+    assert all(s.requires.get("ram_gb") == 2.0 for s in specs)
+
+
 # -- robustness ----------------------------------------------------------------------------
 
 scalars = st.one_of(

@@ -23,13 +23,13 @@ from .port import CoordinatorPort, KombuPort, MemoryMessage, MemoryPort, TestTas
 from .protocol import (
     CONTROL_QUEUE, MARKER_QUEUE, QUERY_OPS, RESULTS_QUEUE, RUN_TEST, TASK_EXCHANGE, control_queue, drop_undecodable,
     dumps, first_line, hardware_queues, result_body, results_queue, send_test, submit_bodies, task_id_for,
-    task_payload, wire_format,
+    task_payload, task_queue, wire_format,
 )
 from .rpc import publish_control, reply, request
 
 __all__ = [
     "RUN_TEST", "RESULTS_QUEUE", "CONTROL_QUEUE", "MARKER_QUEUE", "TASK_EXCHANGE", "QUERY_OPS",
-    "hardware_queues", "control_queue", "results_queue", "wire_format",
+    "hardware_queues", "task_queue", "control_queue", "results_queue", "wire_format",
     "task_payload", "send_test", "task_id_for", "result_body", "submit_bodies",
     "dumps", "first_line", "drop_undecodable",
     "BrokerOptions", "broker_options", "broker_connection_args", "control_transport_options", "CONTROL_UNACKED_KEY",

@@ -103,6 +103,11 @@ class KombuPort:
         channel = self.producer.channel
         for queue in hardware_queues():
             queue.bind(channel).declare()
+        # Requirement queues (dtf.requirements) are declared on first publish and cached per
+        # connection: forget the cache so that the next publish declares them again.
+        declared = getattr(getattr(getattr(channel, "connection", None), "client", None), "declared_entities", None)
+        if declared is not None:
+            declared.clear()
         return self.queue_depth(MARKER_QUEUE) == 0
 
     def put_marker(self) -> None:

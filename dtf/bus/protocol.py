@@ -15,10 +15,11 @@ from celery import Celery
 from kombu import Exchange, Message, Queue
 
 from ..model import HARDWARE_KINDS, RenderedTest, TestResult, queue_for
+from ..requirements import is_route_queue
 
 __all__ = [
     "RUN_TEST", "RESULTS_QUEUE", "CONTROL_QUEUE", "MARKER_QUEUE", "REPLY_PREFIX", "TASK_EXCHANGE", "QUERY_OPS",
-    "hardware_queues", "control_queue", "results_queue", "wire_format", "task_payload", "send_test", "task_id_for",
+    "hardware_queues", "task_queue", "control_queue", "results_queue", "wire_format", "task_payload", "send_test", "task_id_for",
     "result_body", "submit_bodies", "dumps", "first_line", "drop_undecodable",
 ]
 
@@ -37,13 +38,18 @@ TASK_EXCHANGE = Exchange("dtf", type="direct", durable=True)
 # answer comes. The coordinator answers exactly these (checked at its import). The other
 # control ops (submit, heartbeat, started) are named in dtf.wire.CONTROL_OPS.
 QUERY_OPS = frozenset({"status", "results", "runs", "report", "workers", "ping", "worker_health", "run_progress",
-                       "run_matrix", "metric_trends"})
+                       "run_matrix", "metric_trends", "routes"})
 
 
 # -- queues -----------------------------------------------------------------------------------
+def task_queue(name: str) -> Queue:
+    """A queue of test tasks on the dtf exchange, routed by its own name."""
+    return Queue(name, TASK_EXCHANGE, routing_key=name, durable=True)
+
+
 def hardware_queues(extra: tuple[str, ...] = ()) -> list[Queue]:
     names = [queue_for(kind) for kind in HARDWARE_KINDS] + [q for q in extra if q]
-    return [Queue(name, TASK_EXCHANGE, routing_key=name, durable=True) for name in dict.fromkeys(names)]
+    return [task_queue(name) for name in dict.fromkeys(names)]
 
 
 def control_queue() -> Queue:
@@ -79,8 +85,16 @@ def send_test(app: Celery, producer: Any, payload: Mapping[str, Any], queue: str
         task_id, RUN_TEST, args=[payload], kwargs={},
         argsrepr=f"[{spec.get('test_id')!r} attempt {payload.get('attempt')}]", kwargsrepr="{}",
     )
+    target: str | Queue = queue
+    declare: list[Queue] = []
+    if queue not in app.amqp.queues and is_route_queue(queue):
+        # A requirement queue (dtf.<kind>.r-<hash>, dtf.requirements): declared once per
+        # connection (kombu caches it), so its binding exists before a worker subscribes.
+        # Any other undeclared name still raises (task_create_missing_queues is off).
+        target = task_queue(queue)
+        declare = [target]
     with app.producer_or_acquire(producer) as pooled:  # None: one from the app's pool
-        app.amqp.send_task_message(pooled, RUN_TEST, message, queue=queue, declare=[])
+        app.amqp.send_task_message(pooled, RUN_TEST, message, queue=target, declare=declare)
 
 
 def task_id_for(run_id: str, test_id: str, attempt: int) -> str:

@@ -71,7 +71,7 @@ for command, name in (
     (serve.coordinator, None), (serve.worker, None), (serve.worker_health, "worker-health"),
     (fleet.detect, None), (fleet.workers, None), (serve.flower, None), (serve.dashboard, None),
     (fleet.deploy_script, "deploy-script"), (fleet.version, None), (fleet.keygen, None),
-    (runs.report, None), (runs.runs, None),
+    (runs.report, None), (runs.runs, None), (runs.cancel, None),
 ):
     app.command(name)(command)
 register_store_commands(app, errors_to_exit)  # dtf export, dtf import

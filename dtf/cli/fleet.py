@@ -97,9 +97,14 @@ def workers_table(rows: Sequence[dict[str, Any]], now: float) -> Table:
         style = _STATE_STYLE.get(state, "")
         reasons = "; ".join((h.get("guard") or {}).get("reasons") or [])
         shown = f"[{style}]{state}[/{style}]" if style else state
+        routing = h.get("routing") or {}
+        sick = "; ".join(f"{kind} off: {why}" for kind, why in (routing.get("unhealthy") or {}).items())
+        tags = ", ".join(routing.get("tags") or [])
         table.add_row(
-            w["worker_id"], w.get("hostname") or "", shown + (f" ({reasons})" if reasons and state == "constrained" else ""),
-            ", ".join(w.get("queues") or []), ", ".join((w.get("hardware") or {}).get("model_sources") or []) or "-",
+            w["worker_id"], w.get("hostname") or "",
+            shown + (f" ({reasons})" if reasons and state == "constrained" else "") + (f" (health check: {sick})" if sick else ""),
+            ", ".join(w.get("queues") or []) + (f" (tags {tags})" if tags else ""),
+            ", ".join((w.get("hardware") or {}).get("model_sources") or []) or "-",
             fmt_value(h.get("cpu_percent"), 0), fmt_value(h.get("memory_percent"), 0),
             fmt_value((h.get("load") or [None])[0]), fmt_value(h.get("disk_free_gb"), 1), _gpu_cell(h.get("gpus") or []),
             fmt_value(h.get("running")), h.get("profile") or "-",

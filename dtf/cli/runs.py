@@ -18,9 +18,10 @@ from rich.table import Table
 
 from .. import __version__
 from ..errors import DtfError
-from ..outcome import run_outcome, results_code, status_outcome
+from ..model import RunStatus
+from ..outcome import cancelled_outcome, run_outcome, results_code, status_outcome
 from ..settings import EMBEDDED_BROKER, redact_db
-from ..submission import baseline_choice, check_baseline, collect, prepare_suite, run_meta, unserved
+from ..submission import baseline_choice, check_baseline, collect, prepare_suite, run_meta, unserved, unserved_routes
 from . import common, progress
 from .common import (BaselineOpt, BrokerOpt, DataPathOpt, DbOpt, FailOnRegressionOpt, FormatOpt, OutputDirOpt, ReadDbOpt, TemplatesOpt,
                      conclude, errors_to_exit, fmt_value, info, open_store, table_or_json)
@@ -88,6 +89,8 @@ def finish(data: dict[str, Any], report_data: Optional[dict[str, Any]], status_n
     doc = build_report(report_data) if report_data is not None else None
     if doc is not None and output_dir is not None:
         write_reports(doc, output_dir, fail_on_regression)
+    if data["run"].get("status") == RunStatus.CANCELLED.value:
+        conclude(cancelled_outcome(data["run"]["run_id"], data["tests"]))
     conclude(run_outcome(data["run"]["run_id"], data["tests"], finished=status_now["finished"], timeout_s=timeout_s,
                          report=doc, fail_on_regression=fail_on_regression))
 
@@ -129,7 +132,15 @@ def run(
     with EmbeddedCluster(celery_app, queues=queues, workers=workers, profile=profile) as cluster:
         client = CoordinatorClient(celery_app)
         check_baseline(client, baseline)
-        run_id = client.submit(run_meta(parsed), tests)
+        meta = run_meta(parsed)
+        local = {"worker_id": "this machine", "queues": queues, "hardware": profile.to_dict(), "state": "online"}
+        lacking = unserved_routes([local], tests)
+        if lacking:  # nobody else will come: what this machine lacks is skipped, with the reason
+            meta["info"]["skip_routes"] = sorted(lacking)
+            for queue, entry in sorted(lacking.items()):
+                common.err.print(f"warning: this machine does not offer {entry['label']} on {entry['hardware']}: "
+                                 f"its {entry['tests']} tests are skipped", markup=False)
+        run_id = client.submit(meta, tests)
         info(f"run {run_id}: {len(tests)} tests, {workers} workers, queues {', '.join(queues)}, db {settings.safe_db}")
         status_now = progress.follow(client, run_id, timeout)
         data, report_data = collect(client, run_id, baseline, output_dir is not None)
@@ -152,12 +163,15 @@ def submit(
     baseline: BaselineOpt = None,
     fail_on_regression: FailOnRegressionOpt = False,
     wait_unserved: Annotated[bool, typer.Option("--wait-unserved", help="With --wait: also wait for hardware no live worker serves (default: its tests are skipped, and named).")] = False,
+    skip_unserved: Annotated[bool, typer.Option("--skip-unserved", help="Skip tests whose requirement set (requires:) or hardware no live worker offers, with that reason, instead of waiting.")] = False,
 ) -> None:
     """Submit a suite to the coordinator through the broker; --wait watches it to the end.
 
     With --wait, tests for hardware that no live worker serves (say cuda on a CPU-only
     cluster) are skipped with the reason, so the run finishes; --wait-unserved waits for
-    a worker instead.
+    a worker instead. Requirement sets (requires: in the suite) that no live worker
+    offers are named, with what each worker lacks, and waited for (workers may still be
+    starting); --skip-unserved skips them (and unserved hardware) with that reason.
 
     With --wait it writes the reports (--output-dir) and exits 0 when all passed, 1 on
     failures (or regressions with --fail-on-regression), 2 on bad input, an
@@ -178,11 +192,14 @@ def submit(
     check_baseline(client, baseline)
     meta = run_meta(parsed)
     client.check_payloads(meta, tests)  # an oversized test is refused before any broker call
+    if wait_unserved and skip_unserved:
+        raise DtfError("--wait-unserved and --skip-unserved contradict each other; give one")
     kinds_unserved = unserved(client, tests)
+    _report_unserved_routes(client, tests, meta, skip_unserved)
     if kinds_unserved:
         count = sum(1 for t in tests if t.spec.hardware in kinds_unserved)
         kinds = ", ".join(kinds_unserved)
-        if wait and not wait_unserved:
+        if (wait and not wait_unserved) or skip_unserved:
             meta["info"]["skip_hardware"] = kinds_unserved
             common.err.print(f"warning: no live worker serves {kinds}: its {count} tests are skipped (--wait-unserved waits for one)")
         else:
@@ -199,6 +216,48 @@ def submit(
     data, report_data = collect(client, run_id, baseline, output_dir is not None)
     emit(data, fmt)
     finish(data, report_data, status_now, timeout, output_dir, fail_on_regression)
+
+
+def _report_unserved_routes(client: Any, tests: Any, meta: dict[str, Any], skip: bool) -> None:
+    """Name the requirement sets no live worker offers (and what each live worker lacks);
+    with ``skip`` the coordinator skips their tests with that reason."""
+    if not any(t.spec.requires for t in tests):
+        return
+    workers = client.call("workers")
+    if not any(w.get("state") != "offline" for w in workers):
+        return  # no live worker at all (a cluster starting up): nothing to judge by
+    lacking = unserved_routes(workers, tests)
+    for queue, entry in sorted(lacking.items()):
+        what = "are skipped (--skip-unserved)" if skip else "wait until one starts (--skip-unserved skips them)"
+        common.err.print(f"warning: no live worker offers {entry['label']} on {entry['hardware']} ({queue}): "
+                         f"its {entry['tests']} tests {what}", markup=False)
+        for worker_id, missing in list(entry["lacking"].items())[:5]:
+            common.err.print(f"  {worker_id} lacks {'; '.join(missing)}", markup=False)
+    if skip and lacking:
+        meta["info"]["skip_routes"] = sorted(lacking)
+
+
+@errors_to_exit
+def cancel(
+    run_id: Annotated[str, typer.Argument(help="Run id printed by submit.")],
+    broker: BrokerOpt = None,
+) -> None:
+    """Cancel a run: queued tests are dropped, running ones stopped (their process groups
+    killed), and the run ends `cancelled` keeping the results that had finished.
+
+    The tests that did not finish are recorded skipped with the reason "cancelled". Exit 0:
+    the run is cancelled (or had already ended: said on stderr); 2: unknown run, no
+    broker or no coordinator answered.
+
+    Example: dtf cancel smoke-20261129-180000-abc123
+    """
+    client = common.coordinator_client(broker)
+    data = client.call("cancel", run_id=run_id)
+    if data.get("already_over"):
+        common.err.print(f"run {run_id} had already ended ({data['status']}); nothing to cancel", markup=False)
+        return
+    common.out.print(f"run {run_id} cancelled: {data['kept']} tests had finished and are kept, "
+                     f"{data['dropped']} queued dropped, {data['stopped']} running stopped", markup=False)
 
 
 @errors_to_exit

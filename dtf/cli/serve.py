@@ -84,7 +84,7 @@ def _serve_until_signal(serve: Callable[[], None], stop: threading.Event) -> Non
 def worker(
     broker: BrokerOpt = None,
     queues: Annotated[Optional[str], typer.Option("--queues", "-Q", envvar="DTF_QUEUES", help="Comma list: replaces the detected queues.")] = None,
-    tags: Annotated[Optional[str], typer.Option("--tags", envvar="DTF_TAGS", help="Comma list of extra tags/queues, e.g. gpu,cuda.")] = None,
+    tags: Annotated[Optional[str], typer.Option("--tags", envvar="DTF_TAGS", help="Comma list of tags this worker offers (suites ask with requires: {tags: [...]}), e.g. a100,nvlink.")] = None,
     no_cpu: Annotated[bool, typer.Option("--no-cpu", help="Do not consume dtf.cpu.")] = False,
     name: Annotated[Optional[str], typer.Option("--name", "-n", envvar="DTF_WORKER_NAME", help="Worker name (default dtf-<kinds>@<host>).")] = None,
     concurrency: Annotated[Optional[int], typer.Option("--concurrency", "-c", envvar="DTF_CONCURRENCY", help="Tests at the same time (default: from --profile).")] = None,
@@ -98,6 +98,7 @@ def worker(
     pool: Annotated[str, typer.Option("--pool", help="Celery pool: threads (default), prefork or solo.")] = "threads",
     events: Annotated[Optional[bool], typer.Option("--events/--no-events", help="Send Celery task events from the start (env DTF_TASK_EVENTS; Flower switches them on by itself).")] = None,
     loglevel: Annotated[str, typer.Option("--loglevel", "-l", envvar="DTF_LOG_LEVEL", help="DEBUG, INFO, WARNING, ERROR or CRITICAL (-q and -v override it).")] = "INFO",
+    health_check: Annotated[bool, typer.Option("--health-check/--no-health-check", help="Run a known-answer check per hardware kind before consuming its queues, and again periodically.")] = True,
 ) -> None:
     """Run a worker that consumes the queues this machine's hardware can serve.
 
@@ -132,9 +133,12 @@ def worker(
     celery_app = make_app(settings, extra_queues=extra)
     limits = GuardLimits(max_cpu, max_memory, max_gpu_memory, cooldown)
     runtime = WorkerRuntime(celery_app, worker_id=worker_id, queues=queue_list, profile=hw, execution=PROFILES[profile],
-                            limits=limits, max_rejections=max_rejections, heartbeat_interval_s=heartbeat)
+                            limits=limits, max_rejections=max_rejections, heartbeat_interval_s=heartbeat,
+                            tags=split(tags), health_checks=health_check)
     assembled = assemble_worker(celery_app, runtime, concurrency=concurrency, pool=pool, loglevel=loglevel)
     guard = ", ".join(f"{k.removeprefix('max_').replace('_', ' ')} <= {v:g}" for k, v in limits.to_dict().items() if k.startswith("max_") and v is not None)
+    for kind, reason in runtime.routing.unhealthy().items():
+        common.err.print(f"warning: {kind} health check failed; not consuming its queues: {reason}", markup=False)
     info(f"{worker_id}: queues {', '.join(queue_list)}; profile {profile}, concurrency {assembled.concurrency}"
          + (f"; guard {guard} (cool-down {cooldown:g} s)" if guard else "")
          + f"; broker {settings.safe_broker}" + (f"; replayed {assembled.replayed} spooled results" if assembled.replayed else ""))

@@ -7,7 +7,7 @@ from typing import Sequence
 
 from ..bus import TestTask, dumps, task_id_for, task_payload
 from ..errors import PayloadTooLarge
-from ..model import queue_for
+from ..requirements import queue_of
 from .state import CoordinatorState, from_json
 
 __all__ = ["DispatchPolicy"]
@@ -57,7 +57,7 @@ class DispatchPolicy(CoordinatorState):
             size = len(dumps(payload))
             if size > self.max_payload:
                 raise PayloadTooLarge(f"test {test_id}: payload is {size} bytes, over the {self.max_payload}-byte cap")
-            tasks.append((payload, queue_for(spec["hardware"]), task_id_for(run_id, test_id, attempt)))
+            tasks.append((payload, queue_of(spec), task_id_for(run_id, test_id, attempt)))
         self.port.send_tests(tasks)
 
     def _mark_published(self, run_id: str, items: Sequence[tuple[str, int]]) -> None:

@@ -13,7 +13,8 @@ import logging
 import time
 from typing import Any, Mapping
 
-from ..model import Status, TestSpec, queue_for
+from ..model import Status, TestSpec
+from ..requirements import queue_of
 from ..schedule import RunGraph
 from ..wire import heartbeat_from_wire, started_from_wire
 from .dispatch import DispatchPolicy
@@ -128,7 +129,7 @@ class LivenessPolicy(DispatchPolicy):
                 if now - since <= t.spec.timeout_s + self.grace_s:
                     continue
             else:
-                queue = queue_for(t.spec.hardware)
+                queue = queue_of(t.spec)
                 if queue not in depth:
                     depth[queue] = self.port.queue_depth(queue)
                 if now - since <= self.grace_s or depth[queue] != 0:

@@ -15,9 +15,9 @@ from ..bus import CONTROL_QUEUE, QUERY_OPS, KombuPort, control_queue, control_tr
     first_line, results_queue, wire_format
 from ..errors import DtfError, FencingError
 from ..wire import MessageRefused, check_control
+from .cancel import CancelPolicy
 from .liveness import LivenessPolicy
 from .queries import QueryPolicy
-from .results import ResultPolicy
 from .submits import SubmitPolicy
 
 __all__ = ["Coordinator"]
@@ -25,7 +25,7 @@ __all__ = ["Coordinator"]
 log = logging.getLogger("dtf.coordinator")
 
 
-class Coordinator(SubmitPolicy, ResultPolicy, QueryPolicy, LivenessPolicy):
+class Coordinator(SubmitPolicy, CancelPolicy, QueryPolicy, LivenessPolicy):
     """The event loop of the leader: moves messages between the broker, the schedule and the store.
 
     ``serve`` is the loop on a kombu connection; ``on_control``, ``on_result`` and ``tick`` are
@@ -111,6 +111,8 @@ class Coordinator(SubmitPolicy, ResultPolicy, QueryPolicy, LivenessPolicy):
                 self._on_heartbeat(body)
             elif op == "started":
                 self._on_started(body)
+            elif op == "cancel":
+                self._on_cancel(body)
             elif op in QUERY_OPS:
                 self._query(op, body)
             else:

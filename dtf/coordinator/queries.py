@@ -10,7 +10,10 @@ from typing import Any, Callable, Mapping
 from ..bus import QUERY_OPS
 from ..errors import DtfError, FencingError
 from ..model import queue_for
+from ..requirements import describe, queue_of
 from .state import CoordinatorState
+
+CANCEL_KEPT_S = 3600.0  # how long workers are told about a cancelled run (to drop its queued tests)
 
 __all__ = ["QueryPolicy", "QUERIES", "MAX_STATUS_WAIT_S", "Demoted"]
 
@@ -28,6 +31,36 @@ class QueryPolicy(CoordinatorState):
         super().__init__(*args, **kwargs)
         # Status queries held until their run finishes or their wait ends: (deadline, body).
         self._waiting: list[tuple[float, Mapping[str, Any]]] = []
+        self._route_sets: dict[str, list[dict[str, Any]]] = {}  # run id -> its requirement sets (dtf.requirements)
+
+    def routes(self) -> list[dict[str, Any]]:
+        """The requirement sets of the active runs: what workers subscribe to (the `routes` query)."""
+        # A cancelled run's sets stay named while workers are told of the cancel, so that
+        # they drain its queued tests (dropped unrun) from the requirement queues.
+        now = time.time()
+        draining = {r for r, at in self.cancelled.items() if now - at < CANCEL_KEPT_S}
+        self._route_sets = {r: sets for r, sets in self._route_sets.items() if r in self.runs or r in draining}
+        seen: dict[str, dict[str, Any]] = {}
+        for run_id in [*self.runs, *sorted(draining)]:
+            for entry in self._sets_of(run_id) if run_id in self.runs else self._route_sets.get(run_id, []):
+                seen.setdefault(entry["queue"], entry)
+        return sorted(seen.values(), key=lambda e: e["queue"])
+
+    def _sets_of(self, run_id: str) -> list[dict[str, Any]]:
+        """One active run's requirement sets, found once per run."""
+        graph = self.runs.get(run_id)
+        if graph is None:
+            return []
+        if run_id not in self._route_sets:
+            found: dict[str, dict[str, Any]] = {}
+            for t in graph.tests.values():
+                if t.spec.requires:
+                    queue = queue_of(t.spec)
+                    if queue not in found:
+                        found[queue] = {"queue": queue, "hardware": t.spec.hardware, "requires": dict(t.spec.requires),
+                                        "label": describe(t.spec.requires)}
+            self._route_sets[run_id] = list(found.values())
+        return self._route_sets[run_id]
 
     def _query(self, op: str, body: Mapping[str, Any]) -> None:
         """Answer one query, or hold a status query with ``wait_s``."""
@@ -86,6 +119,11 @@ class QueryPolicy(CoordinatorState):
             for hw, per in self.store.status_counts(run_id).items()
             if per.get("queued", 0) or per.get("pending", 0)
         }
+        # Requirement queues (dtf.requirements) nobody consumes, while their tests are open.
+        idle_sets = {e["queue"] for e in self._sets_of(run_id)} - served
+        graph = self.runs.get(run_id)
+        if idle_sets and graph is not None:
+            waiting |= idle_sets & {queue_of(t.spec) for t in graph.tests.values() if not t.final and t.spec.requires}
         return sorted(waiting - served)
 
     def status(self, run_id: str) -> dict[str, Any]:
@@ -151,7 +189,15 @@ def _metric_trends_op(c: QueryPolicy, body: Mapping[str, Any]) -> Any:
     return c.store.metric_trends(int(body.get("runs", 30)), suite_name=str(suite) if suite else None)
 
 
+def _routes_op(c: QueryPolicy, body: Mapping[str, Any]) -> Any:
+    """What workers ask at each heartbeat: the live runs' requirement sets, and the runs
+    cancelled lately (their running tests are stopped, their queued ones dropped)."""
+    now = time.time()
+    return {"routes": c.routes(), "cancelled": sorted(r for r, at in c.cancelled.items() if now - at < CANCEL_KEPT_S)}
+
+
 QUERIES: dict[str, Callable[[QueryPolicy, Mapping[str, Any]], Any]] = {
+    "routes": _routes_op,
     "status": _status_op,
     "results": _results_op,
     "runs": _runs_op,

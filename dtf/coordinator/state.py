@@ -66,6 +66,7 @@ class CoordinatorState:
         self.ingested = 0
         self.duplicates = 0  # results whose (run, test, attempt) was already stored: redeliveries
         self.refused = 0  # messages that failed their schema (dtf.wire): dead-lettered by this leader
+        self.cancelled: dict[str, float] = {}  # run id -> when `dtf cancel` ended it (dtf/coordinator/cancel.py)
 
     @property
     def demoted(self) -> bool:

@@ -9,6 +9,7 @@ from typing import Any, Mapping, Sequence
 
 from ..errors import HardwareError
 from ..model import HARDWARE_KINDS, RenderedTest, TestSpec
+from ..requirements import RequirementError, check_requires, describe, queue_of
 from ..schedule import RunGraph
 from .dispatch import DispatchPolicy
 
@@ -42,6 +43,7 @@ class SubmitPolicy(DispatchPolicy):
         try:
             tests = [RenderedTest.from_dict(t) for t in body["tests"]]
             _check_hardware(tests)
+            _check_requires(tests)
             error = None
         except HardwareError as exc:
             error = str(exc)
@@ -73,18 +75,38 @@ class SubmitPolicy(DispatchPolicy):
                 self._commit([], graph, graph.skip(missing, reason))
         else:
             self._skip_requested(graph)
+        self._skip_unserved_routes(graph)
         self._dispatch()
         self._finish_if_done(graph)
 
-    def _skip_requested(self, graph: RunGraph) -> None:
-        """Skip the hardware the submitter found no live worker for (`dtf submit --wait`
-        without --wait-unserved puts it in the run's info as ``skip_hardware``)."""
-        info = (self.store.run(graph.run_id) or {}).get("info")
+    def _run_info(self, run_id: str) -> dict[str, Any]:
+        info = (self.store.run(run_id) or {}).get("info")
         try:
             info = json.loads(info) if isinstance(info, str) else info
         except ValueError:
             info = None
-        kinds = info.get("skip_hardware") if isinstance(info, dict) else None
+        return info if isinstance(info, dict) else {}
+
+    def _skip_unserved_routes(self, graph: RunGraph) -> None:
+        """Skip the requirement sets the submitter found no live worker for (``skip_routes`` in
+        the run's info: `dtf submit --skip-unserved`, and `dtf run` for what this machine lacks)."""
+        routes = self._run_info(graph.run_id).get("skip_routes")
+        if not isinstance(routes, list) or not routes:
+            return
+        wanted = {str(q) for q in routes}
+        by_queue: dict[str, list[str]] = {}
+        for tid, t in graph.tests.items():
+            if not t.final and t.spec.requires and queue_of(t.spec) in wanted:
+                by_queue.setdefault(queue_of(t.spec), []).append(tid)
+        for queue, missing in sorted(by_queue.items()):
+            spec = graph.tests[missing[0]].spec
+            reason = f"unserved: no live worker offers {describe(spec.requires)} on {spec.hardware} ({queue})"
+            self._commit([], graph, graph.skip(missing, reason))
+
+    def _skip_requested(self, graph: RunGraph) -> None:
+        """Skip the hardware the submitter found no live worker for (`dtf submit --wait`
+        without --wait-unserved puts it in the run's info as ``skip_hardware``)."""
+        kinds = self._run_info(graph.run_id).get("skip_hardware")
         if not isinstance(kinds, list) or not kinds:
             return
         kinds = sorted({str(k) for k in kinds})
@@ -99,3 +121,13 @@ def _check_hardware(tests: Sequence[RenderedTest]) -> None:
     if unknown:  # the CLI refuses these; a forged submit must not reach the store either
         raise HardwareError(f"unknown hardware {', '.join(map(repr, unknown))} "
                             f"(expected one of {', '.join(HARDWARE_KINDS)})")
+
+
+def _check_requires(tests: Sequence[RenderedTest]) -> None:
+    """A forged submit's requires: must be what a suite could have said (dtf.requirements)."""
+    for t in tests:
+        if t.spec.requires:
+            try:
+                check_requires(t.spec.requires)
+            except RequirementError as exc:
+                raise HardwareError(f"test {t.spec.test_id}: requires: {exc}") from None

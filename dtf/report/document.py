@@ -9,7 +9,7 @@ import math
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping, Sequence
 
-from ..model import FAILING_ORDER, FINAL_ORDER, UNFINISHED_ORDER
+from ..model import FAILING_ORDER, FINAL_ORDER, UNFINISHED_ORDER, RunStatus
 from ..outcome import report_code
 from ..regression import Rule, compare_runs, count_verdicts, key_of
 from .parity import lift, parity_matrix, source_label, stack_table
@@ -225,7 +225,8 @@ def build_report(
         "generated_at": iso_time(generated_at if generated_at is not None else datetime.now(timezone.utc).timestamp()),
         "dtf_version": dtf_version,
         "run": _run_section(run, tests),
-        "outcome": _outcome(tests) if tests else "passed",
+        # A cancelled run did not finish, whatever its tests say (dtf cancel; exit 2 like any unfinished run).
+        "outcome": "incomplete" if run.get("status") == RunStatus.CANCELLED.value else (_outcome(tests) if tests else "passed"),
         "regressions": regressions,
         "totals": _totals(tests),
         "hardware": {hw: _totals([t for t in tests if t["hardware"] == hw])

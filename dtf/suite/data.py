@@ -24,15 +24,16 @@ MAX_ITERATIONS = 1_000_000
 RUN_SETTING_KEYS = ("timeout_s", "retries", "iterations", "warmup")
 SUITE_KEYS = (
     "name", "description", "defaults", "models", "hardware", "batch_sizes", "precisions",
-    *RUN_SETTING_KEYS, "depends_on", "chain_batch_sizes", "source", "parity", "tests",
+    *RUN_SETTING_KEYS, "depends_on", "chain_batch_sizes", "source", "parity", "tests", "requires",
 )
 SOURCE_KEYS = ("source", "weights", "path", "revision", "task", "parity")
 MODEL_KEYS = (
     "name", "family", "template", "params", "hardware", "batch_sizes", "precisions", *RUN_SETTING_KEYS, *SOURCE_KEYS,
+    "requires",
 )
 EDGE_KEYS = ("test", "after")
 # `tests:` entries: pytest files run as dtf tasks (collected and shipped by dtf.testtasks)
-TEST_KEYS = ("path", "args", "hardware", "split", "root", "timeout_s", "retries", "memory_gb")
+TEST_KEYS = ("path", "args", "hardware", "split", "root", "timeout_s", "retries", "memory_gb", "requires")
 TEST_SPLITS = ("file", "case")
 PYTEST_FAMILY = "pytest"
 PYTEST_TEMPLATE = "pytest/run"
@@ -62,6 +63,7 @@ class ModelEntry:
     overrides: Mapping[str, float | int] = field(default_factory=dict)  # subset of RUN_SETTING_KEYS
     source: ModelSource = ModelSource(source="synthetic")  # where the model comes from (resolved)
     source_keys: Mapping[str, Any] = field(default_factory=dict)  # the source keys as written
+    requires: Mapping[str, Any] | None = None  # replaces the suite's keys it states (dtf.requirements)
 
     @property
     def resolved_family(self) -> str:
@@ -97,6 +99,7 @@ class TestTaskEntry:
     timeout_s: float | None = None
     retries: int | None = None
     memory_gb: float | None = None
+    requires: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"path": self.path, "split": self.split}
@@ -107,6 +110,8 @@ class TestTaskEntry:
         for key in ("root", "timeout_s", "retries", "memory_gb"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
+        if self.requires:
+            out["requires"] = dict(self.requires)
         return out
 
 
@@ -128,6 +133,7 @@ class Suite:
     default_source: str = "hf"
     parity: bool = True
     tests: tuple[TestTaskEntry, ...] = ()
+    requires: Mapping[str, Any] = field(default_factory=dict)  # every test's, unless its model or entry says otherwise
 
     def to_dict(self) -> dict[str, Any]:
         """The suite as a JSON-safe document that `parse_suite` accepts again."""
@@ -144,6 +150,7 @@ class Suite:
             "source": self.default_source,
             "parity": self.parity,
             **({"tests": [t.to_dict() for t in self.tests]} if self.tests else {}),
+            **({"requires": dict(self.requires)} if self.requires else {}),
         } if self.models or not self.tests else self._tests_only_dict()
 
     def _tests_only_dict(self) -> dict[str, Any]:
@@ -174,4 +181,6 @@ def _model_to_dict(entry: ModelEntry) -> dict[str, Any]:
         out["params"] = copy.deepcopy(dict(entry.params))
     out.update(entry.overrides)
     out.update(entry.source_keys)
+    if entry.requires is not None:
+        out["requires"] = dict(entry.requires)
     return out

@@ -16,6 +16,7 @@ from ..errors import DtfError, SuiteError
 from ..model import TestSpec
 from ..models.source import MODEL_SOURCE_KEY, template_for
 from .data import PYTEST_FAMILY, Suite
+from ..requirements import merge_requires
 from .families import estimate_memory_gb, model_slug, priority
 from .graph import _dependency_map, validate_dependencies
 
@@ -131,6 +132,7 @@ def _expand_model(suite: Suite, index: int, slug: str, resolve: TemplateResolver
                     warmup=settings.warmup,
                     priority=priority(family, batch_size, precision, hardware),
                     memory_gb=estimate_memory_gb(family, batch_size, precision, hardware, entry.params),
+                    requires=merge_requires(suite.requires, entry.requires),
                 )
 
 

@@ -19,6 +19,7 @@ import yaml
 from ..errors import SuiteError
 from ..model import HARDWARE_KINDS, PRECISIONS
 from ..models.source import MODEL_SOURCES, TASKS, WEIGHTS, ModelSource
+from ..requirements import RequirementError, check_requires
 from .check import _Checker, _one_line, _show
 from .data import (
     EDGE_KEYS, MODEL_KEYS, RUN_SETTING_KEYS, SOURCE_KEYS, SUITE_KEYS, TEST_KEYS, TEST_SPLITS, DependencyEdge,
@@ -138,6 +139,7 @@ def parse_suite(data: object, path: str, *, source_hash: str | None = None) -> S
         default_source=default_source,
         parity=parity,
         tests=tests,
+        requires=_suite_requires(check, data),
     )
     if source_hash is None:
         canonical = json.dumps(suite.to_dict(), sort_keys=True, separators=(",", ":"))
@@ -155,13 +157,32 @@ def _read_defaults(check: _Checker, data: Mapping[str, object]) -> RunSettings:
     nested: dict[str, float | int] = {}
     if data.get("defaults") is not None:
         block = check.mapping(data["defaults"], "defaults", "a mapping of run settings")
-        check.known_keys(block, RUN_SETTING_KEYS, "defaults")
-        nested = check.run_settings(block, "defaults.")
+        check.known_keys(block, (*RUN_SETTING_KEYS, "requires"), "defaults")
+        nested = check.run_settings({k: v for k, v in block.items() if k != "requires"}, "defaults.")
     top = check.run_settings(data, "")
     for key in sorted(nested.keys() & top.keys()):
         if nested[key] != top[key]:
             raise check.error(key, f"set both here ({top[key]:g}) and in defaults ({nested[key]:g}); set it once")
     return _with_settings(RunSettings(), {**nested, **top})
+
+
+def _read_requires(check: _Checker, value: object, where: str) -> dict[str, Any]:
+    """A `requires:` mapping (dtf.requirements), errors named by their field path."""
+    try:
+        return check_requires(value, MODEL_SOURCES)
+    except RequirementError as exc:
+        raise check.error(f"{where}.{exc.field}" if exc.field else where, str(exc)) from None
+
+
+def _suite_requires(check: _Checker, data: Mapping[str, object]) -> dict[str, Any]:
+    """The suite's requirements: top-level `requires:` or `defaults.requires` (set it once)."""
+    block = data.get("defaults")
+    nested = block.get("requires") if isinstance(block, Mapping) else None
+    if nested is not None and data.get("requires") is not None:
+        raise check.error("requires", "set both here and in defaults; set it once")
+    if nested is not None:
+        return _read_requires(check, nested, "defaults.requires")
+    return _read_requires(check, data.get("requires"), "requires")
 
 
 def _suite_dir(path: str) -> Path:
@@ -260,6 +281,7 @@ def _read_test(check: _Checker, item: object, where: str) -> TestTaskEntry:
         timeout_s=float(settings["timeout_s"]) if "timeout_s" in settings else None,
         retries=int(settings["retries"]) if "retries" in settings else None,
         memory_gb=None if memory is None else check.positive_number(memory, f"{prefix}memory_gb", 1e6, " of GB"),
+        requires=None if spec.get("requires") is None else _read_requires(check, spec["requires"], f"{prefix}requires"),
     )
 
 
@@ -291,6 +313,7 @@ def _read_model(check: _Checker, item: object, where: str, default: ModelSource,
         batch_sizes=check.batch_sizes(spec, "batch_sizes", required=False, prefix=prefix),
         precisions=check.choices(spec, "precisions", PRECISIONS, "precision", required=False, prefix=prefix),
         overrides=check.run_settings(spec, prefix),
+        requires=None if spec.get("requires") is None else _read_requires(check, spec["requires"], f"{prefix}requires"),
     )
 
 
