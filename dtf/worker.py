@@ -39,6 +39,7 @@ from .bus import RESULTS_QUEUE, publish_control, result_body, results_queue, sen
 from .guard import GuardLimits, GuardState, ResourceGuard
 from .hardware import cpu_capacity, memory_capacity_gb
 from .health import HealthSample, HealthSampler
+from .stack import fingerprint as stack_fingerprint
 from .model import HARDWARE_KINDS, HardwareProfile, RenderedTest, TestResult, TestSpec, queue_for
 
 __all__ = [
@@ -334,6 +335,7 @@ class WorkerRuntime:
 
     # -- results: spool first, then publish ------------------------------------------------
     def publish_result(self, result: TestResult) -> None:
+        result = dataclasses.replace(result, metrics={**dict(result.metrics), "stack_fingerprint": stack_fingerprint()})
         path = self.spool / f"{uuid.uuid4().hex}.json"
         tmp = path.with_suffix(".tmp")
         body = result_body(result)
@@ -391,6 +393,7 @@ class WorkerRuntime:
             "guard": {**self.guard.state.to_dict(), "limits": self.guard.limits.to_dict(), "consuming": self.consuming},
             "profile": self.execution.name, "concurrency": self.concurrency,
             "heartbeat_interval_s": self.heartbeat_interval_s, "sent_at": time.time(),
+            "stack": stack_fingerprint(),  # what the result cache matches stored results against (dtf/cache.py)
         }
 
     def heartbeat_forever(self, stop: threading.Event) -> None:

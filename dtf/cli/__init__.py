@@ -19,6 +19,7 @@ from .common import Verbosity, err, errors_to_exit
 from .models import models_app
 from .templates import templates_app
 from .stores import register as register_store_commands
+from .history import register as register_history_commands
 
 __all__ = ["app", "main", "templates_app", "models_app"]
 
@@ -73,6 +74,7 @@ for command, name in (
 ):
     app.command(name)(command)
 register_store_commands(app, errors_to_exit)  # dtf export, dtf import
+register_history_commands(app, errors_to_exit)  # dtf predict, dtf scale, dtf quarantine
 
 
 def main() -> None:

@@ -25,7 +25,8 @@ from . import common, progress
 from .common import (BaselineOpt, BrokerOpt, DataPathOpt, DbOpt, FailOnRegressionOpt, FormatOpt, OutputDirOpt, ReadDbOpt, TemplatesOpt,
                      conclude, errors_to_exit, fmt_value, info, open_store, table_or_json)
 
-_STATUS_STYLE = {"passed": "green", "failed": "red", "error": "red", "timeout": "magenta", "skipped": "yellow"}
+_STATUS_STYLE = {"passed": "green", "flaky": "green", "cached": "green", "failed": "red", "error": "red",
+                 "timeout": "magenta", "quarantined": "yellow", "skipped": "yellow"}
 _REPORT_FORMATS = ("json", "md", "html", "junit")
 
 
@@ -92,6 +93,29 @@ def finish(data: dict[str, Any], report_data: Optional[dict[str, Any]], status_n
                          report=doc, fail_on_regression=fail_on_regression))
 
 
+ReuseOpt = Annotated[Optional[str], typer.Option(
+    "--reuse", flag_value="any", is_flag=False, metavar="[=MAX_AGE]",
+    help="Reuse a passing result of an earlier run for every test whose cache key (source, parameters, model revision, "
+         "hardware, stack) is unchanged: --reuse (any age) or --reuse=7d.")]
+OrderOpt = Annotated[str, typer.Option("--order", help="Dispatch order within a priority: lpt (longest predicted first), priority, fifo.")]
+
+
+def history_meta(meta: dict[str, Any], reuse: Optional[str], order: str) -> dict[str, Any]:
+    """The run info the coordinator reads at start (dtf/coordinator/history.py): reuse and ordering."""
+    from ..cache import parse_max_age
+    from ..schedule import ORDERINGS
+
+    if order not in ORDERINGS:
+        raise DtfError(f"--order: expected one of {', '.join(ORDERINGS)}, got {order!r}")
+    meta["info"]["ordering"] = order
+    if reuse is not None:
+        try:
+            meta["info"]["reuse"] = parse_max_age(reuse)  # None: any age
+        except ValueError as exc:
+            raise DtfError(str(exc)) from None
+    return meta
+
+
 # -- commands --------------------------------------------------------------------------------
 @errors_to_exit
 def run(
@@ -105,6 +129,8 @@ def run(
     output_dir: OutputDirOpt = None,
     baseline: BaselineOpt = None,
     fail_on_regression: FailOnRegressionOpt = False,
+    reuse: ReuseOpt = None,
+    order: OrderOpt = "lpt",
 ) -> None:
     """Run a suite here, embedded: in-process broker, coordinator and worker, local DuckDB.
 
@@ -129,7 +155,7 @@ def run(
     with EmbeddedCluster(celery_app, queues=queues, workers=workers, profile=profile) as cluster:
         client = CoordinatorClient(celery_app)
         check_baseline(client, baseline)
-        run_id = client.submit(run_meta(parsed), tests)
+        run_id = client.submit(history_meta(run_meta(parsed), reuse, order), tests)
         info(f"run {run_id}: {len(tests)} tests, {workers} workers, queues {', '.join(queues)}, db {settings.safe_db}")
         status_now = progress.follow(client, run_id, timeout)
         data, report_data = collect(client, run_id, baseline, output_dir is not None)
@@ -152,6 +178,8 @@ def submit(
     baseline: BaselineOpt = None,
     fail_on_regression: FailOnRegressionOpt = False,
     wait_unserved: Annotated[bool, typer.Option("--wait-unserved", help="With --wait: also wait for hardware no live worker serves (default: its tests are skipped, and named).")] = False,
+    reuse: ReuseOpt = None,
+    order: OrderOpt = "lpt",
 ) -> None:
     """Submit a suite to the coordinator through the broker; --wait watches it to the end.
 
@@ -176,7 +204,7 @@ def submit(
     parsed, tests = prepare_suite(suite, common.template_registry(settings, templates))
     client = CoordinatorClient(make_app(settings))
     check_baseline(client, baseline)
-    meta = run_meta(parsed)
+    meta = history_meta(run_meta(parsed), reuse, order)
     client.check_payloads(meta, tests)  # an oversized test is refused before any broker call
     kinds_unserved = unserved(client, tests)
     if kinds_unserved:

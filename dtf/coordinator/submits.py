@@ -3,14 +3,13 @@ starts when the last chunk is in: memory holds one chunk at a time, however larg
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any, Mapping, Sequence
 
 from ..errors import HardwareError
 from ..model import HARDWARE_KINDS, RenderedTest, TestSpec
 from ..schedule import RunGraph
-from .dispatch import DispatchPolicy
+from .history import HistoryPolicy, run_info
 
 __all__ = ["SubmitPolicy", "STALE_SUBMIT_AFTER_S"]
 
@@ -19,7 +18,7 @@ log = logging.getLogger("dtf.coordinator")
 STALE_SUBMIT_AFTER_S = 3600.0  # a submit whose chunks stopped coming this long ago is dropped
 
 
-class SubmitPolicy(DispatchPolicy):
+class SubmitPolicy(HistoryPolicy):
     def _on_submit_chunk(self, body: Mapping[str, Any], message: Any) -> None:
         """Store one chunk of a submit as it arrives, ack it, and start the run when the last
         chunk is in."""
@@ -42,6 +41,7 @@ class SubmitPolicy(DispatchPolicy):
         try:
             tests = [RenderedTest.from_dict(t) for t in body["tests"]]
             _check_hardware(tests)
+            tests = self._with_history(tests)
             error = None
         except HardwareError as exc:
             error = str(exc)
@@ -63,7 +63,7 @@ class SubmitPolicy(DispatchPolicy):
 
     def _start_run(self, run_id: str, specs: Sequence[TestSpec]) -> None:
         """Build a stored run's graph, skip what no worker can serve, publish what is ready."""
-        graph = RunGraph(run_id, specs)
+        graph = self._new_graph(run_id, specs)
         self.runs[run_id] = graph
         if self.servable is not None:
             missing = graph.unservable(self.servable)
@@ -73,18 +73,14 @@ class SubmitPolicy(DispatchPolicy):
                 self._commit([], graph, graph.skip(missing, reason))
         else:
             self._skip_requested(graph)
+        self._reuse_cached(graph)
         self._dispatch()
         self._finish_if_done(graph)
 
     def _skip_requested(self, graph: RunGraph) -> None:
         """Skip the hardware the submitter found no live worker for (`dtf submit --wait`
         without --wait-unserved puts it in the run's info as ``skip_hardware``)."""
-        info = (self.store.run(graph.run_id) or {}).get("info")
-        try:
-            info = json.loads(info) if isinstance(info, str) else info
-        except ValueError:
-            info = None
-        kinds = info.get("skip_hardware") if isinstance(info, dict) else None
+        kinds = run_info(self.store.run(graph.run_id)).get("skip_hardware")
         if not isinstance(kinds, list) or not kinds:
             return
         kinds = sorted({str(k) for k in kinds})
