@@ -10,6 +10,7 @@ version), templates, models; progress follows a run; common holds what they shar
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -83,4 +84,13 @@ def main() -> None:
 
     if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>` dumps every thread's stack: hangs are debuggable
         faulthandler.register(signal.SIGUSR1, all_threads=True)
-    app()
+    app(args=optional_values(sys.argv[1:]))
+
+
+#: Options whose value is optional: alone they mean this value (``--reuse`` = ``--reuse=any``).
+OPTIONAL_VALUES = {"--reuse": "any"}
+
+
+def optional_values(args: list[str]) -> list[str]:
+    """typer has no option with an optional value; a bare one gets its meaning spelled out."""
+    return [f"{a}={OPTIONAL_VALUES[a]}" if a in OPTIONAL_VALUES else a for a in args]

@@ -94,7 +94,7 @@ def finish(data: dict[str, Any], report_data: Optional[dict[str, Any]], status_n
 
 
 ReuseOpt = Annotated[Optional[str], typer.Option(
-    "--reuse", flag_value="any", is_flag=False, metavar="[=MAX_AGE]",
+    "--reuse", metavar="[=MAX_AGE]",
     help="Reuse a passing result of an earlier run for every test whose cache key (source, parameters, model revision, "
          "hardware, stack) is unchanged: --reuse (any age) or --reuse=7d.")]
 OrderOpt = Annotated[str, typer.Option("--order", help="Dispatch order within a priority: lpt (longest predicted first), priority, fifo.")]
