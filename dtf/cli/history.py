@@ -12,7 +12,7 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 
 from . import common
-from .common import DbOpt, JsonOpt, TemplatesOpt
+from .common import BrokerOpt, DbOpt, JsonOpt, ReadDbOpt, TemplatesOpt
 
 __all__ = ["register", "quarantine_app", "parse_duration"]
 
@@ -65,12 +65,11 @@ def _predict(suite: Path, db: Optional[str], templates: Optional[list[Path]], as
     common.out.print(table)
 
 
-def _scale_rows(db: Optional[str]) -> list[dict[str, Any]]:
-    from ..scale import advise, loads_from_rows
-
-    with common.open_store(_db(db)) as store:
-        loads = loads_from_rows(store.backlog_rows(), store.workers(), now=time.time())
-    return [a.to_dict() for a in advise(loads)]
+def _scale_rows(db: Optional[str], broker: Optional[str]) -> list[dict[str, Any]]:
+    if db is None:
+        return list(common.coordinator_client(broker, db_too=True).call("scale"))
+    with common.open_store(db) as store:
+        return list(store.scale_advice(time.time()))
 
 
 def register(app: typer.Typer, errors: Callable[[Any], Any]) -> None:
@@ -92,12 +91,16 @@ def register(app: typer.Typer, errors: Callable[[Any], Any]) -> None:
 
     @app.command("scale")
     @errors
-    def scale_cmd(db: DbOpt = None, as_json: JsonOpt = False) -> None:
+    def scale_cmd(db: ReadDbOpt = None, broker: BrokerOpt = None, as_json: JsonOpt = False) -> None:
         """Per queue: backlog (tests, predicted seconds), live workers, utilisation and add/remove/hold advice.
+
+        The rule (dtf/scale.py): add workers when the backlog would take longer than 600 s
+        x 1.25 on the live slots (or tests wait and no worker serves the queue); remove
+        some when utilisation is under 50% and the backlog drains in under 150 s; else hold.
 
         Example: dtf scale --db results.duckdb --json
         """
-        rows = _scale_rows(db)
+        rows = _scale_rows(db, broker)
         if as_json:
             common.out.print_json(json.dumps(rows))
             return

@@ -52,6 +52,9 @@ def print_results(data: dict[str, Any]) -> None:
     for row in data["tests"]:
         totals[row["status"]] = totals.get(row["status"], 0) + 1
     common.out.print("totals: " + ", ".join(f"{k} {v}" for k, v in sorted(totals.items())))
+    saved = [float((row.get("metrics") or {}).get("saved_s") or 0.0) for row in data["tests"] if row["status"] == "cached"]
+    if saved:
+        common.out.print(f"reused {len(saved)} cached result(s): {sum(saved):.1f} s of test time saved")
 
 
 def emit(data: dict[str, Any], fmt: str) -> None:

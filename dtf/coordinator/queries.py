@@ -151,6 +151,10 @@ def _metric_trends_op(c: QueryPolicy, body: Mapping[str, Any]) -> Any:
     return c.store.metric_trends(int(body.get("runs", 30)), suite_name=str(suite) if suite else None)
 
 
+def _scale_op(c: QueryPolicy, body: Mapping[str, Any]) -> Any:
+    return c.store.scale_advice(time.time())
+
+
 QUERIES: dict[str, Callable[[QueryPolicy, Mapping[str, Any]], Any]] = {
     "status": _status_op,
     "results": _results_op,
@@ -162,6 +166,7 @@ QUERIES: dict[str, Callable[[QueryPolicy, Mapping[str, Any]], Any]] = {
     "run_progress": _run_progress_op,
     "run_matrix": _run_matrix_op,
     "metric_trends": _metric_trends_op,
+    "scale": _scale_op,
 }
 
 assert set(QUERIES) == QUERY_OPS, "dtf.bus.QUERY_OPS must name exactly the coordinator's queries"

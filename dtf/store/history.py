@@ -74,6 +74,13 @@ class HistoryQueries:
         return self.query(  # type: ignore[attr-defined, no-any-return]
             "SELECT * FROM quarantine WHERE expires_at IS NULL OR expires_at > ? ORDER BY test_id, hardware", [now])
 
+    def scale_advice(self, now: float) -> list[dict[str, Any]]:
+        """dtf/scale.py's advice per queue, from the backlog and the live workers (``dtf scale``)."""
+        from ..scale import advise, loads_from_rows
+
+        loads = loads_from_rows(self.backlog_rows(), self.workers(), now=now)  # type: ignore[attr-defined]
+        return [a.to_dict() for a in advise(loads)]
+
     # -- scaling ------------------------------------------------------------------------------
     def backlog_rows(self) -> list[dict[str, Any]]:
         """Tests of running runs that wait or run: hardware, status and predicted seconds."""
