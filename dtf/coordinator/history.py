@@ -29,7 +29,7 @@ from typing import Any, Mapping, Sequence
 from ..cache import Candidate, cache_key, choose
 from ..flaky import Attempt, flake_rates, to_quarantine
 from ..model import RenderedTest, TestResult, TestSpec
-from ..predict import observations, predict
+from ..predict import Predictor, observations
 from ..schedule import ORDERINGS, RunGraph
 from ..stack import fingerprint
 from ..suite import estimate_memory_gb
@@ -58,18 +58,28 @@ def _static_memory(spec: TestSpec, batch_size: int) -> float:
 
 
 class HistoryPolicy(DispatchPolicy):
+    _predictor_for: tuple[str, Predictor] | None = None
+
     # -- at submit ------------------------------------------------------------------------------
-    def _with_history(self, tests: Sequence[RenderedTest]) -> list[RenderedTest]:
-        """The tests with their predictions and cache keys applied (see the module docstring)."""
-        if not tests:
-            return []
-        kinds = sorted({t.spec.hardware for t in tests})
+    def _predictor(self, submit_id: str) -> Predictor:
+        """The history indexed once per submit: its chunks share it."""
+        held = self._predictor_for
+        if held is not None and held[0] == submit_id:
+            return held[1]
         try:
-            history = observations(self.store.history_rows(kinds))
+            history = observations(self.store.history_rows())
         except Exception as exc:  # noqa: BLE001 - a prediction must never refuse a submit
             log.warning("no predictions: reading the history failed: %s", exc)
             history = []
-        predictions = predict([t.spec for t in tests], history, _static_memory)
+        predictor = Predictor(history, _static_memory)
+        self._predictor_for = (submit_id, predictor)
+        return predictor
+
+    def _with_history(self, tests: Sequence[RenderedTest], submit_id: str = "") -> list[RenderedTest]:
+        """The tests with their predictions and cache keys applied (see the module docstring)."""
+        if not tests:
+            return []
+        predictions = self._predictor(submit_id).predict([t.spec for t in tests])
         out = []
         for test, p in zip(tests, predictions):
             spec = test.spec

@@ -41,7 +41,7 @@ class SubmitPolicy(HistoryPolicy):
         try:
             tests = [RenderedTest.from_dict(t) for t in body["tests"]]
             _check_hardware(tests)
-            tests = self._with_history(tests)
+            tests = self._with_history(tests, submit_id)
             error = None
         except HardwareError as exc:
             error = str(exc)
@@ -53,6 +53,7 @@ class SubmitPolicy(HistoryPolicy):
         if staged < chunks:
             return
         done = self.store.finish_submit(submit_id, token=self.token())
+        self._predictor_for = None  # the submit's indexed history: not needed any more
         if done["error"] is None:
             self._start_run(run_id, [TestSpec.from_dict(spec) for spec in self.store.iter_specs(run_id)])
         else:
