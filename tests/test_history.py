@@ -25,7 +25,7 @@ from dtf.scale import advise, loads_from_rows
 from dtf.schedule import INFRA_RETRIES, RunGraph
 from dtf.store import Store
 
-from .conftest import REPO, dtf_cmd, dtf_env
+from .conftest import REPO, Processes, RedisServer, dtf_cmd, dtf_env
 
 TEMPLATES = REPO / "tests" / "fixtures" / "history_templates"
 RUN = "run"
@@ -340,3 +340,37 @@ def test_scale_advice_reads_the_backlog_and_live_workers_from_the_store(tmp_path
     assert (cpu["workers"], cpu["slots"]) == (1, 1)
     stale = loads_from_rows([], [{"worker_id": "w", "queues": ["dtf.cpu"], "state": "online", "last_seen": 0.0}], now=1e6)
     assert stale == [] and advise(stale) == []
+
+
+# -- the cache through Redis: the live workers' stacks come from their heartbeats ---------------------
+@pytest.mark.slow
+@pytest.mark.redis
+def test_submit_reuse_matches_the_stack_live_workers_report_in_heartbeats(
+    tmp_path: Path, redis_server: RedisServer, processes: Processes
+) -> None:
+    suite = write_suite(tmp_path)
+    db = tmp_path / "central.duckdb"
+    env = dtf_env(DTF_BROKER_URL=redis_server.url, DTF_SPOOL_DIR=str(tmp_path / "spool"),
+                  DTF_STATE_DIR=str(tmp_path / "state-dir"), DTF_HEARTBEAT_INTERVAL="1")
+    processes.start("coordinator", ["coordinator", "--db", str(db)], env, tmp_path)
+    processes.start("worker", ["worker", "--name", "w1@test", "--queues", "dtf.cpu", "--concurrency", "2",
+                               "--loglevel", "WARNING"], env, tmp_path)
+
+    def submit(*extra: str) -> dict[str, Any]:
+        proc = subprocess.run(dtf_cmd("submit", str(suite), "--wait", "--timeout", "300", "--format", "json",
+                                      "--templates", str(TEMPLATES), *extra),
+                              env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400)
+        assert "{" in proc.stdout, proc.stderr + processes.log("coordinator") + processes.log("worker")
+        return dict(json.loads(proc.stdout[proc.stdout.index("{"):]))
+
+    first = submit()
+    assert statuses(first)["flaky-model/cpu/bs1/fp32"] == "flaky"
+    second = submit("--reuse")
+    cached = {t["test_id"] for t in second["tests"] if t["status"] == "cached"}
+    assert cached == {"sleepy/cpu/bs1/fp32", "steady/cpu/bs1/fp32", "echo-model/cpu/bs1/fp32", "flaky-model/cpu/bs1/fp32"}
+    assert statuses(second)["broken-model/cpu/bs1/fp32"] == "failed"  # never passed: nothing to reuse
+    out = subprocess.run(dtf_cmd("scale", "--json"), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    (cpu,) = [q for q in json.loads(out.stdout) if q["queue"] == "dtf.cpu"]
+    # nothing waits or runs on the one live worker: utilisation 0 < 50%, so it could go
+    assert (cpu["workers"], cpu["slots"], cpu["backlog_tests"], cpu["action"], cpu["count"]) == (1, 2, 0, "remove", 1)
