@@ -173,4 +173,38 @@ def register(app: typer.Typer, errors: Callable[[Any], Any]) -> None:
                           time.strftime("%Y-%m-%d %H:%M", time.gmtime(float(expires))) if expires else "never")
         common.out.print(table if rows else "no test is quarantined")
 
+    @quarantine_app.command("rates")
+    @errors
+    def quarantine_rates(
+        db: DbOpt = None,
+        threshold: Annotated[float, typer.Option("--threshold", help="Flake rate automatic quarantine would act from.")] = 0.2,
+        window: Annotated[int, typer.Option("--window", help="Runs per (test, hardware) the rate is read over.")] = 20,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Flake rates per (test, hardware) over history, and which pairs automatic quarantine would take.
+
+        Example: dtf quarantine rates --db results.duckdb --threshold 0.2
+        """
+        from ..flaky import DEFAULT_MIN_RUNS, Attempt, flake_rates, to_quarantine
+
+        with common.open_store(_db(db)) as store:
+            rows = store.attempt_rows()
+        attempts = [Attempt(str(r["run_id"]), str(r["test_id"]), str(r["hardware"]), int(r["attempt"]), str(r["status"]),
+                            float(r["finished_at"] or 0.0)) for r in rows]
+        rates = sorted(flake_rates(attempts, window=window).values(), key=lambda r: (-r.rate, r.test_id, r.hardware))
+        taken = {(r.test_id, r.hardware) for r in to_quarantine(rates, threshold=threshold)}
+        out = [{**r.to_dict(), "would_quarantine": (r.test_id, r.hardware) in taken} for r in rates if r.flaky_runs]
+        if as_json:
+            common.out.print_json(json.dumps(out))
+            return
+        from rich.table import Table
+
+        table = Table("test", "hardware", "flake rate", "flaky runs", "runs", "failed runs", "auto quarantine")
+        for r in out:
+            table.add_row(str(r["test_id"]), str(r["hardware"]), f"{float(r['flake_rate']):.0%}", str(r["flaky_runs"]),
+                          str(r["runs"]), str(r["failed_runs"]), "yes" if r["would_quarantine"] else "")
+        common.out.print(table if out else "no test was flaky in its last runs")
+        common.info(f"automatic quarantine (DTF_AUTO_QUARANTINE={threshold:g}) takes pairs at or over the rate "
+                    f"with at least {DEFAULT_MIN_RUNS} runs")
+
     app.add_typer(quarantine_app, name="quarantine")
