@@ -48,6 +48,7 @@ class DashboardSource(Protocol):
     def matrix(self, run_id: str) -> list[dict[str, Any]]: ...
     def trends(self, runs: int, suite_name: str | None) -> list[dict[str, Any]]: ...
     def workers(self) -> list[dict[str, Any]]: ...
+    def scale(self) -> list[dict[str, Any]]: ...
 
 
 class BrokerSource:
@@ -67,6 +68,9 @@ class BrokerSource:
 
     def workers(self) -> list[dict[str, Any]]:
         return list(self.client.call("workers"))
+
+    def scale(self) -> list[dict[str, Any]]:
+        return list(self.client.call("scale"))
 
 
 class DbSource:
@@ -95,6 +99,9 @@ class DbSource:
 
     def workers(self) -> list[dict[str, Any]]:
         return list(self._with_store(lambda s: s.workers()))
+
+    def scale(self) -> list[dict[str, Any]]:
+        return list(self._with_store(lambda s: s.scale_advice(time.time())))
 
 
 class CachedSource:
@@ -130,6 +137,9 @@ class CachedSource:
 
     def workers(self) -> list[dict[str, Any]]:
         return list(self._get(("workers",), self.source.workers))
+
+    def scale(self) -> list[dict[str, Any]]:
+        return list(self._get(("scale",), self.source.scale))
 
 
 def dashboard_auth(env: Mapping[str, str]) -> WebAuth:
@@ -267,6 +277,7 @@ class DashboardServer(ThreadingHTTPServer):
             "/api/run": lambda q: {"run_id": _run_id(q), "matrix": source.matrix(_run_id(q))},
             "/api/trends": lambda q: source.trends(_int_arg(q, "runs", 30, 500), (q.get("suite") or [""])[0] or None),
             "/api/workers": lambda q: source.workers(),
+            "/api/scale": lambda q: source.scale(),
             "/healthz": lambda q: {"ok": True},
         }
         super().__init__((address, port), _Handler)
@@ -309,6 +320,10 @@ _INDEX_HTML = """<!doctype html>
 <section><h2>Workers</h2>
 <table id="workers"><thead><tr><th>worker</th><th>state</th><th>cpu %</th><th>mem %</th><th>load</th>
 <th>gpu mem %</th><th>running</th><th>last seen</th></tr></thead><tbody></tbody></table></section>
+<section><h2>Scaling</h2>
+<table id="scale"><thead><tr><th>queue</th><th>advice</th><th>backlog</th><th>backlog s</th><th>workers</th>
+<th>slots</th><th>running</th><th>utilisation</th><th>why</th></tr></thead><tbody></tbody></table>
+<p class="muted">dtf scale: add when the backlog takes over 750 s on the live slots, remove under 50% utilisation</p></section>
 </main></body></html>
 """
 
@@ -335,6 +350,7 @@ svg{width:480px;height:200px} .axis{stroke:#a0a7b4} .grid{stroke:#eceef1}
 _APP_JS = r"""
 'use strict';
 const FAILING = ['failed', 'error', 'timeout'];
+const PASSING = ['passed', 'flaky', 'cached'];
 const UNFINISHED = ['pending', 'queued', 'running'];
 let selected = decodeURIComponent(location.hash.slice(1)) || null;
 let trends = [];
@@ -369,7 +385,7 @@ function renderRuns(runs) {
   if (!selected && runs.length) selected = (runs.find(r => r.status === 'running') || runs[0]).run_id;
   for (const run of runs) {
     const c = run.counts || {};
-    const n = total(c) || 1, passed = c.passed || 0, failing = sum(c, FAILING), skipped = c.skipped || 0;
+    const n = total(c) || 1, passed = sum(c, PASSING), failing = sum(c, FAILING), skipped = (c.skipped || 0) + (c.quarantined || 0);
     const done = passed + failing + skipped;
     const bar = el('span', {class: 'bar'});
     for (const [cls, k] of [['passed', passed], ['failing', failing], ['skipped', skipped]]) {
@@ -406,9 +422,9 @@ function renderMatrix(data) {
       const cell = data.matrix.find(c => c.model === model && c.hardware === hw);
       if (!cell) return el('td', {}, '');
       const c = cell.counts, cls = sum(c, FAILING) ? 'cell-fail' : sum(c, UNFINISHED) ? 'cell-wait'
-        : (c.passed ? 'cell-pass' : 'cell-skip');
+        : (sum(c, PASSING) ? 'cell-pass' : 'cell-skip');
       const why = cell.failures.map(f => `${f.test_id}: ${f.status} ${f.reason}`).join('\n');
-      return el('td', {class: cls, title: why}, `${c.passed || 0}/${total(c)}`);
+      return el('td', {class: cls, title: why}, `${sum(c, PASSING)}/${total(c)}`);
     });
     body.append(el('tr', {}, label, ...cells));
   }
@@ -461,6 +477,15 @@ function renderWorkers(workers) {
   }));
 }
 
+function renderScale(rows) {
+  const body = document.querySelector('#scale tbody');
+  body.replaceChildren(...rows.map(r => el('tr', {}, el('td', {}, r.queue),
+    el('td', {class: 'advice-' + r.action}, r.action === 'hold' ? 'hold' : `${r.action} ${r.count}`),
+    el('td', {}, r.backlog_tests), el('td', {}, fmt(r.backlog_s, 0)), el('td', {}, r.workers), el('td', {}, r.slots),
+    el('td', {}, r.running), el('td', {}, r.utilisation === null ? '-' : fmt(100 * r.utilisation, 0) + '%'),
+    el('td', {}, r.reason))));
+}
+
 let tick = 0;
 async function refresh() {
   try {
@@ -468,6 +493,7 @@ async function refresh() {
     renderMatrix(selected ? await getJson('/api/run?run_id=' + encodeURIComponent(selected)) : null);
     if (tick % 5 === 0) { trends = await getJson('/api/trends?runs=30'); renderTrends(); }
     if (tick % 3 === 0) renderWorkers(await getJson('/api/workers'));
+    if (tick % 3 === 0) renderScale(await getJson('/api/scale'));
     document.getElementById('updated').textContent = 'updated ' + new Date().toLocaleTimeString();
     showError(null);
   } catch (err) {

@@ -65,6 +65,7 @@ OPERATOR_VARS: tuple[EnvVar, ...] = (
     EnvVar("DTF_LEADER_TTL_MS", "Lease of the leader coordinator, in milliseconds."),
     EnvVar("DTF_CONTROL_VISIBILITY_TIMEOUT", "Seconds before an unacknowledged coordinator request is redelivered."),
     EnvVar("DTF_RECONCILE_GRACE", "Seconds past its timeout before a silent test is published again."),
+    EnvVar("DTF_AUTO_QUARANTINE", "Flake rate (0-1) from which the coordinator quarantines a test on a hardware kind; unset: off."),
     EnvVar("DTF_MAX_CPU_PERCENT", "Resource guard: a worker takes no new tests while CPU use is above this."),
     EnvVar("DTF_MAX_MEMORY_PERCENT", "Resource guard: a worker takes no new tests while memory use is above this."),
     EnvVar("DTF_MAX_GPU_MEMORY_PERCENT", "Resource guard: no new tests while any GPU's memory use is above this."),

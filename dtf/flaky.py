@@ -8,6 +8,9 @@ attempt of a test in a run). Definitions, the ones PyTorch's CI and most flaky-t
 - its **flake rate** on a hardware kind is the share of its recent runs (the last `window`
   runs that finished it) in which it was flaky; a run that failed every attempt counts as
   failed, not flaky;
+- an **infrastructure error** is an ``error`` whose message says the machinery failed, not
+  the test (`INFRASTRUCTURE_ERRORS`: the test process could not start, the fork server died
+  under it, the worker was lost); dtf/schedule.py retries those with a backoff;
 - **automatic quarantine** proposes (test, hardware) pairs whose flake rate is at least
   `threshold` over at least `min_runs` runs, so one unlucky run never quarantines a test.
 """
@@ -19,13 +22,20 @@ from typing import Iterable, Sequence
 
 from .model import FAILING_STATUSES, Status
 
-__all__ = ["Attempt", "FlakeRate", "run_outcome", "flake_rates", "to_quarantine",
-           "DEFAULT_WINDOW", "DEFAULT_THRESHOLD", "DEFAULT_MIN_RUNS"]
+__all__ = ["Attempt", "FlakeRate", "run_outcome", "flake_rates", "to_quarantine", "infrastructure_error",
+           "INFRASTRUCTURE_ERRORS", "DEFAULT_WINDOW", "DEFAULT_THRESHOLD", "DEFAULT_MIN_RUNS"]
 
 DEFAULT_WINDOW = 20
 DEFAULT_THRESHOLD = 0.2
 DEFAULT_MIN_RUNS = 5
 _FAILING = {s.value for s in FAILING_STATUSES}
+# How the runner and worker word errors that are the machinery's fault, not the test's.
+INFRASTRUCTURE_ERRORS = ("cannot start test:", "the fork server exited", "worker lost", "infrastructure:")
+
+
+def infrastructure_error(status: str, error: str | None) -> bool:
+    """Whether a failing attempt failed for a reason outside the test (retried with backoff)."""
+    return status == Status.ERROR.value and bool(error) and str(error).lower().startswith(INFRASTRUCTURE_ERRORS)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,8 @@ __all__ = [
     "FINAL_STATUSES",
     "FAILING_STATUSES",
     "UNFINISHED_STATUSES",
+    "PASSING_STATUSES",
+    "PASSING_ORDER",
     "FINAL_ORDER",
     "FAILING_ORDER",
     "UNFINISHED_ORDER",
@@ -38,15 +40,24 @@ PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8")
 
 
 class Status(str, enum.Enum):
-    """Life cycle of one test. The last five are final."""
+    """Life cycle of one test. The last eight are final.
+
+    A worker reports only passed, failed, error, timeout or skipped for an attempt; the
+    coordinator alone gives a test the other final statuses: ``flaky`` (an attempt failed,
+    a retry passed; dtf/flaky.py), ``cached`` (a passing result with the same cache key was
+    reused; dtf/cache.py) and ``quarantined`` (the test failed while quarantined). None of
+    the three fails a run."""
 
     PENDING = "pending"
     QUEUED = "queued"
     RUNNING = "running"
     PASSED = "passed"
+    FLAKY = "flaky"
+    CACHED = "cached"
     FAILED = "failed"
     ERROR = "error"
     TIMEOUT = "timeout"
+    QUARANTINED = "quarantined"
     SKIPPED = "skipped"
 
     def __str__(self) -> str:
@@ -55,10 +66,14 @@ class Status(str, enum.Enum):
 
 # The one status vocabulary. Status is a str enum, so these hold for plain strings too
 # ("failed" in FAILING_STATUSES); the *_ORDER tuples are the order reports show them in.
-FINAL_ORDER: tuple[Status, ...] = (Status.PASSED, Status.FAILED, Status.ERROR, Status.TIMEOUT, Status.SKIPPED)
+FINAL_ORDER: tuple[Status, ...] = (Status.PASSED, Status.FLAKY, Status.CACHED, Status.FAILED, Status.ERROR,
+                                   Status.TIMEOUT, Status.QUARANTINED, Status.SKIPPED)
 FAILING_ORDER: tuple[Status, ...] = (Status.FAILED, Status.ERROR, Status.TIMEOUT)
 UNFINISHED_ORDER: tuple[Status, ...] = (Status.PENDING, Status.QUEUED, Status.RUNNING)
+# A dependant may start after any of these, and they count as passing in every report.
+PASSING_ORDER: tuple[Status, ...] = (Status.PASSED, Status.FLAKY, Status.CACHED)
 FINAL_STATUSES = frozenset(FINAL_ORDER)
+PASSING_STATUSES = frozenset(PASSING_ORDER)
 FAILING_STATUSES = frozenset(FAILING_ORDER)
 UNFINISHED_STATUSES = frozenset(UNFINISHED_ORDER)
 
@@ -121,6 +136,11 @@ class TestSpec:
     memory_gb: float = 0.0
     depends_on: tuple[str, ...] = ()
     requires: Mapping[str, Any] = field(default_factory=dict)  # what the worker must offer (dtf.requirements)
+    # Set by the coordinator at submit from the results history (dtf/predict.py): the
+    # predicted median duration, which orders dispatch longest-first within a priority
+    # (None: nothing known), and the result cache key (dtf/cache.py).
+    predicted_s: float | None = None
+    cache_key: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         # Field by field: dataclasses.asdict recurses through every value and was a tenth of

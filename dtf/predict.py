@@ -30,7 +30,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from .model import TestSpec
 
-__all__ = ["Observation", "Prediction", "predict", "DEFAULT_TIMEOUT_MULTIPLE", "DEFAULT_TIMEOUT_FLOOR_S"]
+__all__ = ["Observation", "Prediction", "Predictor", "predict", "observations", "DEFAULT_TIMEOUT_MULTIPLE", "DEFAULT_TIMEOUT_FLOOR_S"]
 
 DEFAULT_TIMEOUT_MULTIPLE = 3.0  # a predicted timeout is this many times the predicted p95 ...
 DEFAULT_TIMEOUT_FLOOR_S = 60.0  # ... and never under this
@@ -87,32 +87,40 @@ def predict(specs: Sequence[TestSpec], history: Iterable[Observation], static_me
     """One prediction per spec, in the specs' order. ``static_memory_gb(spec, batch_size)`` is
     the suite's own estimate for that spec at another batch size (used to scale a single
     observed batch size's memory)."""
-    by_test: dict[tuple[str, str], list[Observation]] = {}
-    by_model: dict[tuple[str, str, str], list[Observation]] = {}
-    by_family: dict[tuple[str, str, str], list[Observation]] = {}
-    for obs in history:
-        if not (obs.duration_s >= 0 and math.isfinite(obs.duration_s)):
-            continue
-        by_test.setdefault((obs.test_id, obs.hardware), []).append(obs)
-        by_model.setdefault((obs.model, obs.hardware, obs.precision), []).append(obs)
-        by_family.setdefault((obs.family, obs.hardware, obs.precision), []).append(obs)
-    out = []
-    for spec in specs:
-        same = by_test.get((spec.test_id, spec.hardware))
+    return Predictor(history, static_memory_gb).predict(specs)
+
+
+class Predictor:
+    """The history indexed once, for predicting many specs (a large submit arrives in chunks)."""
+
+    def __init__(self, history: Iterable[Observation], static_memory_gb: StaticMemory) -> None:
+        self.static_memory_gb = static_memory_gb
+        self.by_test: dict[tuple[str, str], list[Observation]] = {}
+        self.by_model: dict[tuple[str, str, str], list[Observation]] = {}
+        self.by_family: dict[tuple[str, str, str], list[Observation]] = {}
+        for obs in history:
+            if not (obs.duration_s >= 0 and math.isfinite(obs.duration_s)):
+                continue
+            self.by_test.setdefault((obs.test_id, obs.hardware), []).append(obs)
+            if obs.batch_size > 0:
+                self.by_model.setdefault((obs.model, obs.hardware, obs.precision), []).append(obs)
+                self.by_family.setdefault((obs.family, obs.hardware, obs.precision), []).append(obs)
+
+    def predict(self, specs: Sequence[TestSpec]) -> list[Prediction]:
+        return [self.one(spec) for spec in specs]
+
+    def one(self, spec: TestSpec) -> Prediction:
+        same = self.by_test.get((spec.test_id, spec.hardware))
         if same:
-            out.append(_from_test(spec, same))
-            continue
-        model = [o for o in by_model.get((spec.model, spec.hardware, spec.precision), ()) if o.batch_size > 0]
+            return _from_test(spec, same)
+        model = self.by_model.get((spec.model, spec.hardware, spec.precision))
         if model:
-            out.append(_from_batch_sizes(spec, model, static_memory_gb))
-            continue
-        family = [o for o in by_family.get((spec.family, spec.hardware, spec.precision), ()) if o.batch_size > 0]
+            return _from_batch_sizes(spec, model, self.static_memory_gb)
+        family = self.by_family.get((spec.family, spec.hardware, spec.precision))
         if family:
-            out.append(_from_family(spec, family))
-            continue
-        out.append(Prediction(spec.test_id, "static", "no history: the suite's static memory estimate", 0,
-                              None, None, round(spec.memory_gb, 4)))
-    return out
+            return _from_family(spec, family)
+        return Prediction(spec.test_id, "static", "no history: the suite's static memory estimate", 0,
+                          None, None, round(spec.memory_gb, 4))
 
 
 def _from_test(spec: TestSpec, rows: Sequence[Observation]) -> Prediction:

@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+import json
+from typing import Any, Mapping, Sequence
 
-__all__ = ["QueueLoad", "ScalePolicy", "Advice", "advise"]
+__all__ = ["QueueLoad", "ScalePolicy", "Advice", "advise", "loads_from_rows", "LIVE_AFTER_S"]
+
+LIVE_AFTER_S = 45.0  # a worker whose last heartbeat is older than this is not counted (the coordinator's offline rule)
 
 
 @dataclass(frozen=True)
@@ -103,3 +106,35 @@ def _advise(load: QueueLoad, p: ScalePolicy) -> Advice:
                                          f"(cool-down {p.cooldown_s:.0f} s)")
             return advice("remove", count, f"utilisation {utilisation:.0%} and the backlog drains in {drain_s or 0:.0f} s")
     return advice("hold", 0, "backlog drains within the target" if tests else "nothing waits")
+
+
+def loads_from_rows(backlog: Sequence[Mapping[str, Any]], workers: Sequence[Mapping[str, Any]], *, now: float,
+                    live_after_s: float = LIVE_AFTER_S) -> list[QueueLoad]:
+    """One QueueLoad per hardware queue from store rows: ``backlog`` (hardware, status,
+    predicted_s) of the tests of running runs that wait or run, and ``workers`` (queues,
+    state, health with its concurrency, last_seen). Queues named ``dtf.<hardware>``."""
+    waiting: dict[str, list[float | None]] = {}
+    running: dict[str, int] = {}
+    for row in backlog:
+        queue = f"dtf.{row['hardware']}"
+        if row.get("status") == "running":
+            running[queue] = running.get(queue, 0) + 1
+        else:
+            predicted = row.get("predicted_s")
+            waiting.setdefault(queue, []).append(float(predicted) if isinstance(predicted, (int, float)) else None)
+    slots: dict[str, list[int]] = {}
+    for row in workers:
+        if row.get("state") == "offline" or now - float(row.get("last_seen") or 0.0) > live_after_s:
+            continue
+        health = row.get("health")
+        if isinstance(health, str):
+            try:
+                health = json.loads(health)
+            except ValueError:
+                health = {}
+        concurrency = health.get("concurrency") if isinstance(health, dict) else None
+        for queue in row.get("queues") or ():
+            if str(queue).count(".") == 1:  # dtf.<hardware>, not the tag queues
+                slots.setdefault(str(queue), []).append(int(concurrency) if isinstance(concurrency, int) and concurrency > 0 else 1)
+    queues = sorted(set(waiting) | set(running) | set(slots))
+    return [QueueLoad(q, tuple(waiting.get(q, ())), running.get(q, 0), tuple(slots.get(q, ()))) for q in queues]

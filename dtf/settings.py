@@ -193,6 +193,7 @@ class Settings:
     leader_ttl_ms: int = 10_000  # the coordinator lease; keep it above the Sentinel failover time
     control_visibility_timeout_s: int = 30  # coordinator queues: redelivery after a leader dies
     reconcile_grace_s: int = 60  # silence allowed beyond a test's timeout before re-publishing
+    auto_quarantine: float | None = None  # flake rate from which a (test, hardware) is quarantined (dtf/flaky.py)
     signing_keys: tuple[str, ...] = field(default=(), repr=False)  # HMAC keys (dtf.signing); the first signs
     signing_max_age_s: int = 7 * 86400  # a signed message older than this is refused
     # Celery task events (task-received/started/succeeded) cost a broker publish each, per
@@ -271,6 +272,13 @@ class Settings:
                 values["redis_socket_timeout_s"] = float(env["DTF_REDIS_SOCKET_TIMEOUT"])
             except ValueError:
                 raise DtfError(f"DTF_REDIS_SOCKET_TIMEOUT: expected seconds, got {env['DTF_REDIS_SOCKET_TIMEOUT']!r}") from None
+        if env.get("DTF_AUTO_QUARANTINE"):
+            try:
+                values["auto_quarantine"] = float(env["DTF_AUTO_QUARANTINE"])
+            except ValueError:
+                raise DtfError(f"DTF_AUTO_QUARANTINE: expected a flake rate such as 0.2, got {env['DTF_AUTO_QUARANTINE']!r}") from None
+            if not 0 < values["auto_quarantine"] <= 1:
+                raise DtfError(f"DTF_AUTO_QUARANTINE: expected a flake rate in (0, 1], got {env['DTF_AUTO_QUARANTINE']!r}")
         if env.get("DTF_TASK_EVENTS"):
             values["task_events"] = _flag(env["DTF_TASK_EVENTS"], "DTF_TASK_EVENTS")
         if env.get("DTF_SENTINELS"):

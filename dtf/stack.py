@@ -18,7 +18,7 @@ from functools import lru_cache
 from importlib import metadata
 from typing import Any
 
-__all__ = ["stack", "package_versions", "PACKAGES", "nvidia_driver"]
+__all__ = ["stack", "package_versions", "PACKAGES", "nvidia_driver", "fingerprint"]
 
 # Distribution names whose versions every result records (None when not installed).
 PACKAGES = ("dtf", "numpy", "torch", "transformers", "timm", "onnxruntime", "onnxruntime-gpu",
@@ -40,6 +40,15 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]
         out["onnxruntime"] = out["onnxruntime-gpu"]
     out.pop("onnxruntime-gpu", None)
     return out
+
+
+@lru_cache(maxsize=1)
+def fingerprint() -> str:
+    """This process's stack fingerprint (dtf/cache.py): Python and the PACKAGES versions.
+    Workers report it in heartbeats and record it with every result."""
+    from .cache import stack_fingerprint
+
+    return stack_fingerprint(platform.python_version(), package_versions())
 
 
 @lru_cache(maxsize=1)

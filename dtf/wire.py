@@ -62,7 +62,8 @@ MAX_ID_CHARS = 512  # run, test, worker ids, hostnames, queue names
 MAX_TEXT_CHARS = 64 * 1024  # error, stderr tail
 MAX_MAP_BYTES = 256 * 1024  # metrics, a heartbeat's hardware and health, as JSON
 MAX_QUEUES = 64
-RESULT_STATUSES = frozenset(s.value for s in FINAL_STATUSES)
+# What a worker may report for an attempt: flaky, cached and quarantined are the coordinator's alone.
+RESULT_STATUSES = frozenset(s.value for s in FINAL_STATUSES) - {"flaky", "cached", "quarantined"}
 WORKER_STATES = frozenset({"online", "constrained", "offline"})
 REPLY_TO = re.compile(r"dtf\.reply\.[A-Za-z0-9_-]{1,64}")  # a reply queue, never a work queue
 CONTROL_OPS = frozenset({"submit", "heartbeat", "started", "cancel"})  # plus dtf.bus.QUERY_OPS

@@ -39,6 +39,7 @@ from .bus import RESULTS_QUEUE, publish_control, result_body, results_queue, sen
 from .guard import GuardLimits, GuardState, ResourceGuard
 from .hardware import cpu_capacity, memory_capacity_gb
 from .health import HealthSample, HealthSampler
+from .stack import fingerprint as stack_fingerprint
 from .model import HARDWARE_KINDS, HardwareProfile, RenderedTest, TestResult, TestSpec, queue_for
 from .reservations import Reservations
 from .routing import RouteTable
@@ -374,6 +375,7 @@ class WorkerRuntime:
 
     # -- results: spool first, then publish ------------------------------------------------
     def publish_result(self, result: TestResult) -> None:
+        result = dataclasses.replace(result, metrics={**dict(result.metrics), "stack_fingerprint": stack_fingerprint()})
         path = self.spool / f"{uuid.uuid4().hex}.json"
         tmp = path.with_suffix(".tmp")
         body = result_body(result)
@@ -433,6 +435,7 @@ class WorkerRuntime:
             "profile": self.execution.name, "concurrency": self.concurrency,
             "routing": self.routing.report(), "reservations": self.reservations.report(),
             "heartbeat_interval_s": self.heartbeat_interval_s, "sent_at": time.time(),
+            "stack": stack_fingerprint(),  # what the result cache matches stored results against (dtf/cache.py)
         }
 
     def heartbeat_forever(self, stop: threading.Event) -> None:

@@ -24,7 +24,7 @@ import pytest
 from .conftest import REPO
 
 PACKAGE = REPO / "dtf"
-PURE_CORE = ("dtf.model", "dtf.parity", "dtf.predict", "dtf.flaky", "dtf.scale", "dtf.schedule", "dtf.suite",
+PURE_CORE = ("dtf.model", "dtf.parity", "dtf.predict", "dtf.flaky", "dtf.scale", "dtf.cache", "dtf.schedule", "dtf.suite",
              "dtf.models.source", "dtf.errors", "dtf.paths", "dtf.harness", "dtf.outcome")
 HEAVY = ("celery", "kombu", "redis", "duckdb", "pyarrow", "torch", "transformers", "timm", "onnxruntime", "jinja2",
          "dtf.store", "dtf.app", "dtf.coordinator", "dtf.worker")

@@ -100,3 +100,13 @@ def test_render_bench_covers_the_builtin_cpu_templates() -> None:
         assert row["dtf_renders_per_s"] > 0 and row["source_bytes"] > 0
         assert_summary(row["dtf_wall_s"])
     assert r["overall"]["dtf_renders_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_schedule_bench_reports_makespans_against_the_lower_bound() -> None:
+    r = run_bench("schedule.py")
+    assert set(r["runs"]) == {"fifo", "priority", "lpt"}
+    for run in r["runs"].values():
+        assert run["tests"] == r["tests"] and run["makespan_s"] > 0
+        assert run["lower_bound_s"] >= run["longest_s"] > 0
+    assert isinstance(r["goal_lpt_within_1_1x"], bool)

@@ -7,11 +7,14 @@ demoted leader: each asserted on what was stored, published, replied and acked."
 
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
+from dtf.cache import cache_key
 from dtf.app import make_app
 from dtf.bus import MemoryMessage, MemoryPort, submit_bodies, task_id_for, task_payload
 from dtf.coordinator import Coordinator
@@ -71,9 +74,11 @@ def test_a_chunked_submit_is_stored_answered_and_only_ready_tests_are_published(
     messages = send_submit(c, "run-1", tests, chunk_size=2)
     assert [m.acked for m in messages] == [True, True]
     assert port.replies[REPLIES] == [{"ok": True, "data": {"run_id": "run-1"}, "correlation_id": "c-submit"}]
-    # The task is the one payload dtf.bus builds, from the stored test; c waits for a.
+    # The task is the one payload dtf.bus builds, from the stored test (with the cache key
+    # the coordinator computed at submit, dtf/cache.py); c waits for a.
     tasks = port.take("dtf.cpu")
-    assert tasks == [task_payload("run-1", 1, t) for t in tests[:2]]
+    keyed = [dataclasses.replace(t, spec=dataclasses.replace(t.spec, cache_key=cache_key(t))) for t in tests[:2]]
+    assert tasks == [task_payload("run-1", 1, t) for t in keyed]
     assert port.task_ids == [task_id_for("run-1", t, 1) for t in ("a", "b")]
     assert {r["test_id"]: r["status"] for r in store.tests("run-1")} == {"a": "queued", "b": "queued", "c": "pending"}
 

@@ -113,3 +113,18 @@ def test_any_model_name_and_error_text_give_valid_xml(model: str, error: str) ->
     schema = xmlschema.XMLSchema(str(XSD))
     text = render(build_report(run_row(), [row_for(model, status="failed", error=error, stderr_tail=error)]), "junit")
     schema.validate(text)
+
+
+def test_flaky_cached_and_quarantined_tests_do_not_fail_the_build(tmp_path: Path, schema: xmlschema.XMLSchema) -> None:
+    tests = [row_for("bert-base-uncased", status="flaky", reason="passed on attempt 2 after a failing one (retry ...)"),
+             row_for("gpt2", status="cached", family="text_generation", reason="cached from run r0"),
+             row_for("openai/whisper-tiny", status="quarantined", family="audio", reason="failed while quarantined (issue 42)")]
+    text, xml = junit_of(tests, tmp_path)
+    schema.validate(text)
+    (suite,) = list(xml)
+    assert (suite.tests, suite.failures, suite.errors, suite.skipped) == (3, 0, 0, 1)
+    by = cases(xml)
+    assert "flakyFailure" in text and "passed on attempt 2" in text
+    assert by[("smoke on cpu", "text_generation.gpt2", "bs1 fp32")].is_passed
+    (skip,) = by[("smoke on cpu", "audio.openai/whisper-tiny", "bs1 fp32")].result
+    assert isinstance(skip, junitparser.Skipped) and "issue 42" in skip.message

@@ -138,12 +138,12 @@ def test_a_failure_with_retries_left_is_requeued_as_the_next_attempt() -> None:
     assert graph.verdict() == "failed"
 
 
-def test_a_retried_test_that_passes_passes_the_run() -> None:
+def test_a_retried_test_that_passes_is_flaky_and_passes_the_run() -> None:
     graph = RunGraph(RUN, [spec("a", retries=2)])
     dispatch(graph)
     finish(graph, "a", "error")
     finish(graph, "a", "passed")
-    assert statuses(graph) == {"a": "passed"} and graph.verdict() == "passed"
+    assert statuses(graph) == {"a": "flaky"} and graph.verdict() == "passed"
 
 
 def test_a_stale_or_redelivered_result_changes_nothing() -> None:
@@ -154,7 +154,7 @@ def test_a_stale_or_redelivered_result_changes_nothing() -> None:
     finish(graph, "a", "passed")
     assert finish(graph, "a", "failed", attempt=2) == []  # attempt 2 delivered twice
     assert graph.apply_result(TestResult(RUN, "unknown", 1, "passed")) == []
-    assert statuses(graph) == {"a": "passed"}
+    assert statuses(graph) == {"a": "flaky"}  # failed, then passed on the retry
 
 
 def test_failed_parent_skips_its_dependants() -> None:
@@ -242,7 +242,8 @@ def test_restore_rebuilds_states_and_readiness_from_stored_rows() -> None:
     assert statuses(graph) == {"done": "passed", "child": "pending", "inflight": "queued", "waiting": "pending"}
     assert graph.tests["inflight"].attempts == 2
     assert dispatch(graph) == ["waiting", "child"]
-    assert finish(graph, "inflight", "passed", attempt=2) == [Update("inflight", "passed", 2, None)]
+    assert finish(graph, "inflight", "passed", attempt=2) == [
+        Update("inflight", "flaky", 2, "passed on attempt 2 after a failing one (retry after attempt 1: error)")]
 
 
 def test_restore_keeps_a_failed_parents_dependants_off_the_ready_list() -> None:

@@ -10,6 +10,7 @@ version), templates, models, tasks (maintenance tasks on workers); progress foll
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -20,6 +21,7 @@ from .models import models_app
 from .tasks import tasks_app
 from .templates import templates_app
 from .stores import register as register_store_commands
+from .history import register as register_history_commands
 
 __all__ = ["app", "main", "templates_app", "models_app"]
 
@@ -75,6 +77,7 @@ for command, name in (
 ):
     app.command(name)(command)
 register_store_commands(app, errors_to_exit)  # dtf export, dtf import
+register_history_commands(app, errors_to_exit)  # dtf predict, dtf scale, dtf quarantine
 
 
 def main() -> None:
@@ -83,4 +86,13 @@ def main() -> None:
 
     if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>` dumps every thread's stack: hangs are debuggable
         faulthandler.register(signal.SIGUSR1, all_threads=True)
-    app()
+    app(args=optional_values(sys.argv[1:]))
+
+
+#: Options whose value is optional: alone they mean this value (``--reuse`` = ``--reuse=any``).
+OPTIONAL_VALUES = {"--reuse": "any"}
+
+
+def optional_values(args: list[str]) -> list[str]:
+    """typer has no option with an optional value; a bare one gets its meaning spelled out."""
+    return [f"{a}={OPTIONAL_VALUES[a]}" if a in OPTIONAL_VALUES else a for a in args]

@@ -26,7 +26,8 @@ from . import common, progress
 from .common import (BaselineOpt, BrokerOpt, DataPathOpt, DbOpt, FailOnRegressionOpt, FormatOpt, OutputDirOpt, ReadDbOpt, TemplatesOpt,
                      conclude, errors_to_exit, fmt_value, info, open_store, table_or_json)
 
-_STATUS_STYLE = {"passed": "green", "failed": "red", "error": "red", "timeout": "magenta", "skipped": "yellow"}
+_STATUS_STYLE = {"passed": "green", "flaky": "green", "cached": "green", "failed": "red", "error": "red",
+                 "timeout": "magenta", "quarantined": "yellow", "skipped": "yellow"}
 _REPORT_FORMATS = ("json", "md", "html", "junit")
 
 
@@ -52,6 +53,9 @@ def print_results(data: dict[str, Any]) -> None:
     for row in data["tests"]:
         totals[row["status"]] = totals.get(row["status"], 0) + 1
     common.out.print("totals: " + ", ".join(f"{k} {v}" for k, v in sorted(totals.items())))
+    saved = [float((row.get("metrics") or {}).get("saved_s") or 0.0) for row in data["tests"] if row["status"] == "cached"]
+    if saved:
+        common.out.print(f"reused {len(saved)} cached result(s): {sum(saved):.1f} s of test time saved")
 
 
 def emit(data: dict[str, Any], fmt: str) -> None:
@@ -95,6 +99,29 @@ def finish(data: dict[str, Any], report_data: Optional[dict[str, Any]], status_n
                          report=doc, fail_on_regression=fail_on_regression))
 
 
+ReuseOpt = Annotated[Optional[str], typer.Option(
+    "--reuse", metavar="[=MAX_AGE]",
+    help="Reuse a passing result of an earlier run for every test whose cache key (source, parameters, model revision, "
+         "hardware, stack) is unchanged: --reuse (any age) or --reuse=7d.")]
+OrderOpt = Annotated[str, typer.Option("--order", help="Dispatch order within a priority: lpt (longest predicted first), priority, fifo.")]
+
+
+def history_meta(meta: dict[str, Any], reuse: Optional[str], order: str) -> dict[str, Any]:
+    """The run info the coordinator reads at start (dtf/coordinator/history.py): reuse and ordering."""
+    from ..cache import parse_max_age
+    from ..schedule import ORDERINGS
+
+    if order not in ORDERINGS:
+        raise DtfError(f"--order: expected one of {', '.join(ORDERINGS)}, got {order!r}")
+    meta["info"]["ordering"] = order
+    if reuse is not None:
+        try:
+            meta["info"]["reuse"] = parse_max_age(reuse)  # None: any age
+        except ValueError as exc:
+            raise DtfError(str(exc)) from None
+    return meta
+
+
 # -- commands --------------------------------------------------------------------------------
 @errors_to_exit
 def run(
@@ -108,6 +135,8 @@ def run(
     output_dir: OutputDirOpt = None,
     baseline: BaselineOpt = None,
     fail_on_regression: FailOnRegressionOpt = False,
+    reuse: ReuseOpt = None,
+    order: OrderOpt = "lpt",
 ) -> None:
     """Run a suite here, embedded: in-process broker, coordinator and worker, local DuckDB.
 
@@ -132,7 +161,7 @@ def run(
     with EmbeddedCluster(celery_app, queues=queues, workers=workers, profile=profile) as cluster:
         client = CoordinatorClient(celery_app)
         check_baseline(client, baseline)
-        meta = run_meta(parsed)
+        meta = history_meta(run_meta(parsed), reuse, order)
         local = {"worker_id": "this machine", "queues": queues, "hardware": profile.to_dict(), "state": "online"}
         lacking = unserved_routes([local], tests)
         if lacking:  # nobody else will come: what this machine lacks is skipped, with the reason
@@ -164,6 +193,8 @@ def submit(
     fail_on_regression: FailOnRegressionOpt = False,
     wait_unserved: Annotated[bool, typer.Option("--wait-unserved", help="With --wait: also wait for hardware no live worker serves (default: its tests are skipped, and named).")] = False,
     skip_unserved: Annotated[bool, typer.Option("--skip-unserved", help="Skip tests whose requirement set (requires:) or hardware no live worker offers, with that reason, instead of waiting.")] = False,
+    reuse: ReuseOpt = None,
+    order: OrderOpt = "lpt",
 ) -> None:
     """Submit a suite to the coordinator through the broker; --wait watches it to the end.
 
@@ -190,7 +221,7 @@ def submit(
     parsed, tests = prepare_suite(suite, common.template_registry(settings, templates))
     client = CoordinatorClient(make_app(settings))
     check_baseline(client, baseline)
-    meta = run_meta(parsed)
+    meta = history_meta(run_meta(parsed), reuse, order)
     client.check_payloads(meta, tests)  # an oversized test is refused before any broker call
     if wait_unserved and skip_unserved:
         raise DtfError("--wait-unserved and --skip-unserved contradict each other; give one")

@@ -17,7 +17,7 @@ from ..model import Status, TestSpec
 from ..requirements import queue_of
 from ..schedule import RunGraph
 from ..wire import heartbeat_from_wire, started_from_wire
-from .dispatch import DispatchPolicy
+from .history import HistoryPolicy
 from .state import WORKER_OFFLINE_AFTER_S, WorkerSeen, from_json
 from .submits import STALE_SUBMIT_AFTER_S
 
@@ -28,7 +28,7 @@ log = logging.getLogger("dtf.coordinator")
 RECONCILE_EVERY_S = 5.0
 
 
-class LivenessPolicy(DispatchPolicy):
+class LivenessPolicy(HistoryPolicy):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._last_reconcile = 0.0
@@ -40,7 +40,8 @@ class LivenessPolicy(DispatchPolicy):
         for run in self.store.query("SELECT run_id FROM runs WHERE status = 'running'"):
             rows = self.store.tests(run["run_id"])
             specs = [TestSpec.from_dict(from_json(row["spec"])) for row in rows]
-            graph = RunGraph.restore(run["run_id"], specs, {row["test_id"]: row for row in rows})
+            graph = RunGraph.restore(run["run_id"], specs, {row["test_id"]: row for row in rows},
+                                     **self._graph_options(run["run_id"], specs))
             self.runs[run["run_id"]] = graph
             log.info("restored run %s (%d tests)", run["run_id"], len(specs))
         now = time.time()
@@ -94,7 +95,7 @@ class LivenessPolicy(DispatchPolicy):
         else:
             interval = _float(health.get("heartbeat_interval_s"))
             self.workers[worker_id] = WorkerSeen(tuple(info.get("queues") or ()), now, _running_keys(health),
-                                                 max(WORKER_OFFLINE_AFTER_S, 3 * interval))
+                                                 max(WORKER_OFFLINE_AFTER_S, 3 * interval), str(health.get("stack") or ""))
         self.store.upsert_worker(info, token=self.token())
         self.store.record_worker_health(worker_id, now, info["state"], health, token=self.token())
 

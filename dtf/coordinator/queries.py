@@ -196,6 +196,10 @@ def _routes_op(c: QueryPolicy, body: Mapping[str, Any]) -> Any:
     return {"routes": c.routes(), "cancelled": sorted(r for r, at in c.cancelled.items() if now - at < CANCEL_KEPT_S)}
 
 
+def _scale_op(c: QueryPolicy, body: Mapping[str, Any]) -> Any:
+    return c.store.scale_advice(time.time())
+
+
 QUERIES: dict[str, Callable[[QueryPolicy, Mapping[str, Any]], Any]] = {
     "routes": _routes_op,
     "status": _status_op,
@@ -208,6 +212,7 @@ QUERIES: dict[str, Callable[[QueryPolicy, Mapping[str, Any]], Any]] = {
     "run_progress": _run_progress_op,
     "run_matrix": _run_matrix_op,
     "metric_trends": _metric_trends_op,
+    "scale": _scale_op,
 }
 
 assert set(QUERIES) == QUERY_OPS, "dtf.bus.QUERY_OPS must name exactly the coordinator's queries"

@@ -28,6 +28,7 @@ class ResultPolicy(DispatchPolicy):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._results: list[tuple[TestResult, Any]] = []  # (result, its message) awaiting the next flush
+        self._delayed: list[tuple[float, str, str, int]] = []  # (due, run, test, attempt): retries after a backoff
         self._batch_started = 0.0
 
     def _on_result_message(self, body: Any, message: Any) -> None:
@@ -45,7 +46,15 @@ class ResultPolicy(DispatchPolicy):
             self._flush_results()
 
     def _flush_due(self, now: float) -> None:
-        """Flush a batch that is full or old enough, or started notices with no batch to ride."""
+        """Flush a batch that is full or old enough, or started notices with no batch to ride;
+        publish the retries whose backoff is over."""
+        if self._delayed:
+            due = [d for d in self._delayed if d[0] <= now]
+            if due:
+                self._delayed = [d for d in self._delayed if d[0] > now]
+                for _, run_id, test_id, attempt in due:
+                    if run_id in self.runs:
+                        self._publish(run_id, [(test_id, attempt)])
         if self._results and (len(self._results) >= self.batch_size or now - self._batch_started >= self.batch_s):
             self._flush_results()
         elif self._started and not self._results:
@@ -72,7 +81,7 @@ class ResultPolicy(DispatchPolicy):
             if self._expected(result):
                 fresh.setdefault((result.run_id, result.test_id, result.attempt), result)
         updates: list[dict[str, Any]] = [update_row(run_id, u) for run_id, u in started]
-        requeue: list[tuple[str, str, int]] = []
+        requeue: list[tuple[str, str, int, float]] = []
         touched: dict[str, RunGraph] = {}
         for result in fresh.values():
             graph = self.runs.get(result.run_id)
@@ -83,7 +92,7 @@ class ResultPolicy(DispatchPolicy):
             for u in graph.apply_result(result):
                 updates.append(update_row(graph.run_id, u))
                 if u.requeue:
-                    requeue.append((graph.run_id, u.test_id, u.attempts))
+                    requeue.append((graph.run_id, u.test_id, u.attempts, u.delay_s))
         finished = [(g.run_id, g.verdict()) for g in touched.values() if g.finished()]
         try:
             stored = self.store.ingest_batch(list(fresh.values()), updates, finished_runs=finished, token=self.token())
@@ -100,6 +109,9 @@ class ResultPolicy(DispatchPolicy):
         ack_all([message for _, message in batch])
         for run_id, _ in finished:
             self.runs.pop(run_id, None)
-        for run_id, test_id, attempt in requeue:
-            self._publish(run_id, [(test_id, attempt)])
+        for run_id, test_id, attempt, delay in requeue:
+            if delay > 0:  # an infrastructure error: again after the backoff (dtf/schedule.py)
+                self._delayed.append((time.monotonic() + delay, run_id, test_id, attempt))
+            else:
+                self._publish(run_id, [(test_id, attempt)])
         self._dispatch()

@@ -10,7 +10,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ..app import DtfApp
 from ..bus import CoordinatorPort, KombuPort
-from ..model import Status, TestResult
+from ..model import FINAL_STATUSES, TestResult
 from ..schedule import RunGraph, Update
 from ..store import Store
 
@@ -25,6 +25,7 @@ class WorkerSeen:
     last_seen: float
     running: tuple[tuple[str, str, int], ...] = ()  # (run, test, attempt) in its last heartbeat
     offline_after_s: float = WORKER_OFFLINE_AFTER_S
+    stack: str = ""  # its stack fingerprint (dtf/cache.py), from its heartbeats
 
 
 class CoordinatorState:
@@ -96,7 +97,7 @@ class CoordinatorState:
 
 
 def update_row(run_id: str, u: Update) -> dict[str, Any]:
-    final = u.status in {s.value for s in (Status.PASSED, Status.FAILED, Status.ERROR, Status.TIMEOUT, Status.SKIPPED)}
+    final = u.status in FINAL_STATUSES
     return {"run_id": run_id, "test_id": u.test_id, "status": u.status, "attempts": u.attempts,
             "reason": u.reason, "queued_at": None, "finished_at": time.time() if final else None}
 

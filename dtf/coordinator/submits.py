@@ -3,7 +3,6 @@ starts when the last chunk is in: memory holds one chunk at a time, however larg
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any, Mapping, Sequence
 
@@ -11,7 +10,7 @@ from ..errors import HardwareError
 from ..model import HARDWARE_KINDS, RenderedTest, TestSpec
 from ..requirements import RequirementError, check_requires, describe, queue_of
 from ..schedule import RunGraph
-from .dispatch import DispatchPolicy
+from .history import HistoryPolicy, run_info
 
 __all__ = ["SubmitPolicy", "STALE_SUBMIT_AFTER_S"]
 
@@ -20,7 +19,7 @@ log = logging.getLogger("dtf.coordinator")
 STALE_SUBMIT_AFTER_S = 3600.0  # a submit whose chunks stopped coming this long ago is dropped
 
 
-class SubmitPolicy(DispatchPolicy):
+class SubmitPolicy(HistoryPolicy):
     def _on_submit_chunk(self, body: Mapping[str, Any], message: Any) -> None:
         """Store one chunk of a submit as it arrives, ack it, and start the run when the last
         chunk is in."""
@@ -44,6 +43,7 @@ class SubmitPolicy(DispatchPolicy):
             tests = [RenderedTest.from_dict(t) for t in body["tests"]]
             _check_hardware(tests)
             _check_requires(tests)
+            tests = self._with_history(tests, submit_id)
             error = None
         except HardwareError as exc:
             error = str(exc)
@@ -55,6 +55,7 @@ class SubmitPolicy(DispatchPolicy):
         if staged < chunks:
             return
         done = self.store.finish_submit(submit_id, token=self.token())
+        self._predictor_for = None  # the submit's indexed history: not needed any more
         if done["error"] is None:
             self._start_run(run_id, [TestSpec.from_dict(spec) for spec in self.store.iter_specs(run_id)])
         else:
@@ -65,7 +66,7 @@ class SubmitPolicy(DispatchPolicy):
 
     def _start_run(self, run_id: str, specs: Sequence[TestSpec]) -> None:
         """Build a stored run's graph, skip what no worker can serve, publish what is ready."""
-        graph = RunGraph(run_id, specs)
+        graph = self._new_graph(run_id, specs)
         self.runs[run_id] = graph
         if self.servable is not None:
             missing = graph.unservable(self.servable)
@@ -76,21 +77,14 @@ class SubmitPolicy(DispatchPolicy):
         else:
             self._skip_requested(graph)
         self._skip_unserved_routes(graph)
+        self._reuse_cached(graph)
         self._dispatch()
         self._finish_if_done(graph)
-
-    def _run_info(self, run_id: str) -> dict[str, Any]:
-        info = (self.store.run(run_id) or {}).get("info")
-        try:
-            info = json.loads(info) if isinstance(info, str) else info
-        except ValueError:
-            info = None
-        return info if isinstance(info, dict) else {}
 
     def _skip_unserved_routes(self, graph: RunGraph) -> None:
         """Skip the requirement sets the submitter found no live worker for (``skip_routes`` in
         the run's info: `dtf submit --skip-unserved`, and `dtf run` for what this machine lacks)."""
-        routes = self._run_info(graph.run_id).get("skip_routes")
+        routes = run_info(self.store.run(graph.run_id)).get("skip_routes")
         if not isinstance(routes, list) or not routes:
             return
         wanted = {str(q) for q in routes}
@@ -106,7 +100,7 @@ class SubmitPolicy(DispatchPolicy):
     def _skip_requested(self, graph: RunGraph) -> None:
         """Skip the hardware the submitter found no live worker for (`dtf submit --wait`
         without --wait-unserved puts it in the run's info as ``skip_hardware``)."""
-        kinds = self._run_info(graph.run_id).get("skip_hardware")
+        kinds = run_info(self.store.run(graph.run_id)).get("skip_hardware")
         if not isinstance(kinds, list) or not kinds:
             return
         kinds = sorted({str(k) for k in kinds})

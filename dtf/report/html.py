@@ -23,8 +23,8 @@ from .svg import PALETTE, Point, Series, change_bars, fmt_number, histogram, lin
 __all__ = ["render_html", "CSP"]
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:"
-STATUS_COLOR = {"passed": "#2e7d32", "failed": "#c62828", "error": "#ad1457", "timeout": "#6a1b9a",
-                "skipped": "#9e9e9e", "unfinished": "#f9a825"}
+STATUS_COLOR = {"passed": "#2e7d32", "flaky": "#8bc34a", "cached": "#43a047", "failed": "#c62828", "error": "#ad1457",
+                "timeout": "#6a1b9a", "quarantined": "#ff8f00", "skipped": "#9e9e9e", "unfinished": "#f9a825"}
 VERDICT_COLOR = {"regression": "#c62828", "improvement": "#2e7d32", "noisy": "#9e9e9e", "unchanged": "#90a4ae"}
 MAX_CHANGE_ROWS = 80
 

@@ -151,7 +151,12 @@ def _outcome_element(case: ET.Element, test: Mapping[str, Any]) -> None:
         el.text = _xml_text(detail)
     elif status == "skipped":
         ET.SubElement(case, "skipped", message=_first_line(test.get("reason") or test.get("error"), "skipped"))
-    elif status != "passed":
+    elif status == "quarantined":  # ran and failed, but quarantined: reported, not failing the build
+        ET.SubElement(case, "skipped", type="quarantined", message=_first_line(test.get("reason"), "quarantined"))
+    elif status == "flaky":  # Maven Surefire's element for a test that passed on a rerun
+        el = ET.SubElement(case, "flakyFailure", type="flaky", message=_first_line(test.get("reason"), "flaky"))
+        el.text = _xml_text(test.get("reason") or "")
+    elif status not in ("passed", "cached"):
         ET.SubElement(case, "error", type="not-run",
                       message=f"never finished: still {status} when the report was written")
 
@@ -169,8 +174,8 @@ def _testcase(parent: ET.Element, test: Mapping[str, Any], comparison: Mapping[s
 
 def _counts(tests: Sequence[Mapping[str, Any]], regressed: set[str]) -> dict[str, int]:
     failures = sum(1 for t in tests if t["status"] == "failed" or t["test_id"] in regressed)
-    errors = sum(1 for t in tests if t["status"] not in ("passed", "failed", "skipped"))
-    skipped = sum(1 for t in tests if t["status"] == "skipped")
+    errors = sum(1 for t in tests if t["status"] not in ("passed", "flaky", "cached", "failed", "skipped", "quarantined"))
+    skipped = sum(1 for t in tests if t["status"] in ("skipped", "quarantined"))
     return {"tests": len(tests), "failures": failures, "errors": errors, "skipped": skipped}
 
 

@@ -18,7 +18,8 @@ __all__ = ["render_markdown", "MAX_ROWS"]
 MAX_ROWS = 25
 STDERR_LINES = 15
 _ICON = {"passed": "✅", "failed": "❌", "incomplete": "⏳", "skipped": "⏭️"}
-_STATUS_ICON = {"passed": "✅", "failed": "❌", "error": "💥", "timeout": "⌛", "skipped": "⏭️",
+_STATUS_ICON = {"passed": "✅", "flaky": "🔁", "cached": "♻️", "failed": "❌", "error": "💥", "timeout": "⌛",
+                "quarantined": "🚧", "skipped": "⏭️",
                 "pending": "⏳", "queued": "⏳", "running": "⏳"}
 
 

@@ -34,6 +34,7 @@ import pyarrow as pa
 
 from ..errors import FencingError, StoreError
 from ..model import RenderedTest, TestResult
+from .history import HistoryQueries
 from .schema import (
     KEYS, MIGRATIONS, TestUpdate, _finite, _json_safe, _result_table, _table, _test_row, _utf8,
     _TEST_SCHEMA, _UPDATE_SCHEMA,
@@ -90,7 +91,7 @@ REPORT_CONFIG: Mapping[str, bool] = {
 }
 
 
-class Store:
+class Store(HistoryQueries):
     """The store interface, over a local DuckDB file opened by this process (read-write, or
     read-only), with one persistent connection."""
 

@@ -70,6 +70,17 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
             PRIMARY KEY (submit_id, chunk));
         """,
     ),
+    (
+        "0004_quarantine",
+        # Quarantined tests (dtf quarantine, or automatic above a flake rate): per test and
+        # hardware kind ('*': every kind), with the reason, who put it there and an expiry.
+        """
+        CREATE TABLE IF NOT EXISTS quarantine (
+            test_id VARCHAR, hardware VARCHAR, reason VARCHAR, added_by VARCHAR,
+            added_at DOUBLE, expires_at DOUBLE,
+            PRIMARY KEY (test_id, hardware));
+        """,
+    ),
 )
 
 _RESULT_SCHEMA = pa.schema(
@@ -118,6 +129,7 @@ KEYS: Mapping[str, tuple[str, ...]] = {
     "workers": ("worker_id",),
     "worker_health": ("worker_id", "seen_at"),
     "staged_chunks": ("submit_id", "chunk"),
+    "quarantine": ("test_id", "hardware"),
 }
 
 _KEY_CLAUSE = re.compile(r",\s*PRIMARY KEY\s*\([^)]*\)|\s+PRIMARY KEY\b", re.IGNORECASE)
