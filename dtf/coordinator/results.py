@@ -23,12 +23,18 @@ __all__ = ["ResultPolicy"]
 
 log = logging.getLogger("dtf.coordinator")
 
+# The least time between two batches written because the coordinator was idle (raised to
+# three times the last commit's time): a steady trickle of results makes at most 50 a second.
+IDLE_FLUSH_GAP_S = 0.02
+
 
 class ResultPolicy(DispatchPolicy):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._results: list[tuple[TestResult, Any]] = []  # (result, its message) awaiting the next flush
         self._batch_started = 0.0
+        self._last_flush = 0.0
+        self._last_commit_s = 0.0
 
     def _on_result_message(self, body: Any, message: Any) -> None:
         try:
@@ -44,9 +50,26 @@ class ResultPolicy(DispatchPolicy):
         if len(self._results) >= min(self.batch_size, sum(self._outstanding().values())):
             self._flush_results()
 
-    def _flush_due(self, now: float) -> None:
-        """Flush a batch that is full or old enough, or started notices with no batch to ride."""
-        if self._results and (len(self._results) >= self.batch_size or now - self._batch_started >= self.batch_s):
+    def _idle_gap_s(self) -> float:
+        """The least time between batches written because the coordinator was idle: 20 ms, or
+        three times the last batch's commit, so that writing takes at most a quarter of the loop."""
+        return min(self.batch_s, max(IDLE_FLUSH_GAP_S, 3 * self._last_commit_s))
+
+    def _drain_timeout(self, poll_s: float, probe_s: float) -> float:
+        """How long the loop may wait for a message: ``poll_s``, or with a result batch open
+        ``probe_s`` once the idle gap has passed (a timeout then writes the batch), else until it passes."""
+        if not self._results:
+            return poll_s
+        return min(poll_s, max(probe_s, self._last_flush + self._idle_gap_s() - time.monotonic()))
+
+    def _flush_due(self, now: float, *, idle: bool = False) -> None:
+        """Flush a batch that is full or old enough, or started notices with no batch to ride.
+
+        Adaptive batching: when no message is waiting (``idle``) a batch is written at once,
+        at most once per ``IDLE_FLUSH_GAP_S``; when results keep arriving they gather until
+        the batch is full or ``batch_s`` old, so a busy coordinator writes fewer, bigger batches."""
+        if self._results and (len(self._results) >= self.batch_size or now - self._batch_started >= self.batch_s
+                              or (idle and now - self._last_flush >= self._idle_gap_s())):
             self._flush_results()
         elif self._started and not self._results:
             self._flush_results()
@@ -85,6 +108,7 @@ class ResultPolicy(DispatchPolicy):
                 if u.requeue:
                     requeue.append((graph.run_id, u.test_id, u.attempts))
         finished = [(g.run_id, g.verdict()) for g in touched.values() if g.finished()]
+        t0 = time.monotonic()
         try:
             stored = self.store.commit_batch(list(fresh.values()), updates, finished_runs=finished, token=self.token())
         except FencingError:
@@ -98,6 +122,8 @@ class ResultPolicy(DispatchPolicy):
             self.duplicates += len(batch) - stored
             log.info("ignored %d duplicate result(s); %d so far", len(batch) - stored, self.duplicates)
         ack_all([message for _, message in batch])
+        self._last_flush = time.monotonic()
+        self._last_commit_s = self._last_flush - t0
         for run_id, _ in finished:
             self.runs.pop(run_id, None)
         for run_id, test_id, attempt in requeue:
