@@ -78,14 +78,15 @@ def batched_once(db: Path | str, results: list[TestResult], method: str, *, batc
             "rows_after_reingest": float(count)}
 
 
-def duckdb_ceiling_once(db: Path, results: list[TestResult]) -> float:
+def duckdb_ceiling_once(db: Path, results: list[TestResult], threads: int | None = None) -> float:
     """DuckDB alone: the same batches, their Arrow tables built before the clock starts,
     each appended in a transaction of its own to the same schema and key. What any
-    Python writer on this machine can reach at this batch size; returns wall seconds."""
+    Python writer on this machine can reach at this batch size; returns wall seconds.
+    ``threads``: DuckDB's setting (None: its default, a thread per core)."""
     from dtf.store.schema import _result_table
 
     tables = [_result_table(results[i:i + BATCH], time.time(), 0) for i in range(0, len(results), BATCH)]
-    con = duckdb.connect(str(db))
+    con = duckdb.connect(str(db), config={} if threads is None else {"threads": threads})
     for _, sql in MIGRATIONS:
         con.execute(sql)
     t0 = time.perf_counter()
@@ -138,6 +139,7 @@ def main() -> None:
     batched: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
     per_row: list[tuple[float, float]] = []
     ceiling: list[float] = []
+    ceiling_one: list[float] = []
     lake: dict[int, list[dict[str, float]]] = {}
     load_at_start = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     with workdir("dtf-bench-ingest-") as tmp:
@@ -146,6 +148,7 @@ def main() -> None:
                 batched[m].append(batched_once(tmp / f"{m}-{i}.duckdb", results, m))
             per_row.append(per_row_once(tmp / f"per-row-{i}.duckdb", results[:n_row]))
             ceiling.append(duckdb_ceiling_once(tmp / f"ceiling-{i}.duckdb", results))
+            ceiling_one.append(duckdb_ceiling_once(tmp / f"ceiling-one-{i}.duckdb", results, threads=1))
             if args.lake:
                 for size in (BATCH, args.lake_batch):
                     own = [dataclasses.replace(r, run_id=f"ingest-lake-{size}-{i}") for r in results]
@@ -176,6 +179,10 @@ def main() -> None:
     out["duckdb_alone_prebuilt_arrow"] = {"wall_s": ceiling_wall, "rows_per_s": round(ceiling_rate)}
     ratios["dtf_ingest_batch_vs_duckdb_alone"] = ratio(n / summary([b["ingest_s"] for b in batched["ingest_batch"]])["median"],
                                                        ceiling_rate)
+    one_wall = summary(ceiling_one)
+    out["duckdb_alone_prebuilt_arrow_one_thread"] = {"wall_s": one_wall, "rows_per_s": round(n / one_wall["median"])}
+    ratios["dtf_ingest_batch_vs_duckdb_alone_one_thread"] = ratio(
+        n / summary([b["ingest_s"] for b in batched["ingest_batch"]])["median"], n / one_wall["median"])
     for size, runs in lake.items():
         wall = summary([b["ingest_s"] for b in runs])
         out[f"dtf_lake_batch_{size}"] = {
@@ -200,7 +207,8 @@ def main() -> None:
         "commit_batch is the public name for the same call (measured too, as a check)",
         "both write to a DuckDB file on local disk with the same schema and primary key",
         "duckdb_alone_prebuilt_arrow appends the same batches with their Arrow tables built beforehand: the "
-        "ceiling for 1,000-row transactions on this machine, whatever the Python around it",
+        "ceiling for 1,000-row transactions on this machine, whatever the Python around it; at DuckDB's default "
+        "threads (one per core), and again at one thread (dtf.store.base.WRITER_THREADS), the setting dtf's writable store uses",
         "cpu_s is this process's CPU time, DuckDB's threads included; with load_avg_1m_at_start near or above "
         "the core count, wall_s also measures the other jobs on the machine",
         "dtf_lake_batch_<size> (with --lake): the DuckLake store, same results, a run id per repeat; every batch "
