@@ -110,6 +110,21 @@ def test_scale_bench_with_real_workers_reports_fixed_and_marginal_cost_beside_py
     assert set(costs["dtf"]) == set(costs["pytest_xdist"]) == {"marginal_ms_per_test", "fixed_s"}
 
 
+@pytest.mark.slow
+@pytest.mark.redis
+def test_latency_bench_reports_store_latency_and_the_time_around_each_test() -> None:
+    need_binary("redis-server")
+    r = run_bench("latency.py")
+    for kind in ("sleep", "trivial"):
+        assert_summary(r[kind]["wall_s"])
+        for key in ("first_result_stored_after_ms", "stored_after_median_ms", "inside_test_median_ms",
+                    "between_tests_median_ms", "span_s"):
+            assert_summary(r[kind][key])
+        assert set(r[kind]["cpu_s_per_process"][0]) == {"coordinator", "worker1", "worker2"}
+    assert r["sleep"]["inside_test_median_ms"]["median"] >= 1000 * r["sleep_s"]  # the test's own 50 ms sleep
+    assert r["sleep"]["ideal_s"] > 0 and r["sleep"]["span_vs_ideal"] > 0
+
+
 def test_render_bench_covers_the_builtin_cpu_templates() -> None:
     r = run_bench("render.py")
     assert r["templates"], "no built-in template was rendered"
