@@ -24,8 +24,9 @@ __all__ = ["ResultPolicy"]
 log = logging.getLogger("dtf.coordinator")
 
 # The least time between two batches written because the coordinator was idle (raised to
-# three times the last commit's time): a steady trickle of results makes at most 50 a second.
-IDLE_FLUSH_GAP_S = 0.02
+# five times the last commit's time): a steady trickle of results makes at most 20 a second,
+# and the first result after a quiet spell is written at once.
+IDLE_FLUSH_GAP_S = 0.05
 
 
 class ResultPolicy(DispatchPolicy):
@@ -51,9 +52,9 @@ class ResultPolicy(DispatchPolicy):
             self._flush_results()
 
     def _idle_gap_s(self) -> float:
-        """The least time between batches written because the coordinator was idle: 20 ms, or
-        three times the last batch's commit, so that writing takes at most a quarter of the loop."""
-        return min(self.batch_s, max(IDLE_FLUSH_GAP_S, 3 * self._last_commit_s))
+        """The least time between batches written because the coordinator was idle: 50 ms, or
+        five times the last batch's commit, so that writing takes at most a fifth of the loop."""
+        return min(self.batch_s, max(IDLE_FLUSH_GAP_S, 5 * self._last_commit_s))
 
     def _drain_timeout(self, poll_s: float, probe_s: float) -> float:
         """How long the loop may wait for a message: ``poll_s``, or with a result batch open
