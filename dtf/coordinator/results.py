@@ -1,5 +1,6 @@
 """Results: taken in batches (up to N messages or T ms, or at once when the batch holds every
-result still outstanding), written in one DuckDB transaction, then acked in one round trip.
+result still outstanding or no message is waiting: adaptive batching, at most every
+max(50 ms, 5x the last commit)), written in one DuckDB transaction, then acked in one round trip.
 
 A crash before the ack redelivers, and the (run, test, attempt) key makes the second write
 a no-op. After each batch the tests whose dependencies have now passed are dispatched."""
