@@ -78,24 +78,25 @@ def batched_once(db: Path | str, results: list[TestResult], method: str, *, batc
             "rows_after_reingest": float(count)}
 
 
-def duckdb_ceiling_once(db: Path, results: list[TestResult]) -> float:
+def duckdb_ceiling_once(db: Path, results: list[TestResult], threads: int | None = None) -> tuple[float, float]:
     """DuckDB alone: the same batches, their Arrow tables built before the clock starts,
     each appended in a transaction of its own to the same schema and key. What any
-    Python writer on this machine can reach at this batch size; returns wall seconds."""
+    Python writer on this machine can reach at this batch size; returns wall and CPU seconds.
+    ``threads``: DuckDB's setting (None: its default, a thread per core)."""
     from dtf.store.schema import _result_table
 
     tables = [_result_table(results[i:i + BATCH], time.time(), 0) for i in range(0, len(results), BATCH)]
-    con = duckdb.connect(str(db))
+    con = duckdb.connect(str(db), config={} if threads is None else {"threads": threads})
     for _, sql in MIGRATIONS:
         con.execute(sql)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for table in tables:
         con.execute("BEGIN TRANSACTION")
         con.from_arrow(table).insert_into("results")
         con.execute("COMMIT")
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     con.close()
-    return wall
+    return wall, cpu
 
 
 def per_row_once(db: Path, results: list[TestResult]) -> tuple[float, float]:
@@ -134,10 +135,11 @@ def main() -> None:
     n_row = min(n, args.per_row or (200 if args.quick else 2_000))
     reps = repeats_of(args)
     results = make_results("ingest-run", n)
-    methods = ("ingest_batch", "commit_batch")  # commit_batch delegates: the two should agree
+    methods = ("ingest_batch",)
     batched: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
     per_row: list[tuple[float, float]] = []
-    ceiling: list[float] = []
+    ceiling: list[tuple[float, float]] = []
+    ceiling_one: list[tuple[float, float]] = []
     lake: dict[int, list[dict[str, float]]] = {}
     load_at_start = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     with workdir("dtf-bench-ingest-") as tmp:
@@ -146,6 +148,7 @@ def main() -> None:
                 batched[m].append(batched_once(tmp / f"{m}-{i}.duckdb", results, m))
             per_row.append(per_row_once(tmp / f"per-row-{i}.duckdb", results[:n_row]))
             ceiling.append(duckdb_ceiling_once(tmp / f"ceiling-{i}.duckdb", results))
+            ceiling_one.append(duckdb_ceiling_once(tmp / f"ceiling-one-{i}.duckdb", results, threads=1))
             if args.lake:
                 for size in (BATCH, args.lake_batch):
                     own = [dataclasses.replace(r, run_id=f"ingest-lake-{size}-{i}") for r in results]
@@ -171,11 +174,21 @@ def main() -> None:
     out["per_row_transactions"] = {"measured_on": n_row, "wall_s": row_wall, "rows_per_s": round(row_rate),
                                    "cpu_s": row_cpu, "rows_per_cpu_s": round(n_row / row_cpu["median"]),
                                    "projected_wall_s_for_all": round(n / row_rate, 1)}
-    ceiling_wall = summary(ceiling)
+    ceiling_wall = summary([w for w, _ in ceiling])
     ceiling_rate = n / ceiling_wall["median"]
-    out["duckdb_alone_prebuilt_arrow"] = {"wall_s": ceiling_wall, "rows_per_s": round(ceiling_rate)}
+    ceiling_cpu = summary([c for _, c in ceiling])
+    out["duckdb_alone_prebuilt_arrow"] = {"wall_s": ceiling_wall, "rows_per_s": round(ceiling_rate), "cpu_s": ceiling_cpu,
+                                          "rows_per_cpu_s": round(n / ceiling_cpu["median"])}
     ratios["dtf_ingest_batch_vs_duckdb_alone"] = ratio(n / summary([b["ingest_s"] for b in batched["ingest_batch"]])["median"],
                                                        ceiling_rate)
+    one_wall, one_cpu = summary([w for w, _ in ceiling_one]), summary([c for _, c in ceiling_one])
+    out["duckdb_alone_prebuilt_arrow_one_thread"] = {"wall_s": one_wall, "rows_per_s": round(n / one_wall["median"]),
+                                                     "cpu_s": one_cpu, "rows_per_cpu_s": round(n / one_cpu["median"])}
+    dtf_wall = summary([b["ingest_s"] for b in batched["ingest_batch"]])["median"]
+    dtf_cpu = summary([b["ingest_cpu_s"] for b in batched["ingest_batch"]])["median"]
+    ratios["dtf_ingest_batch_vs_duckdb_alone_one_thread"] = ratio(one_wall["median"], dtf_wall)
+    ratios["dtf_ingest_batch_vs_duckdb_alone_rows_per_cpu_s"] = ratio(ceiling_cpu["median"], dtf_cpu)
+    ratios["dtf_ingest_batch_vs_duckdb_alone_one_thread_rows_per_cpu_s"] = ratio(one_cpu["median"], dtf_cpu)
     for size, runs in lake.items():
         wall = summary([b["ingest_s"] for b in runs])
         out[f"dtf_lake_batch_{size}"] = {
@@ -196,11 +209,11 @@ def main() -> None:
         "dtf writes each batch of 1,000 in one transaction: the fencing check, then a plain INSERT from the "
         "Arrow table; only a batch the primary key refuses (reingest_same_batches: every batch) is rolled back "
         "and redone as INSERT ... ON CONFLICT DO NOTHING",
-        "ingest_batch builds the Arrow table column by column and encodes the metrics JSON in one pass; "
-        "commit_batch is the public name for the same call (measured too, as a check)",
+        "ingest_batch builds the Arrow table column by column and encodes the metrics JSON in one pass",
         "both write to a DuckDB file on local disk with the same schema and primary key",
         "duckdb_alone_prebuilt_arrow appends the same batches with their Arrow tables built beforehand: the "
-        "ceiling for 1,000-row transactions on this machine, whatever the Python around it",
+        "ceiling for 1,000-row transactions on this machine, whatever the Python around it; at DuckDB's default "
+        "threads (one per core), and again at one thread (dtf.store.base.WRITER_THREADS), the setting dtf's writable store uses",
         "cpu_s is this process's CPU time, DuckDB's threads included; with load_avg_1m_at_start near or above "
         "the core count, wall_s also measures the other jobs on the machine",
         "dtf_lake_batch_<size> (with --lake): the DuckLake store, same results, a run id per repeat; every batch "

@@ -15,6 +15,7 @@ from celery import Celery, Task
 from .bus import RUN_TEST, TASK_EXCHANGE, broker_options, hardware_queues
 from .model import queue_for
 from .settings import Settings
+from .signing import serializer_for
 
 __all__ = ["DtfApp", "TestHandler", "make_app", "check_broker_credentials"]
 
@@ -71,14 +72,9 @@ def make_app(settings: Settings, *, extra_queues: tuple[str, ...] = ()) -> DtfAp
     )
     if settings.embedded:
         app.conf.broker_transport = "dtf.memory_transport:Transport"  # stops in 0.1 s, not 2 s
-    keys = settings.signing_keys
-    if not keys and not settings.embedded:
-        from .signing import default_signing_keys
-
-        keys = default_signing_keys(settings)  # signing is on by default (dtf.signing)
-    if keys:
+    signed = serializer_for(settings)  # signing is on by default (dtf.signing)
+    if signed != "json":
         # Signed messages only: an unsigned or forged task is refused before it is decoded.
-        signed = _signed_serializer(settings, keys)
         app.conf.update(task_serializer=signed, result_serializer=signed,
                         accept_content=[signed], result_accept_content=[signed])
 
@@ -99,12 +95,6 @@ def make_app(settings: Settings, *, extra_queues: tuple[str, ...] = ()) -> DtfAp
         handler(payload, self.request)
 
     return app
-
-
-def _signed_serializer(settings: Settings, keys: tuple[str, ...]) -> str:
-    from .signing import MessageSigner, register_serializer
-
-    return register_serializer(MessageSigner(keys, max_age_s=settings.signing_max_age_s))
 
 
 def check_broker_credentials(settings: Settings) -> None:

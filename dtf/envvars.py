@@ -57,7 +57,7 @@ OPERATOR_VARS: tuple[EnvVar, ...] = (
     EnvVar("DTF_SIGNING_KEY_FILE", "File holding the signing key(s)."),
     EnvVar("DTF_SIGNING_MAX_AGE", "Seconds a signed message stays valid."),
     EnvVar("DTF_RESULT_BATCH_SIZE", "Results the coordinator writes per batch at most."),
-    EnvVar("DTF_RESULT_BATCH_MS", "Milliseconds the coordinator waits to fill a batch."),
+    EnvVar("DTF_RESULT_BATCH_MS", "Milliseconds the coordinator lets a batch fill while results keep arriving; idle, it writes at once."),
     EnvVar("DTF_MAX_PAYLOAD_BYTES", "Largest message dtf publishes."),
     EnvVar("DTF_SENTINEL_PASSWORD", "Password of the Sentinels themselves; prefer the _FILE form.", secret=True),
     EnvVar("DTF_SENTINEL_PASSWORD_FILE", "File holding the Sentinel password."),

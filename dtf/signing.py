@@ -50,6 +50,7 @@ __all__ = [
     "MessageSigner",
     "SignatureError",
     "register_serializer",
+    "serializer_for",
 ]
 
 SERIALIZER = "dtf-signed"
@@ -128,6 +129,17 @@ def _json_loads(text: str) -> Any:
     from kombu.utils.json import loads
 
     return loads(text)
+
+
+def serializer_for(settings: Any) -> str:
+    """The serializer every message of a process with these settings uses: ``dtf-signed``
+    (registered here) when a key is configured or made by default, else plain ``json``."""
+    keys = tuple(settings.signing_keys)
+    if not keys and not settings.embedded:
+        keys = default_signing_keys(settings)  # signing is on by default
+    if not keys:
+        return "json"
+    return register_serializer(MessageSigner(keys, max_age_s=settings.signing_max_age_s))
 
 
 def register_serializer(signer: MessageSigner) -> str:

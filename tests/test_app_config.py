@@ -8,6 +8,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Iterator
@@ -283,3 +284,37 @@ def test_the_embedded_app_uses_the_sliced_memory_transport_so_a_worker_sees_a_st
         transport.drain_events(conn)
     assert asked == [memory_transport.SLICE_S, 0.05, None]
     assert make_app(Settings(broker_url="redis://127.0.0.1:1/0")).conf.broker_transport is None
+
+
+# -- a client without Celery ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("settings", [
+    Settings(broker_url="redis://127.0.0.1:6379/0", redis_password=PASSWORD),
+    Settings(broker_url="rediss://127.0.0.1:6380/0", tls_ca="/etc/dtf/ca.pem", tls_cert="/etc/dtf/c.pem", tls_key="/etc/dtf/c.key"),
+    Settings(sentinels=("10.0.0.1:26379", "10.0.0.2:26379"), sentinel_master="m", redis_password=PASSWORD,
+             redis_username="dtf"),
+], ids=["password", "tls", "sentinels"])
+def test_the_clients_broker_link_connects_as_the_celery_app_would(settings: Settings) -> None:
+    """dtf.client.BrokerLink (the CLI's, made without importing Celery) builds the very
+    connection and wire format that make_app's app.connection_for_write() does."""
+    from dtf.bus import wire_format
+    from dtf.client import BrokerLink
+
+    app, link = make_app(settings), BrokerLink(settings)
+    for extra in (None, {"visibility_timeout": 7}):
+        ours, celerys = link.connection_for_write(transport_options=extra), app.connection_for_write(transport_options=extra)
+        assert ours.as_uri(include_password=True) == celerys.as_uri(include_password=True)
+        assert (ours.userid, ours.password, ours.ssl, ours.transport_options, ours.connect_timeout) == (
+            celerys.userid, celerys.password, celerys.ssl, celerys.transport_options, celerys.connect_timeout)
+        assert ours.alt == celerys.alt  # every Sentinel, in order
+    assert wire_format(link) == wire_format(app)
+
+
+def test_a_cli_client_talks_to_the_broker_without_importing_celery(tmp_path: Path) -> None:
+    script = ("import sys\nfrom dtf.client import CoordinatorClient\nfrom dtf.settings import Settings\n"
+              "c = CoordinatorClient.for_settings(Settings(broker_url='redis://127.0.0.1:1/0'))\n"
+              "c._connection  # noqa\nprint(sorted(m for m in sys.modules if m.split('.')[0] == 'celery'))\n")
+    env = dict(os.environ, DTF_STATE_DIR=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -66,16 +66,19 @@ def test_overhead_bench_reports_per_test_wall_for_every_variant() -> None:
 
 def test_ingest_bench_checks_that_reingesting_changes_nothing() -> None:
     r = run_bench("ingest.py")
-    for method in ("dtf_ingest_batch", "dtf_commit_batch"):
+    for method in ("dtf_ingest_batch",):
         assert_summary(r[method]["wall_s"])
         assert r[method]["rows_per_s"] > 0
         assert r[method]["reingest_same_batches"]["row_count_unchanged"] is True
         assert r[method]["reingest_same_batches"]["rows_added"] == 0
     per_row = r["per_row_transactions"]
     assert 0 < per_row["measured_on"] <= r["results"] and per_row["projected_wall_s_for_all"] > 0
-    assert set(r["ratios"]) == {"dtf_ingest_batch_vs_per_row", "dtf_commit_batch_vs_per_row",
-                                "dtf_ingest_batch_vs_duckdb_alone"}
-    assert r["duckdb_alone_prebuilt_arrow"]["rows_per_s"] > 0
+    assert set(r["ratios"]) == {"dtf_ingest_batch_vs_per_row",
+                                "dtf_ingest_batch_vs_duckdb_alone", "dtf_ingest_batch_vs_duckdb_alone_one_thread",
+                                "dtf_ingest_batch_vs_duckdb_alone_rows_per_cpu_s",
+                                "dtf_ingest_batch_vs_duckdb_alone_one_thread_rows_per_cpu_s"}
+    for alone in ("duckdb_alone_prebuilt_arrow", "duckdb_alone_prebuilt_arrow_one_thread"):
+        assert r[alone]["rows_per_s"] > 0 and r[alone]["rows_per_cpu_s"] > 0
 
 
 @pytest.mark.slow
@@ -90,6 +93,36 @@ def test_scale_bench_reports_rss_and_growth_exponents(tmp_path: Path) -> None:
         assert row["coordinator_peak_rss_mb"] > 0 and row["per_test_ms"] > 0
     assert set(r["exponents"]) == {"submit_time", "run_time"}
     assert all(isinstance(k, float) for k in r["exponents"].values())
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_scale_bench_with_real_workers_reports_fixed_and_marginal_cost_beside_pytest_xdist() -> None:
+    need_binary("redis-server")
+    pytest.importorskip("xdist")
+    r = run_bench("scale.py", "--workers", "real", "--pytest", "--sizes", "20,40")
+    assert r["workers"] == "real" and [row["tests"] for row in r["sizes"]] == [20, 40]
+    for row in r["sizes"]:
+        assert_summary(row["pytest_xdist"]["run_s"])
+        assert row["tests_per_s"] > 0 and row["pytest_xdist"]["tests_per_s"] > 0
+    costs = r["fixed_and_marginal"]
+    assert set(costs) == {"dtf", "pytest_xdist", "marginal_dtf_vs_pytest_xdist"}
+    assert set(costs["dtf"]) == set(costs["pytest_xdist"]) == {"marginal_ms_per_test", "fixed_s"}
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_latency_bench_reports_store_latency_and_the_time_around_each_test() -> None:
+    need_binary("redis-server")
+    r = run_bench("latency.py")
+    for kind in ("sleep", "trivial"):
+        assert_summary(r[kind]["wall_s"])
+        for key in ("first_result_stored_after_ms", "stored_after_median_ms", "inside_test_median_ms",
+                    "between_tests_median_ms", "span_s"):
+            assert_summary(r[kind][key])
+        assert set(r[kind]["cpu_s_per_process"][0]) == {"coordinator", "worker1", "worker2"}
+    assert r["sleep"]["inside_test_median_ms"]["median"] >= 1000 * r["sleep_s"]  # the test's own 50 ms sleep
+    assert r["sleep"]["ideal_s"] > 0 and r["sleep"]["span_vs_ideal"] > 0
 
 
 def test_render_bench_covers_the_builtin_cpu_templates() -> None:

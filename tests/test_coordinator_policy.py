@@ -117,6 +117,28 @@ def test_results_wait_for_their_batch_and_a_duplicate_is_counted_not_stored(
     assert (c.ingested, c.duplicates) == (1, 1)
 
 
+def test_an_idle_coordinator_writes_a_batch_at_once_a_busy_one_waits_for_the_idle_gap(
+    store: Store, port: MemoryPort, tmp_path: Path,
+) -> None:
+    c = make(store, port, tmp_path, batch_size=10, batch_ms=60_000)
+    send_submit(c, "run-i", [rendered(f"t{i}") for i in range(4)])
+    first = result("run-i", "t0")
+    c.on_result(*first)
+    c.tick(idle=False)  # more messages waiting: the batch stays open
+    assert not first[1].acked and stored(store, "run-i") == []
+    assert c._drain_timeout(0.05, 0.002) == 0.002  # no write for a while: look briefly for more, then write
+    c.tick(idle=True)  # nothing waiting: written at once, long before the 60 s batch delay
+    assert first[1].acked and stored(store, "run-i") == [("t0", 1, "passed")]
+
+    second = result("run-i", "t1")
+    c.on_result(*second)
+    assert c._drain_timeout(0.05, 0.002) > 0.002  # just written: wait out the idle gap first
+    c.tick(now=c._last_flush + c._idle_gap_s() / 2, idle=True)
+    assert not second[1].acked  # within the gap since the last write
+    c.tick(now=c._last_flush + c._idle_gap_s(), idle=True)
+    assert second[1].acked and [r[0] for r in stored(store, "run-i")] == ["t0", "t1"]
+
+
 def test_a_held_status_query_is_answered_the_moment_its_run_finishes(
     store: Store, port: MemoryPort, tmp_path: Path,
 ) -> None:

@@ -310,7 +310,7 @@ def test_the_last_update_for_a_test_in_a_batch_wins(store: Store) -> None:
     assert (row["status"], row["attempts"], row["queued_at"]) == ("running", 1, 10.0)
 
 
-def test_commit_batch_closes_finished_runs(store: Store) -> None:
+def test_ingest_batch_closes_finished_runs(store: Store) -> None:
     store.insert_run({"run_id": "run"}, [rendered("t1")])
     store.ingest_batch([result()], [{"run_id": "run", "test_id": "t1", "status": "passed"}],
                        finished_runs=[("run", "passed")])

@@ -12,15 +12,17 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import nullcontext
-from typing import Any, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence
 
-from celery import Celery
 from kombu import Producer, Queue
 from kombu.exceptions import ChannelError
 
 from ..wire import dead_letter, dead_letter_count
 from .protocol import MARKER_QUEUE, first_line, hardware_queues, send_test
 from .rpc import reply
+
+if TYPE_CHECKING:  # Celery is imported only where an app is made (dtf.app): clients start without it
+    from celery import Celery
 
 __all__ = ["CoordinatorPort", "KombuPort", "MemoryPort", "MemoryMessage", "TestTask"]
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from celery import Celery
 from kombu import Exchange, Message, Queue
 
 from ..model import HARDWARE_KINDS, RenderedTest, TestResult, queue_for
 from ..requirements import is_route_queue
+
+if TYPE_CHECKING:  # Celery is imported only where an app is made (dtf.app): clients start without it
+    from celery import Celery
 
 __all__ = [
     "RUN_TEST", "RESULTS_QUEUE", "CONTROL_QUEUE", "MARKER_QUEUE", "REPLY_PREFIX", "TASK_EXCHANGE", "QUERY_OPS",
@@ -60,9 +62,10 @@ def results_queue() -> Queue:
     return Queue(RESULTS_QUEUE, durable=True)
 
 
-def wire_format(app: Celery) -> tuple[str, list[str]]:
+def wire_format(app: "Celery | Any") -> tuple[str, list[str]]:
     """(serializer, accepted content) for every message this app's process publishes or
-    consumes, tasks, results and control alike: JSON, or dtf-signed when a key is set."""
+    consumes, tasks, results and control alike: JSON, or dtf-signed when a key is set.
+    ``app`` is a Celery app, or anything with its ``conf`` (dtf.client.BrokerLink)."""
     return str(app.conf.task_serializer), list(app.conf.accept_content)
 
 

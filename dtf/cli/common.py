@@ -109,10 +109,9 @@ def broker_settings(broker: Optional[str], *, db_too: bool = False, hint: str = 
 
 
 def coordinator_client(broker: Optional[str], *, db_too: bool = False) -> Any:
-    from ..app import make_app
     from ..client import CoordinatorClient
 
-    return CoordinatorClient(make_app(broker_settings(broker, db_too=db_too)))
+    return CoordinatorClient.for_settings(broker_settings(broker, db_too=db_too))
 
 
 def template_registry(built: Settings, templates: Optional[list[Path]]) -> Any:

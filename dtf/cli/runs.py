@@ -211,7 +211,6 @@ def submit(
     Example: DTF_BROKER_URL=redis://127.0.0.1:6379/0 dtf submit examples/smoke.yaml --wait --output-dir reports --baseline latest
     """
     table_or_json(fmt)
-    from ..app import make_app
     from ..client import CoordinatorClient
 
     if not wait and (output_dir or baseline or fail_on_regression or timeout is not None):
@@ -219,7 +218,7 @@ def submit(
     baseline = baseline_choice(baseline, fail_on_regression)
     settings = common.broker_settings(broker, hint=" (or use `dtf run` for the embedded mode)")
     parsed, tests = prepare_suite(suite, common.template_registry(settings, templates))
-    client = CoordinatorClient(make_app(settings))
+    client = CoordinatorClient.for_settings(settings)
     check_baseline(client, baseline)
     meta = history_meta(run_meta(parsed), reuse, order)
     client.check_payloads(meta, tests)  # an oversized test is refused before any broker call

@@ -20,6 +20,10 @@ from .liveness import LivenessPolicy
 from .queries import QueryPolicy
 from .submits import SubmitPolicy
 
+# How long the loop waits for another message while a result batch is open before it takes
+# the broker for idle and writes the batch (dtf/coordinator/results.py, adaptive batching).
+IDLE_PROBE_S = 0.002
+
 __all__ = ["Coordinator"]
 
 log = logging.getLogger("dtf.coordinator")
@@ -59,11 +63,14 @@ class Coordinator(SubmitPolicy, CancelPolicy, QueryPolicy, LivenessPolicy):
                 if ready is not None:
                     ready.set()
                 while not stop.is_set() and leading():
+                    # With results waiting, look briefly for more: if none comes the broker
+                    # is idle and the batch is written at once (adaptive batching).
                     try:
-                        conn.drain_events(timeout=poll_s)
+                        conn.drain_events(timeout=self._drain_timeout(poll_s, IDLE_PROBE_S))
+                        idle = False
                     except socket.timeout:
-                        pass
-                    self.tick()
+                        idle = True
+                    self.tick(idle=idle)
                 if leading():
                     self._flush_results()
 
@@ -76,14 +83,15 @@ class Coordinator(SubmitPolicy, CancelPolicy, QueryPolicy, LivenessPolicy):
         if lost:
             self.port.put_marker()
 
-    def tick(self, now: float | None = None) -> None:
+    def tick(self, now: float | None = None, *, idle: bool = False) -> None:
+        """Timed work: due result batches (``idle``: no message was waiting), held queries, reconciliation."""
         if self.demoted:
             # The serve loop ends at its next check; unflushed results and held queries are
             # the next leader's.
             self._waiting = []
             return
         now = time.monotonic() if now is None else now
-        self._flush_due(now)
+        self._flush_due(now, idle=idle)
         if self._waiting:
             self._answer_waiting(now)
         self._reconcile_due(now)

@@ -90,6 +90,9 @@ REPORT_CONFIG: Mapping[str, bool] = {
     "lock_configuration": True,
 }
 
+#: DuckDB threads of a writable local file (Store._connect): one; its writer is the coordinator.
+WRITER_THREADS = 1
+
 
 class Store(HistoryQueries):
     """The store interface, over a local DuckDB file opened by this process (read-write, or
@@ -113,9 +116,16 @@ class Store(HistoryQueries):
             self.migrate()
 
     def _connect(self, read_only: bool, config: dict[str, Any]) -> duckdb.DuckDBPyConnection:
-        """The one connection of this store (the local file here; a lake overrides it)."""
+        """The one connection of this store (the local file here; a lake overrides it).
+
+        A writable file runs DuckDB at one thread unless ``config`` says otherwise: its
+        writer is the coordinator, whose batches are small, and DuckDB's default of a thread
+        per core spends a third more CPU time on the same append and update
+        (bench/ingest.py), CPU the workers on the same machine could use."""
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        if not read_only:
+            config.setdefault("threads", WRITER_THREADS)
         return duckdb.connect(self.path, read_only=read_only, config=config)
 
     def _cursor(self) -> duckdb.DuckDBPyConnection:
