@@ -3,7 +3,7 @@
 ``dtf worker`` (a process of its own, blocking until a signal) and the embedded cluster of
 ``dtf run`` (a thread next to the coordinator) both call ``assemble_worker``: the
 execution profile's prefetch multiplier, the runtime as the run_test handler, the
-resource guard's consumer bootstep, the spool replay and the concurrency are set the
+resource guard's consumer bootstep, the spool replay (at start and while running) and the concurrency are set the
 same way for both.
 """
 
@@ -17,6 +17,7 @@ from typing import Any, Optional
 from .app import DtfApp
 
 from .errors import DtfError
+from .resend import SpoolReplayer
 from .state import remove_worker_record, write_worker_record
 from .worker import WorkerRuntime
 
@@ -50,6 +51,7 @@ class AssembledWorker:
         self.replayed = replayed
         self.controller: Any = None
         self._thread: Optional[threading.Thread] = None
+        self._replayer: Optional[SpoolReplayer] = None
 
     @property
     def concurrency(self) -> int:
@@ -74,6 +76,7 @@ class AssembledWorker:
         stop = threading.Event()
         beats = threading.Thread(target=self.runtime.heartbeat_forever, args=(stop,), daemon=True, name="dtf-heartbeat")
         beats.start()
+        replayer = self.runtime.spool_replayer().start()  # results a failover left spooled, while running
         try:
             try:
                 record = write_worker_record(state_dir, self.runtime.worker_id, list(self.runtime.queues))
@@ -84,6 +87,7 @@ class AssembledWorker:
             finally:
                 remove_worker_record(record)
         finally:
+            replayer.stop()
             stop.set()
             beats.join(timeout=5)  # lets the last heartbeat say "offline"
 
@@ -91,8 +95,11 @@ class AssembledWorker:
         """Consume in a daemon thread."""
         self._thread = threading.Thread(target=self.build().start, name="dtf-worker", daemon=True)
         self._thread.start()
+        self._replayer = self.runtime.spool_replayer().start()
 
     def stop(self, timeout_s: float = 10.0) -> None:
+        if self._replayer is not None:
+            self._replayer.stop()
         if self.controller is not None:
             self.controller.stop(in_sighandler=False)
         if self._thread is not None:

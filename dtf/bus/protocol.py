@@ -37,7 +37,7 @@ TASK_EXCHANGE = Exchange("dtf", type="direct", durable=True)
 # answer comes. The coordinator answers exactly these (checked at its import). The other
 # control ops (submit, heartbeat, started) are named in dtf.wire.CONTROL_OPS.
 QUERY_OPS = frozenset({"status", "results", "runs", "report", "workers", "ping", "worker_health", "run_progress",
-                       "run_matrix", "metric_trends"})
+                       "run_matrix", "metric_trends", "test_state"})
 
 
 # -- queues -----------------------------------------------------------------------------------
