@@ -18,7 +18,7 @@ from .bus import RUN_TEST, TASK_EXCHANGE, broker_options, hardware_queues
 from .model import queue_for
 from .settings import Settings
 
-__all__ = ["DtfApp", "TestHandler", "make_app", "check_broker_credentials"]
+__all__ = ["DtfApp", "TestHandler", "make_app", "check_broker_credentials", "quiet_cancel_warning"]
 
 # Called by the task with (payload, task request).
 TestHandler = Callable[[Mapping[str, Any], Any], None]
@@ -76,10 +76,7 @@ def make_app(settings: Settings, *, extra_queues: tuple[str, ...] = ()) -> DtfAp
         worker_enable_remote_control=not settings.embedded,
         broker_connection_timeout=5,
     )
-    # Celery warns on every connection loss that it will cancel such tasks by default in 6.0;
-    # dtf sets the option explicitly (above), so the warning says nothing to an operator.
-    warnings.filterwarnings("ignore", message=r"\s*In Celery 5.1 we introduced an optional breaking change",
-                            category=CPendingDeprecationWarning)
+    quiet_cancel_warning()
     if settings.embedded:
         app.conf.broker_transport = "dtf.memory_transport:Transport"  # stops in 0.1 s, not 2 s
     keys = settings.signing_keys
@@ -110,6 +107,15 @@ def make_app(settings: Settings, *, extra_queues: tuple[str, ...] = ()) -> DtfAp
         handler(payload, self.request)
 
     return app
+
+
+def quiet_cancel_warning() -> None:
+    """Celery warns on every connection loss that it will cancel running tasks by default in
+    6.0; dtf sets worker_cancel_long_running_tasks_on_connection_loss explicitly, so the
+    warning (a screen of text per reconnect) says nothing to an operator. Celery's logging
+    setup puts its own "always" filter first: call this again after it."""
+    warnings.filterwarnings("ignore", message=r"\s*In Celery 5.1 we introduced an optional breaking change",
+                            category=CPendingDeprecationWarning)
 
 
 def _signed_serializer(settings: Settings, keys: tuple[str, ...]) -> str:

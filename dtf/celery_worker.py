@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any, Optional
 
-from .app import DtfApp
+from .app import DtfApp, quiet_cancel_warning
 
 from .errors import DtfError
 from .resend import SpoolReplayer
@@ -68,6 +68,7 @@ class AssembledWorker:
                 self.controller = self.app.WorkController(**self.options)
             else:
                 self.controller = self.app.Worker(**self.options)
+            quiet_cancel_warning()  # after Celery's logging setup, which lets every such warning through
         return self.controller
 
     def serve(self, state_dir: str | Path) -> None:

@@ -275,9 +275,14 @@ class WorkerRuntime:
 
     def _already_handled(self, run_id: str, test_id: str, attempt: int) -> bool:
         """For a task the broker redelivered (its consumer lost the connection, or died): True
-        when running it would only repeat work, because this worker runs it now, or the
-        coordinator already has its result, or a live worker said it runs it. The copy is then
-        acked and dropped. When the coordinator does not answer, the test runs."""
+        when running it would only repeat work, because this worker runs it now or the
+        coordinator already has its result. The copy is then acked and dropped.
+
+        While another worker says it runs the test (a connection lost in a broker failover
+        sends the task back although its test goes on), wait for that result, up to one of
+        our heartbeat intervals + 5 s: a live worker's result arrives, a dead worker's test
+        runs here. When the coordinator does not answer, the test runs (a second result of
+        the same attempt is a no-op)."""
         key = (run_id, test_id, attempt)
         with self._lock:
             if key in self._running:
@@ -285,19 +290,22 @@ class WorkerRuntime:
                 return True
         from .client import CoordinatorClient  # the client imports the bus; only redeliveries need it
 
-        try:
-            state = CoordinatorClient(self.app, timeout_s=REDELIVERY_CHECK_S).call(
-                "test_state", run_id=run_id, test_id=test_id, attempt=attempt)
-        except Exception as exc:  # noqa: BLE001 - no answer: run it (a second result is a no-op)
-            log.info("redelivered %s/%s attempt %d: coordinator did not answer (%s); running it", run_id, test_id, attempt,
-                     str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-            return False
-        others = [w for w in (state or {}).get("running_on") or () if w != self.worker_id]
-        if (state or {}).get("final") or others:
-            why = "its result is in" if (state or {}).get("final") else f"running on {', '.join(map(str, others))}"
-            log.info("redelivered %s/%s attempt %d: %s; dropped", run_id, test_id, attempt, why)
-            return True
-        return False
+        client = CoordinatorClient(self.app, timeout_s=REDELIVERY_CHECK_S)
+        deadline = time.monotonic() + self.heartbeat_interval_s + 5.0
+        while True:
+            try:
+                state = client.call("test_state", run_id=run_id, test_id=test_id, attempt=attempt) or {}
+            except Exception as exc:  # noqa: BLE001 - no answer: run it
+                log.info("redelivered %s/%s attempt %d: coordinator did not answer (%s); running it", run_id, test_id,
+                         attempt, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                return False
+            if state.get("final"):
+                log.info("redelivered %s/%s attempt %d: its result is in; dropped", run_id, test_id, attempt)
+                return True
+            others = [w for w in state.get("running_on") or () if w != self.worker_id]
+            if not others or time.monotonic() >= deadline:
+                return False
+            time.sleep(1.0)
 
     def _run(self, test: RenderedTest, run_id: str, attempt: int) -> None:
         spec = test.spec

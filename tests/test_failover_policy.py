@@ -6,13 +6,27 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Iterator
+
+import pytest
 
 from dtf.bus import MemoryMessage, MemoryPort, task_id_for
 from dtf.store import Store
 
-from .test_coordinator_policy import make, port, rendered, result, send_submit, store  # noqa: F401 - fixtures
+from .test_coordinator_policy import make, rendered, result, send_submit
 
 REPLIES = "dtf.reply.state"
+
+
+@pytest.fixture
+def port() -> MemoryPort:
+    return MemoryPort()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    with Store(tmp_path / "failover.duckdb") as s:
+        yield s
 
 
 def heartbeat(worker_id: str, running: list[tuple[str, str, int]] = ()) -> dict:  # type: ignore[assignment]

@@ -58,7 +58,7 @@ class Deployment:
         self.data_path = data_path
         if data_path:  # hosts of their own share a signing key (else each would make one in its state dir)
             env = dict(env, DTF_SIGNING_KEY=env.get("DTF_SIGNING_KEY", "lake-ha-test-signing-key-0123456789abcdef"))
-        self.env = dtf_env(DTF_SPOOL_DIR=str(tmp_path / "spool"), DTF_LOG_LEVEL="WARNING", **env)
+        self.env = dtf_env(DTF_SPOOL_DIR=str(tmp_path / "spool"), **{"DTF_LOG_LEVEL": "WARNING", **env})
         self.settings = Settings.from_env(self.env)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.starts: dict[str, int] = {}
