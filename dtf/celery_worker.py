@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any, Optional
 
+from . import lognoise
 from .app import DtfApp, quiet_cancel_warning
 
 from .errors import DtfError
@@ -69,6 +70,7 @@ class AssembledWorker:
             else:
                 self.controller = self.app.Worker(**self.options)
             quiet_cancel_warning()  # after Celery's logging setup, which lets every such warning through
+            lognoise.install()
         return self.controller
 
     def serve(self, state_dir: str | Path) -> None:

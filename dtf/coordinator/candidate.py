@@ -94,7 +94,7 @@ class Candidate:
         try:
             token = self.lock.raise_token(store.max_token() + 1)
             self.terms.append(token)
-            log.warning("%s: leading with fencing token %d, db %s", self.lock.node_id, token, self.db_path)
+            log.info("%s: leading with fencing token %d, db %s", self.lock.node_id, token, self.db_path)
             # A new term (the lease was lost and won again, as after a Redis restart without
             # its data) closed this store: leave, and lead the new term with a fresh one.
             while not stop.is_set() and self.lock.is_leader() and self.lock.token() == token and not store.closed:
@@ -107,7 +107,7 @@ class Candidate:
         finally:
             self._store = None
             store.close()
-            log.warning("%s: standing by (results database closed)", self.lock.node_id)
+            log.info("%s: standing by (results database closed)", self.lock.node_id)
 
     def _serve_term(self, store: Store, stop: threading.Event) -> None:
         """One serve loop; a broker failure (say, a Redis failover) restarts it from the database."""
