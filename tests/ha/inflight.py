@@ -103,7 +103,6 @@ def worker_kill(tmp: Path, processes: Any, redis_url: str, *, models: int = 4, s
     dep.worker("w1", concurrency=1)
     dep.worker("w2", concurrency=1)
     baseline = _timed_run(dep, tmp, "worker-baseline", models=models, sleep_s=sleep_s, fault=None)
-    dep.worker("w1", concurrency=1)  # a fresh w1 (pid files name its process)
 
     def kill_worker(run: Any, count_dir: Path) -> dict[str, Any]:
         w1 = dep.procs["w1"].pid

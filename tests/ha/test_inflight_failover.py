@@ -36,3 +36,4 @@ def test_a_killed_workers_test_runs_once_more_after_its_heartbeats_stop(
     assert faulted["exit_code"] == 0, figures
     assert (faulted["lost"], faulted["duplicated"], faulted["never_ran"]) == (0, 0, 0), figures
     assert faulted["max_executions"] == 2 and faulted["tests_run_twice"] == 1, figures
+    assert faulted["republished_after_s"] <= faulted["offline_after_s"] + 5, figures
