@@ -19,7 +19,7 @@ from ..model import HARDWARE_KINDS, RenderedTest, TestResult, queue_for
 __all__ = [
     "RUN_TEST", "RESULTS_QUEUE", "CONTROL_QUEUE", "MARKER_QUEUE", "REPLY_PREFIX", "TASK_EXCHANGE", "QUERY_OPS",
     "hardware_queues", "control_queue", "results_queue", "wire_format", "task_payload", "send_test", "task_id_for",
-    "result_body", "submit_bodies", "dumps", "first_line", "drop_undecodable",
+    "result_body", "submit_bodies", "submit_body", "dumps", "first_line", "drop_undecodable",
 ]
 
 log = logging.getLogger("dtf.bus")
@@ -99,11 +99,14 @@ def submit_bodies(submit_id: str, run: Mapping[str, Any], tests: Sequence[Mappin
     """The ``submit`` control messages of one run: its tests (dict form) in chunks, the run's
     metadata on the first; the coordinator stages each chunk as it arrives."""
     chunks = [list(tests[i:i + chunk_size]) for i in range(0, len(tests), chunk_size)] or [[]]
-    return [
-        {"op": "submit", "submit_id": submit_id, "run_id": str(run["run_id"]), "chunk": i, "chunks": len(chunks),
-         "tests": chunk, **({"run": dict(run)} if i == 0 else {})}
-        for i, chunk in enumerate(chunks)
-    ]
+    return [submit_body(submit_id, run, i, len(chunks), chunk) for i, chunk in enumerate(chunks)]
+
+
+def submit_body(submit_id: str, run: Mapping[str, Any], chunk: int, chunks: int,
+                tests: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Chunk ``chunk`` of ``chunks`` of a submit; the run's metadata rides on the first."""
+    return {"op": "submit", "submit_id": submit_id, "run_id": str(run["run_id"]), "chunk": chunk, "chunks": chunks,
+            "tests": list(tests), **({"run": dict(run)} if chunk == 0 else {})}
 
 
 # -- small shared helpers -----------------------------------------------------------------------

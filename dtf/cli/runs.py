@@ -20,7 +20,7 @@ from .. import __version__
 from ..errors import DtfError
 from ..outcome import run_outcome, results_code, status_outcome
 from ..settings import EMBEDDED_BROKER, redact_db
-from ..submission import baseline_choice, check_baseline, collect, prepare_suite, run_meta, unserved
+from ..submission import baseline_choice, check_baseline, collect, prepare_suite, run_meta, specs_of, unserved
 from . import common, progress
 from .common import (BaselineOpt, BrokerOpt, DataPathOpt, DbOpt, FailOnRegressionOpt, FormatOpt, OutputDirOpt, ReadDbOpt, TemplatesOpt,
                      conclude, errors_to_exit, fmt_value, info, open_store, table_or_json)
@@ -122,6 +122,8 @@ def run(
     settings = common.settings(broker_url=EMBEDDED_BROKER, db_path=db, data_path=data_path)
     settings = settings.with_overrides(broker_url=EMBEDDED_BROKER, sentinels=())
     parsed, tests = prepare_suite(suite, common.template_registry(settings, templates))
+    for _ in tests:  # every test renders (bad input is an error now, before the cluster starts); none is kept
+        pass
     profile = detect()
     queues = select_queues(profile)
     celery_app = make_app(settings)
@@ -180,7 +182,7 @@ def submit(
     client.check_payloads(meta, tests)  # an oversized test is refused before any broker call
     kinds_unserved = unserved(client, tests)
     if kinds_unserved:
-        count = sum(1 for t in tests if t.spec.hardware in kinds_unserved)
+        count = sum(1 for s in specs_of(tests) if s.hardware in kinds_unserved)
         kinds = ", ".join(kinds_unserved)
         if wait and not wait_unserved:
             meta["info"]["skip_hardware"] = kinds_unserved
