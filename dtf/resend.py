@@ -130,5 +130,6 @@ class SpoolReplayer:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    from .lognoise import one_line  # without the redis-py client reprs a Sentinel error carries
+
+    return one_line(str(exc)) or type(exc).__name__

@@ -41,6 +41,7 @@ from .guard import GuardLimits, GuardState, ResourceGuard
 from .hardware import cpu_capacity, memory_capacity_gb
 from .health import HealthSample, HealthSampler
 from .model import HARDWARE_KINDS, HardwareProfile, RenderedTest, TestResult, TestSpec, queue_for
+from .lognoise import one_line
 from .resend import PUBLISH_DEADLINE_S, Spool, SpoolReplayer, publish_with_backoff
 
 __all__ = [
@@ -384,7 +385,7 @@ class WorkerRuntime:
                 publish_with_backoff(lambda fresh: self._publish_body(body, fresh), deadline_s=self.publish_deadline_s)
             except Exception as exc:  # noqa: BLE001 - kept in the spool: the replayer publishes it
                 log.warning("result of %s/%s kept in the spool (broker unavailable: %s); published when it is back",
-                            result.run_id, result.test_id, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                            result.run_id, result.test_id, one_line(str(exc)) or type(exc).__name__)
                 return
             path.unlink(missing_ok=True)
 
@@ -504,7 +505,7 @@ class WorkerRuntime:
             with self.app.producer_or_acquire() as producer:
                 publish_control(producer, body, serializer=wire_format(self.app)[0], retry_policy={"max_retries": 2})
         except Exception as exc:  # noqa: BLE001 - a lost notice must not fail the test
-            log.warning("cannot notify coordinator: %s", exc)
+            log.warning("cannot notify coordinator: %s", one_line(str(exc)) or type(exc).__name__)
 
 
 def _guard_step(runtime: WorkerRuntime) -> type[bootsteps.StartStopStep]:
