@@ -11,8 +11,17 @@ is the same run with no fault. Sentinel trials: a master, two replicas and three
 master gets kill -9, and we time until the client's first accepted write; the old master
 then rejoins as a replica.
 
-    python bench/failover.py            # 5 leader trials, 3 Sentinel trials, 200 tests a run
-    python bench/failover.py --quick    # 2 leader trials, 1 Sentinel trial, 80 tests a run
+In-flight trials (tests/ha/inflight.py): the same suite of counted tests (each execution
+appends a line to a file of its own) without a fault and then with one: kill -9 of the
+Redis master of a Sentinel group while results are being published, and kill -9 of a
+worker mid-test (visibility timeout at its 4 h default: only the missing heartbeats bring
+the test back). Reported: the extra wall time over the fault-free run, executions per
+test, lost and duplicated results; for the worker, the seconds from the kill until the
+test started again elsewhere.
+
+    python bench/failover.py                   # 5 leader trials, 3 Sentinel trials, 200 tests a run, in-flight trials
+    python bench/failover.py --quick           # 2 leader trials, 1 Sentinel trial, 80 tests a run, in-flight trials
+    python bench/failover.py --in-flight-only  # only the in-flight trials
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from dtf.ha import redis_from_settings  # noqa: E402
 from tests.conftest import Processes  # noqa: E402
 from tests.ha.cluster import Deployment  # noqa: E402
 from tests.ha.conftest import SentinelCluster, write_suite  # noqa: E402
+from tests.ha.inflight import master_kill, worker_kill  # noqa: E402
 
 TTL_MS = 3000
 CONTROL_VISIBILITY_S = 5
@@ -148,21 +158,53 @@ def sentinel_trials(trials: int) -> dict[str, Any]:
     return {"client_write_after_kill_s": _stats(times), "down_after_ms": cluster.down_after_ms}
 
 
+def in_flight_trials(quick: bool) -> dict[str, Any]:
+    """kill -9 of the Redis master while results publish; kill -9 of a worker mid-test."""
+    out: dict[str, Any] = {}
+    with workdir("dtf-bench-inflight-master-") as tmp:
+        (tmp / "logs").mkdir()
+        (tmp / "cluster").mkdir()
+        cluster = SentinelCluster(tmp / "cluster")
+        procs = Processes(tmp / "logs")
+        try:
+            cluster.start()
+            out["master_kill"] = master_kill(tmp, procs, cluster, models=20 if quick else 40)
+        finally:
+            procs.stop_all()
+            cluster.stop()
+    with workdir("dtf-bench-inflight-worker-") as tmp, redis_server(tmp / "redis") as url:
+        (tmp / "logs").mkdir()
+        procs = Processes(tmp / "logs")
+        try:
+            out["worker_kill"] = worker_kill(tmp, procs, url, models=2 if quick else 4)
+        finally:
+            procs.stop_all()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(parser, repeats=5)
     parser.add_argument("--tests", type=int, default=None, help="tests per run (default 200; 80 with --quick)")
+    parser.add_argument("--in-flight-only", action="store_true", help="only the in-flight trials (master and worker kill)")
     args = parser.parse_args()
+    if args.in_flight_only:
+        in_flight = in_flight_trials(args.quick)
+        emit("failover", args, {"in_flight": in_flight, **_in_flight_totals(in_flight)}, notes=IN_FLIGHT_NOTES)
+        return
     trials = args.repeats or (2 if args.quick else 5)
     args.repeats = trials  # reported as the number of leader trials
     tests = args.tests or (80 if args.quick else 200)
     leader = leader_trials(trials, tests)
     sentinel = sentinel_trials(1 if args.quick else 3)
+    in_flight = in_flight_trials(args.quick)
+    totals = _in_flight_totals(in_flight)
     emit("failover", args, {
         "leader_kill": leader,
         "sentinel_failover": sentinel,
-        "lost": leader["lost"],
-        "duplicated": leader["duplicated"],
+        "in_flight": in_flight,
+        "lost": leader["lost"] + totals["lost"],
+        "duplicated": leader["duplicated"] + totals["duplicated"],
         "settings": {
             "leader_ttl_ms": TTL_MS, "renew_every_ms": TTL_MS // 3, "standby_poll_ms": f"{TTL_MS // 3} +-20%",
             "control_visibility_timeout_s": CONTROL_VISIBILITY_S, "reconcile_grace_s": RECONCILE_GRACE_S,
@@ -176,7 +218,21 @@ def main() -> None:
         "tests_republished_by_reconciliation: results or notices the killed leader had popped from Redis "
         "(BRPOP) but not yet recorded as unacked; they come back only by reconciliation after the test's "
         "timeout + grace, which is what makes some runs with a kill much slower (see docs/ha.md)",
+        *IN_FLIGHT_NOTES,
     ])
+
+
+IN_FLIGHT_NOTES = [
+    "in_flight.master_kill: extra_wall_s over the fault-free run of the same suite; max_executions 1: no test ran twice",
+    "in_flight.worker_kill: republished_after_s from kill -9 until the test started on the other worker "
+    "(goal: offline_after_s + 5); tests_run_twice counts the killed test",
+]
+
+
+def _in_flight_totals(in_flight: dict[str, Any]) -> dict[str, int]:
+    faulted = [in_flight["master_kill"]["master_killed"], in_flight["worker_kill"]["worker_killed"],
+               in_flight["master_kill"]["no_fault"], in_flight["worker_kill"]["no_fault"]]
+    return {"lost": sum(f["lost"] for f in faulted), "duplicated": sum(f["duplicated"] for f in faulted)}
 
 
 if __name__ == "__main__":

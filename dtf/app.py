@@ -8,16 +8,18 @@ names, payloads and connection options live in dtf.bus.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Mapping
 
 from celery import Celery, Task
+from celery.exceptions import CPendingDeprecationWarning
 
 from .bus import RUN_TEST, TASK_EXCHANGE, broker_options, hardware_queues
 from .model import queue_for
 from .settings import Settings
 from .signing import serializer_for
 
-__all__ = ["DtfApp", "TestHandler", "make_app", "check_broker_credentials"]
+__all__ = ["DtfApp", "TestHandler", "make_app", "check_broker_credentials", "quiet_cancel_warning"]
 
 # Called by the task with (payload, task request).
 TestHandler = Callable[[Mapping[str, Any], Any], None]
@@ -58,7 +60,12 @@ def make_app(settings: Settings, *, extra_queues: tuple[str, ...] = ()) -> DtfAp
         task_reject_on_worker_lost=True,
         task_acks_on_failure_or_timeout=True,
         worker_prefetch_multiplier=1,
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # A test runs in a process of its own and outlives a broker connection: it finishes,
+        # and its result goes out with backoff or through the spool (dtf.resend). Cancelling
+        # would kill it (prefork) or fail with "does not implement kill_job" (threads); the
+        # copy of the task the broker redelivers is dropped by the worker that gets it when
+        # the coordinator already has its result (WorkerRuntime._already_handled).
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         task_create_missing_queues=False,  # a queue nobody consumes must be an error, not a hole
         task_queues=hardware_queues(extra_queues),
         task_default_queue=queue_for("cpu"),
@@ -70,6 +77,7 @@ def make_app(settings: Settings, *, extra_queues: tuple[str, ...] = ()) -> DtfAp
         worker_enable_remote_control=not settings.embedded,
         broker_connection_timeout=5,
     )
+    quiet_cancel_warning()
     if settings.embedded:
         app.conf.broker_transport = "dtf.memory_transport:Transport"  # stops in 0.1 s, not 2 s
     signed = serializer_for(settings)  # signing is on by default (dtf.signing)
@@ -95,6 +103,15 @@ def make_app(settings: Settings, *, extra_queues: tuple[str, ...] = ()) -> DtfAp
         handler(payload, self.request)
 
     return app
+
+
+def quiet_cancel_warning() -> None:
+    """Celery warns on every connection loss that it will cancel running tasks by default in
+    6.0; dtf sets worker_cancel_long_running_tasks_on_connection_loss explicitly, so the
+    warning (a screen of text per reconnect) says nothing to an operator. Celery's logging
+    setup puts its own "always" filter first: call this again after it."""
+    warnings.filterwarnings("ignore", message=r"\s*In Celery 5.1 we introduced an optional breaking change",
+                            category=CPendingDeprecationWarning)
 
 
 def check_broker_credentials(settings: Settings) -> None:

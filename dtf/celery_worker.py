@@ -3,7 +3,7 @@
 ``dtf worker`` (a process of its own, blocking until a signal) and the embedded cluster of
 ``dtf run`` (a thread next to the coordinator) both call ``assemble_worker``: the
 execution profile's prefetch multiplier, the runtime as the run_test handler, the
-resource guard's consumer bootstep, the spool replay and the concurrency are set the
+resource guard's consumer bootstep, the spool replay (at start and while running) and the concurrency are set the
 same way for both.
 """
 
@@ -14,9 +14,11 @@ import threading
 from pathlib import Path
 from typing import Any, Optional
 
-from .app import DtfApp
+from . import lognoise
+from .app import DtfApp, quiet_cancel_warning
 
 from .errors import DtfError
+from .resend import SpoolReplayer
 from .state import remove_worker_record, write_worker_record
 from .worker import WorkerRuntime
 
@@ -52,6 +54,7 @@ class AssembledWorker:
         self._thread: Optional[threading.Thread] = None
         self._control_stop = threading.Event()
         self._control: Optional[threading.Thread] = None
+        self._replayer: Optional[SpoolReplayer] = None
 
     def _start_control(self, interval_s: Optional[float] = None) -> None:
         """Routes, cancels and health re-checks from a thread of their own (dtf.worker_control)."""
@@ -79,6 +82,8 @@ class AssembledWorker:
                 self.controller = self.app.WorkController(**self.options)
             else:
                 self.controller = self.app.Worker(**self.options)
+            quiet_cancel_warning()  # after Celery's logging setup, which lets every such warning through
+            lognoise.install()
         return self.controller
 
     def serve(self, state_dir: str | Path) -> None:
@@ -93,6 +98,7 @@ class AssembledWorker:
         beats = threading.Thread(target=self.runtime.heartbeat_forever, args=(stop,), daemon=True, name="dtf-heartbeat")
         beats.start()
         self._start_control()
+        replayer = self.runtime.spool_replayer().start()  # results a failover left spooled, while running
         try:
             try:
                 record = write_worker_record(state_dir, self.runtime.worker_id, list(self.runtime.queues))
@@ -104,6 +110,7 @@ class AssembledWorker:
                 remove_worker_record(record)
         finally:
             maintenance.stop()
+            replayer.stop()
             stop.set()
             self._control_stop.set()
             beats.join(timeout=5)  # lets the last heartbeat say "offline"
@@ -113,9 +120,12 @@ class AssembledWorker:
         self._thread = threading.Thread(target=self.build().start, name="dtf-worker", daemon=True)
         self._thread.start()
         self._start_control(interval_s=0.5)  # in-process: asking the coordinator costs nothing
+        self._replayer = self.runtime.spool_replayer().start()
 
     def stop(self, timeout_s: float = 10.0) -> None:
         self._control_stop.set()
+        if self._replayer is not None:
+            self._replayer.stop()
         if self.controller is not None:
             self.controller.stop(in_sighandler=False)
         if self._thread is not None:

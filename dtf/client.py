@@ -12,11 +12,11 @@ import logging
 import time
 import uuid
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 from kombu import Connection, Producer
 
-from .bus import QUERY_OPS, dumps, first_line, publish_control, request, submit_bodies, task_payload, wire_format
+from .bus import QUERY_OPS, dumps, first_line, publish_control, request, submit_body, task_payload, wire_format
 from .errors import BrokerError, DtfError, PayloadTooLarge
 from .model import RenderedTest
 from .settings import Settings
@@ -110,7 +110,7 @@ class CoordinatorClient:
                 log.info("broker connection lost during %s (%s); retrying", op, first_line(exc))
                 time.sleep(0.5)
 
-    def _call_many(self, bodies: Sequence[dict[str, Any]], *, timeout_s: float | None = None) -> Any:
+    def _call_many(self, bodies: Iterable[dict[str, Any]], *, timeout_s: float | None = None) -> Any:
         """Publish messages whose first carries reply_to, and wait for the one reply."""
         serializer, accept = wire_format(self.app)
         with self._connection() as conn:
@@ -122,13 +122,32 @@ class CoordinatorClient:
         return reply.get("data")
 
     def submit(self, run: Mapping[str, Any], tests: Sequence[RenderedTest], *, chunk_size: int = 200) -> str:
-        """Send a run in chunks (each under the payload cap); returns the run id once stored."""
-        bodies = submit_bodies(uuid.uuid4().hex, run, self.check_payloads(run, tests), chunk_size)
-        data = self._call_many(bodies, timeout_s=max(self.timeout_s, 30.0 + len(tests) / 500))
+        """Send a run in chunks (each under the payload cap); returns the run id once stored.
+
+        Chunk by chunk: each chunk's tests are taken from ``tests`` (a dtf.submission.RenderedSuite
+        renders them then), checked, sent and dropped, so a large suite is never in memory whole."""
+        submit_id, total = uuid.uuid4().hex, len(tests)
+        chunks = max(1, -(-total // chunk_size))
+
+        def bodies() -> Iterator[dict[str, Any]]:
+            for i in range(chunks):
+                chunk = self._checked(run, tests[i * chunk_size:(i + 1) * chunk_size])
+                yield submit_body(submit_id, run, i, chunks, chunk)
+
+        data = self._call_many(bodies(), timeout_s=max(self.timeout_s, 30.0 + total / 500))
         return str(data["run_id"])
 
-    def check_payloads(self, run: Mapping[str, Any], tests: Sequence[RenderedTest]) -> list[dict[str, Any]]:
-        """The tests as dicts; PayloadTooLarge for the first one over the cap (no broker call)."""
+    def check_payloads(self, run: Mapping[str, Any], tests: Iterable[RenderedTest]) -> int:
+        """PayloadTooLarge for the first test over the cap (no broker call); the number of
+        tests checked. One at a time: nothing of them is kept."""
+        checked = 0
+        for test in tests:
+            self._checked(run, [test])
+            checked += 1
+        return checked
+
+    def _checked(self, run: Mapping[str, Any], tests: Iterable[RenderedTest]) -> list[dict[str, Any]]:
+        """The tests as dicts; PayloadTooLarge for the first one over the cap."""
         dicts = [t.to_dict() for t in tests]
         for t in dicts:
             # Measure what the coordinator will publish (the task payload around the test,

@@ -8,7 +8,10 @@ where every interpolated value must pass through the quoting filter of its file'
 language; an unquoted value is a render error, not a silent injection.
 
 Secrets are never written: credentials in a broker URL are removed, and the generated
-files point at a password file (``DTF_REDIS_PASSWORD_FILE``) or a Kubernetes Secret.
+files point at a password file (``DTF_REDIS_PASSWORD_FILE``) or a Kubernetes Secret. The
+key that signs every message (``DTF_SIGNING_KEY_FILE``, from ``dtf keygen``) is named the
+same way: a file on a host, a compose secret, a Kubernetes Secret mounted as a file; a
+worker against a broker on the network refuses to start without one.
 `ENV_VARS` are the variables an operator sets, from the registry in `dtf/envvars.py`.
 
 One module on purpose: its sections (broker URLs, options, quoting, rendering, host
@@ -198,6 +201,7 @@ class DeployOptions:
     gpu: str | None = None  # vendor: "nvidia" or "amd"
     image: str = "dtf-worker:latest"
     password_file: str | None = None
+    signing_key_file: str | None = None
     stop_timeout_s: int = STOP_TIMEOUT_S
     user: str = "dtf"  # the account the systemd service runs as
 
@@ -213,6 +217,8 @@ class DeployOptions:
             env["DTF_SENTINEL_MASTER"] = self.sentinel_master or "mymaster"
         if self.password_file and self.platform in _HOST_PLATFORMS:
             env["DTF_REDIS_PASSWORD_FILE"] = self.password_file
+        if self.signing_needed and self.platform in _HOST_PLATFORMS:
+            env["DTF_SIGNING_KEY_FILE"] = self.signing_key_file or self.path("secrets", "signing-key")
         optional = {
             "DTF_WORKER_NAME": self.name,
             "DTF_TAGS": ",".join(self.tags) or None,
@@ -229,6 +235,21 @@ class DeployOptions:
     def password_needed(self) -> bool:
         """Whether the broker asked for a password that the operator must provide."""
         return bool(self.password_file) or bool(self.broker and self.broker.had_password)
+
+    @property
+    def signing_needed(self) -> bool:
+        """Whether the worker needs the fleet's signing key file: one was given, or the worker
+        runs in a container or talks to a broker off this machine (dtf.signing refuses to
+        start unsigned there; on loopback a worker makes its own key in its state dir)."""
+        if self.signing_key_file or self.platform not in _HOST_PLATFORMS:
+            return True
+        if self.broker is None and not self.sentinels:
+            return False
+        from types import SimpleNamespace
+
+        from .signing import is_loopback_broker
+
+        return not is_loopback_broker(SimpleNamespace(sentinels=self.sentinels, broker_url=self.broker.url if self.broker else ""))
 
     def path(self, *parts: str) -> str:
         """A path under the install prefix, spelled for the target platform."""
@@ -295,6 +316,7 @@ def deploy_options(
     prefix: str | None = None,
     image: str | None = None,
     password_file: str | None = None,
+    signing_key_file: str | None = None,
     stop_timeout_s: int = STOP_TIMEOUT_S,
 ) -> DeployOptions:
     """Validate rendering inputs; raises DtfError naming the first bad one."""
@@ -326,15 +348,16 @@ def deploy_options(
         gpu=vendor,
         image=image,
         password_file=_check_password_file(platform, password_file),
+        signing_key_file=_check_password_file(platform, signing_key_file, "signing key file"),
         stop_timeout_s=stop_timeout_s,
     )
 
 
-def _check_password_file(platform: str, path: str | None) -> str | None:
-    """The password file as the target reads it (for docker: the compose secret's source)."""
+def _check_password_file(platform: str, path: str | None, what: str = "password file") -> str | None:
+    """A secret file (password, signing key) as the target reads it (for docker: the compose secret's source)."""
     if path is None:
         return None
-    _check_text("password file", path)
+    _check_text(what, path)
     return to_windows(path) if platform == "windows" else path
 
 
@@ -472,6 +495,8 @@ def _context(options: DeployOptions) -> dict[str, Any]:
         "path": options.path,
         "password_needed": options.password_needed,
         "password_file_default": options.password_file or options.path("secrets", "redis-password"),
+        "signing_needed": options.signing_needed,
+        "signing_key_file": options.signing_key_file or options.path("secrets", "signing-key"),
         "public_names": [var.name for var in ENV_VARS if not var.secret],
         "gpu_resource": _GPU_RESOURCE.get(vendor or ""),
         "gpu_node_label": _GPU_NODE_LABEL.get(vendor or ""),
@@ -547,13 +572,16 @@ def render_deploy(
     prefix: str | None = None,
     image: str | None = None,
     password_file: str | None = None,
+    signing_key_file: str | None = None,
     stop_timeout_s: int = STOP_TIMEOUT_S,
 ) -> list[Path]:
     """Render what installs and starts a worker on `platform` into `out_dir`; returns the
     files written. Raises DtfError for an unknown platform or a bad option.
 
     A password in `broker` is never written: it is dropped and the files point at
-    DTF_REDIS_PASSWORD_FILE (or a Kubernetes Secret) instead. `prefix` is the install
+    DTF_REDIS_PASSWORD_FILE (or a Kubernetes Secret) instead. `signing_key_file` is the
+    fleet's signing key as the target reads it (default: <prefix>/secrets/signing-key on a
+    host, ./signing-key.txt as a compose secret). `prefix` is the install
     folder on the target host (default /opt/dtf, or C:\\dtf on Windows).
     """
     options = deploy_options(
@@ -572,6 +600,7 @@ def render_deploy(
         prefix=prefix,
         image=image,
         password_file=password_file,
+        signing_key_file=signing_key_file,
         stop_timeout_s=stop_timeout_s,
     )
     return render_options(options, Path(out_dir))
@@ -631,6 +660,7 @@ def render_profile(
     sentinels: Sequence[str] = (),
     prefix: str | None = None,
     install_source: str = "dtf",
+    signing_key_file: str | None = None,
 ) -> list[Path]:
     """Render the files for one host profile (its platform unless `platform` is given)."""
     return render_deploy(
@@ -646,6 +676,7 @@ def render_profile(
         sentinels=sentinels,
         prefix=prefix,
         install_source=install_source,
+        signing_key_file=signing_key_file,
     )
 
 

@@ -238,7 +238,8 @@ class LeaderLock:
         self._deadline = 0.0
         if was is None:
             return
-        log.warning("%s: stepped down (%s)", self.node_id, reason)
+        # Releasing the lease at a clean stop is a normal event; losing it is not.
+        (log.info if reason == "released" else log.warning)("%s: stepped down (%s)", self.node_id, reason)
         if self.on_demoted is not None:
             self.on_demoted()
 

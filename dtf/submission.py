@@ -10,13 +10,60 @@ import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, overload
 
 from .errors import DtfError
-from .model import RenderedTest, queue_for
+from .model import RenderedTest, TestSpec, queue_for
 
-__all__ = ["template_registry", "prepare_suite", "run_meta", "unserved", "unserved_routes", "baseline_choice", "check_baseline",
-           "collect"]
+__all__ = ["template_registry", "prepare_suite", "RenderedSuite", "run_meta", "unserved", "unserved_routes", "baseline_choice",
+           "check_baseline", "collect", "specs_of"]
+
+RENDER_CHUNK = 200  # tests rendered at a time: the submit's chunk size
+
+
+class RenderedSuite(Sequence[RenderedTest]):
+    """A suite's tests, rendered when they are read, RENDER_CHUNK at a time; only the last
+    chunk read is kept. A rendered test is about 17 KB of source (built-in templates), and
+    each differs from the next (its id, batch size and precision are in it): 100k tests held
+    at once were 1.7 GB, where their specs are 60 MB. Reading the suite twice renders it
+    twice (once to check every test before anything is sent, once to send it)."""
+
+    def __init__(self, suite: Any, specs: Sequence[TestSpec], render: Callable[[TestSpec], RenderedTest],
+                 chunk: int = RENDER_CHUNK) -> None:
+        self.suite = suite
+        self.specs = list(specs)
+        self._render = render
+        self._size = max(1, chunk)
+        self._cached: tuple[int, list[RenderedTest]] = (-1, [])
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    def _chunk(self, index: int) -> list[RenderedTest]:
+        from .suite import render_suite  # a render error becomes a SuiteError naming the model entry
+
+        start = index - index % self._size
+        if self._cached[0] != start:
+            self._cached = (start, render_suite(self.suite, self.specs[start:start + self._size], self._render))
+        return self._cached[1]
+
+    @overload
+    def __getitem__(self, index: int) -> RenderedTest: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[RenderedTest]: ...
+
+    def __getitem__(self, index: int | slice) -> RenderedTest | list[RenderedTest]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        index %= len(self)
+        return self._chunk(index)[index % self._size]
+
+    def __iter__(self) -> Iterator[RenderedTest]:
+        for start in range(0, len(self), self._size):
+            yield from self._chunk(start)
 
 
 def template_registry(template_dirs: Iterable[str | Path], extra: Sequence[Path] | None = None) -> Any:
@@ -26,15 +73,15 @@ def template_registry(template_dirs: Iterable[str | Path], extra: Sequence[Path]
     return TemplateRegistry([Path(p) for p in template_dirs] + list(extra or []))
 
 
-def prepare_suite(suite_path: Path, registry: Any) -> tuple[Any, list[RenderedTest]]:
-    """Load, validate, expand and render a suite."""
+def prepare_suite(suite_path: Path, registry: Any) -> tuple[Any, RenderedSuite]:
+    """Load, validate and expand a suite; its tests are rendered as they are read (RenderedSuite)."""
     from .models.inspect import with_param_counts  # real parameter counts for memory estimates
-    from .suite import expand_suite, load_suite, render_suite
+    from .suite import expand_suite, load_suite
     from .testtasks import collect_tests  # `tests:` entries: pytest collection here, at submit
 
     suite = with_param_counts(load_suite(suite_path))
     specs = expand_suite(suite, resolve_template=registry.resolve, collect_tests=collect_tests)
-    return suite, render_suite(suite, specs, registry.render)
+    return suite, RenderedSuite(suite, specs, registry.render)
 
 
 def run_meta(suite: Any) -> dict[str, Any]:
@@ -60,7 +107,12 @@ def unserved(client: Any, tests: Sequence[RenderedTest]) -> list[str]:
     served = {q for w in client.call("workers") if w.get("state") != "offline" for q in (w.get("queues") or ())}
     if not served:
         return []  # no live worker at all (a cluster starting up): nothing to judge by
-    return sorted({t.spec.hardware for t in tests if queue_for(t.spec.hardware) not in served})
+    return sorted({s.hardware for s in specs_of(tests) if queue_for(s.hardware) not in served})
+
+
+def specs_of(tests: Sequence[RenderedTest]) -> Sequence[TestSpec]:
+    """The specs of ``tests`` without rendering them (a RenderedSuite keeps its specs)."""
+    return tests.specs if isinstance(tests, RenderedSuite) else [t.spec for t in tests]
 
 
 def requirement_sets(tests: Sequence[RenderedTest]) -> dict[str, dict[str, Any]]:

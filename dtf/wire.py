@@ -161,7 +161,7 @@ def check_control(body: Any, queries: frozenset[str]) -> str:
     if reply_to is not None and not (isinstance(reply_to, str) and REPLY_TO.fullmatch(reply_to)):
         # A reply goes where this says: it must never name a work queue or any other key.
         raise MessageRefused(f"reply_to: {_show(reply_to)} is not a dtf reply queue")
-    for key in ("correlation_id", "run_id", "worker_id", "suite_name", "baseline", "submit_id"):
+    for key in ("correlation_id", "run_id", "test_id", "worker_id", "suite_name", "baseline", "submit_id"):
         if key in data and data[key] is not None:
             _text(data, key)
     return op

@@ -2,8 +2,9 @@
 
 ``WorkerRuntime.handle`` is the body of the run_test task: check the test fits this
 machine, run it in a subprocess (saying it started if it runs for more than a moment), write the result to a local spool file,
-publish it to ``dtf.results``, then delete the spool file. If the broker is down when the
-result is ready, the spool keeps it and ``replay_spool`` publishes it at the next start,
+publish it to ``dtf.results`` (with backoff across a broker failover, dtf.resend), then
+delete the spool file. If the broker is still away after that, the spool keeps it and the
+spool replayer publishes it while the worker runs (and ``replay_spool`` at the next start),
 so a finished result is never lost.
 
 Around that: an execution profile (benchmark, test, light) sets concurrency, prefetch,
@@ -43,6 +44,8 @@ from .stack import fingerprint as stack_fingerprint
 from .model import HARDWARE_KINDS, HardwareProfile, RenderedTest, TestResult, TestSpec, queue_for
 from .reservations import Reservations
 from .routing import RouteTable
+from .lognoise import one_line
+from .resend import PUBLISH_DEADLINE_S, Spool, SpoolReplayer, publish_with_backoff
 
 __all__ = [
     "WorkerRuntime",
@@ -62,6 +65,7 @@ GUARD_SAMPLE_S = 2.0  # how often the guard looks at the machine when limits are
 CONSUMER_SYNC_S = 0.5  # how often the consumer bootstep applies the guard's verdict
 DEFAULT_MAX_REJECTIONS = 5
 STARTED_NOTICE_AFTER_S = 0.25  # a test still running by then is reported as started
+REDELIVERY_CHECK_S = 5.0  # how long a redelivered task waits for the coordinator's word on it
 _BUILTIN_TIMEOUT_S = next(f.default for f in dataclasses.fields(TestSpec) if f.name == "timeout_s")
 _VISIBLE_DEVICES_ENV = {"cuda": "CUDA_VISIBLE_DEVICES", "rocm": "HIP_VISIBLE_DEVICES"}
 _GPU_VENDOR = {"cuda": "nvidia", "rocm": "amd"}
@@ -229,7 +233,8 @@ class WorkerRuntime:
         self.queues = tuple(queues)
         self.profile = profile
         self.spool = Path(spool_dir or app.settings.spool_dir) / _safe(worker_id)
-        self.spool.mkdir(parents=True, exist_ok=True)
+        self._spool = Spool(self.spool)
+        self.publish_deadline_s = PUBLISH_DEADLINE_S
         self.test_env = dict(test_env) if test_env is not None else None
         self.execution = execution
         self.concurrency = execution.concurrency(profile, self.queues)
@@ -285,7 +290,43 @@ class WorkerRuntime:
             return
         if self._rejected_for_memory(payload, test, request):
             return
+        if _redelivered(request) and self._already_handled(run_id, test.spec.test_id, attempt):
+            return
         self._run(test, run_id, attempt)
+
+    def _already_handled(self, run_id: str, test_id: str, attempt: int) -> bool:
+        """For a task the broker redelivered (its consumer lost the connection, or died): True
+        when running it would only repeat work, because this worker runs it now or the
+        coordinator already has its result. The copy is then acked and dropped.
+
+        While another worker says it runs the test (a connection lost in a broker failover
+        sends the task back although its test goes on), wait for that result, up to one of
+        our heartbeat intervals + 5 s: a live worker's result arrives, a dead worker's test
+        runs here. When the coordinator does not answer, the test runs (a second result of
+        the same attempt is a no-op)."""
+        key = (run_id, test_id, attempt)
+        with self._lock:
+            if key in self._running:
+                log.info("redelivered %s/%s attempt %d: running here already; dropped", run_id, test_id, attempt)
+                return True
+        from .client import CoordinatorClient  # the client imports the bus; only redeliveries need it
+
+        client = CoordinatorClient(self.app, timeout_s=REDELIVERY_CHECK_S)
+        deadline = time.monotonic() + self.heartbeat_interval_s + 5.0
+        while True:
+            try:
+                state = client.call("test_state", run_id=run_id, test_id=test_id, attempt=attempt) or {}
+            except Exception as exc:  # noqa: BLE001 - no answer: run it
+                log.info("redelivered %s/%s attempt %d: coordinator did not answer (%s); running it", run_id, test_id,
+                         attempt, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                return False
+            if state.get("final"):
+                log.info("redelivered %s/%s attempt %d: its result is in; dropped", run_id, test_id, attempt)
+                return True
+            others = [w for w in state.get("running_on") or () if w != self.worker_id]
+            if not others or time.monotonic() >= deadline:
+                return False
+            time.sleep(1.0)
 
     def _run(self, test: RenderedTest, run_id: str, attempt: int) -> None:
         spec = test.spec
@@ -373,35 +414,61 @@ class WorkerRuntime:
             worker_id=self.worker_id, hostname=self.hostname, hardware=spec.hardware, started_at=now, finished_at=now,
         )
 
-    # -- results: spool first, then publish ------------------------------------------------
+    # -- results: spool first, then publish ---------------------------------------------
     def publish_result(self, result: TestResult) -> None:
+        """Spool the result, then publish it, retrying with backoff across a broker failover
+        (dtf.resend); a result still unpublished stays spooled for the replayer."""
         result = dataclasses.replace(result, metrics={**dict(result.metrics), "stack_fingerprint": stack_fingerprint()})
-        path = self.spool / f"{uuid.uuid4().hex}.json"
-        tmp = path.with_suffix(".tmp")
+        path = self._spool.new_path()
         body = result_body(result)
-        tmp.write_text(json.dumps(body), encoding="utf-8")
-        os.replace(tmp, path)  # atomic: a crash leaves either nothing or a whole file
-        self._publish_results_file(path, body)
+        with self._spool.claim(path):
+            self._spool.write(path, body)
+            try:
+                publish_with_backoff(lambda fresh: self._publish_body(body, fresh), deadline_s=self.publish_deadline_s)
+            except Exception as exc:  # noqa: BLE001 - kept in the spool: the replayer publishes it
+                log.warning("result of %s/%s kept in the spool (broker unavailable: %s); published when it is back",
+                            result.run_id, result.test_id, one_line(str(exc)) or type(exc).__name__)
+                return
+            path.unlink(missing_ok=True)
 
-    def _publish_results_file(self, path: Path, body: Mapping[str, Any] | None = None) -> None:
-        if body is None:
-            body = json.loads(path.read_text(encoding="utf-8"))
-        with self.app.producer_or_acquire() as producer:
-            producer.publish(body, exchange="", routing_key=RESULTS_QUEUE, serializer=wire_format(self.app)[0],
-                             declare=[results_queue()], retry=True,
-                             retry_policy={"max_retries": 5, "interval_start": 0.2, "interval_step": 0.5})
-        path.unlink(missing_ok=True)
+    def _publish_body(self, body: Mapping[str, Any], fresh: bool = False) -> None:
+        """One publish of a result: on the app's pooled producer, or (``fresh``) on a new
+        connection, which asks the Sentinels for the current master."""
+        options: dict[str, Any] = dict(exchange="", routing_key=RESULTS_QUEUE, serializer=wire_format(self.app)[0],
+                                       declare=[results_queue()])
+        if not fresh:
+            with self.app.producer_or_acquire() as producer:
+                producer.publish(body, retry=True, retry_policy={"max_retries": 1, "interval_start": 0.2}, **options)
+            return
+        with self.app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, timeout=5)
+            conn.Producer().publish(body, retry=False, **options)
 
     def replay_spool(self) -> int:
-        """Publish results left in the spool by an earlier run of this worker."""
+        """Publish results left in the spool (by an earlier run of this worker, or by a publish
+        that gave up while the broker was away); files another thread is publishing are skipped.
+        Stops at the first broker error: the rest wait for the next replay."""
         sent = 0
-        for path in sorted(self.spool.glob("*.json")):
-            try:
-                self._publish_results_file(path)
+        for path in self._spool.waiting():
+            with self._spool.claim(path) as held:
+                if not held or not path.exists():
+                    continue
+                try:
+                    body = json.loads(path.read_text(encoding="utf-8"))
+                except (OSError, ValueError) as exc:
+                    log.warning("cannot replay spooled result %s: %s", path.name, exc)
+                    continue
+                self._publish_body(body, fresh=True)
+                path.unlink(missing_ok=True)
                 sent += 1
-            except (OSError, ValueError) as exc:
-                log.warning("cannot replay spooled result %s: %s", path.name, exc)
         return sent
+
+    def spool_replayer(self) -> SpoolReplayer:
+        """The thread that replays the spool while this worker runs (not started)."""
+        return SpoolReplayer(self._replay_quietly)
+
+    def _replay_quietly(self) -> int:
+        return self.replay_spool() if self._spool.waiting() else 0
 
     # -- health, guard and heartbeats --------------------------------------------------------
     def observe(self, sample: HealthSample, now: float) -> bool:
@@ -488,7 +555,7 @@ class WorkerRuntime:
             with self.app.producer_or_acquire() as producer:
                 publish_control(producer, body, serializer=wire_format(self.app)[0], retry_policy={"max_retries": 2})
         except Exception as exc:  # noqa: BLE001 - a lost notice must not fail the test
-            log.warning("cannot notify coordinator: %s", exc)
+            log.warning("cannot notify coordinator: %s", one_line(str(exc)) or type(exc).__name__)
 
 
 def _guard_step(runtime: WorkerRuntime) -> type[bootsteps.StartStopStep]:
@@ -513,6 +580,12 @@ def _guard_step(runtime: WorkerRuntime) -> type[bootsteps.StartStopStep]:
 
     ResourceGuardStep.name = "dtf.worker.ResourceGuardStep"
     return ResourceGuardStep
+
+
+def _redelivered(request: Any) -> bool:
+    """Whether the broker delivered this task before (kombu's Redis transport marks restored messages)."""
+    info = getattr(request, "delivery_info", None) or {}
+    return bool(info.get("redelivered"))
 
 
 def _rejections(payload: Mapping[str, Any]) -> list[dict[str, Any]]:

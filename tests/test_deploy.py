@@ -183,6 +183,7 @@ def test_env_file_holds_the_given_options(tmp_path: Path) -> None:
         "DTF_CONCURRENCY": "2",
         "DTF_PROFILE": "benchmark",
         "DTF_SPOOL_DIR": "/opt/dtf/spool",
+        "DTF_SIGNING_KEY_FILE": "/opt/dtf/secrets/signing-key",  # a broker on the network: signed
     }
 
 
@@ -264,8 +265,48 @@ def test_docker_gets_the_password_as_a_compose_secret(tmp_path: Path) -> None:
     compose = yaml.safe_load(render("docker", tmp_path, broker=BROKER_WITH_PASSWORD)["docker-compose.worker.yml"].read_text())
     worker = compose["services"]["worker"]
     assert worker["environment"]["DTF_REDIS_PASSWORD_FILE"] == "/run/secrets/redis_password"
-    assert worker["secrets"] == ["redis_password"]
+    assert worker["secrets"] == ["redis_password", "signing_key"]
     assert compose["secrets"]["redis_password"] == {"file": "./redis-password.txt"}
+
+
+# --- the signing key -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("platform", ["linux", "macos", "windows"])
+def test_a_host_against_a_network_broker_is_told_where_the_signing_key_file_is(platform: str, tmp_path: Path) -> None:
+    files = render(platform, tmp_path, signing_key_file="/etc/dtf/fleet.key" if platform != "windows" else "C:/dtf/fleet.key")
+    install = files["install.ps1" if platform == "windows" else "install.sh"].read_text()
+    if platform == "windows":
+        assert "$env:DTF_SIGNING_KEY_FILE = 'C:\\dtf\\fleet.key'" in files["start-worker.ps1"].read_text()
+        assert "$SigningKeyFile = 'C:\\dtf\\fleet.key'" in install
+    else:
+        assert read_env_file(files["worker.env"])["DTF_SIGNING_KEY_FILE"] == "/etc/dtf/fleet.key"
+        assert "SIGNING_KEY_FILE=/etc/dtf/fleet.key" in install and 'if [ ! -s "$SIGNING_KEY_FILE" ]' in install
+
+
+def test_a_host_against_a_loopback_broker_needs_no_key_file(tmp_path: Path) -> None:
+    files = render("linux", tmp_path, broker="redis://127.0.0.1:6379/0")
+    assert "DTF_SIGNING_KEY_FILE" not in read_env_file(files["worker.env"])
+    assert "SIGNING_KEY_FILE" not in files["install.sh"].read_text()
+
+
+def test_docker_gets_the_signing_key_as_a_compose_secret(tmp_path: Path) -> None:
+    files = render("docker", tmp_path, signing_key_file="./keys/fleet.key")
+    compose = yaml.safe_load(files["docker-compose.worker.yml"].read_text())
+    worker = compose["services"]["worker"]
+    assert worker["environment"]["DTF_SIGNING_KEY_FILE"] == "/run/secrets/signing_key"
+    assert worker["secrets"] == ["signing_key"]
+    assert compose["secrets"] == {"signing_key": {"file": "./keys/fleet.key"}}
+
+
+def test_kubernetes_mounts_the_signing_key_secret_as_a_file(tmp_path: Path) -> None:
+    k8s = yaml.safe_load(render("kubernetes", tmp_path)["worker-deployment.yaml"].read_text())
+    pod = k8s["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert {"name": "DTF_SIGNING_KEY_FILE", "value": "/etc/dtf/signing/key"} in container["env"]
+    assert {"name": "signing-key", "mountPath": "/etc/dtf/signing", "readOnly": True} in container["volumeMounts"]
+    assert {"name": "signing-key", "secret": {"secretName": "dtf-signing", "defaultMode": 0o440}} in pod["volumes"]
+    assert not [e for e in container["env"] if e["name"] == "DTF_SIGNING_KEY"]  # never a plain environment value
 
 
 def test_kubernetes_gets_the_password_from_a_secret(tmp_path: Path) -> None:

@@ -94,6 +94,14 @@ def test_every_dtf_service_finds_redis_through_the_sentinels(compose: dict[str, 
         assert set(service["depends_on"]) == {"sentinel-1", "sentinel-2", "sentinel-3"}
 
 
+def test_every_dtf_service_reads_the_signing_key_from_a_secret(compose: dict[str, Any]) -> None:
+    """The broker is on the compose network, not loopback: without a key no dtf process starts."""
+    for name, service in dtf_services(compose).items():
+        assert service["environment"]["DTF_SIGNING_KEY_FILE"] == "/run/secrets/signing_key", name
+        assert "signing_key" in service["secrets"], name
+    assert compose["secrets"]["signing_key"] == {"file": "./secrets/signing-key.txt"}
+
+
 def test_both_coordinators_keep_the_database_on_one_shared_volume(compose: dict[str, Any]) -> None:
     first, second = compose["services"]["coordinator-1"], compose["services"]["coordinator-2"]
     assert first["volumes"] == second["volumes"] == ["dtf-db:/var/lib/dtf/db"]

@@ -1,7 +1,7 @@
 """The names and shapes on the wire: queues, the run_test task, results, submits, control ops.
 
 Every message dtf publishes is built here, once: a test task (``task_payload``, published
-by ``send_test``), a result (``result_body``), the chunks of a submit (``submit_bodies``).
+by ``send_test``), a result (``result_body``), the chunks of a submit (``submit_body``).
 What may *arrive* is checked by dtf.wire.
 """
 
@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # Celery is imported only where an app is made (dtf.app): cli
 __all__ = [
     "RUN_TEST", "RESULTS_QUEUE", "CONTROL_QUEUE", "MARKER_QUEUE", "REPLY_PREFIX", "TASK_EXCHANGE", "QUERY_OPS",
     "hardware_queues", "task_queue", "control_queue", "results_queue", "wire_format", "task_payload", "send_test", "task_id_for",
-    "result_body", "submit_bodies", "dumps", "first_line", "drop_undecodable",
+    "result_body", "submit_body", "dumps", "first_line", "drop_undecodable",
 ]
 
 log = logging.getLogger("dtf.bus")
@@ -40,7 +40,7 @@ TASK_EXCHANGE = Exchange("dtf", type="direct", durable=True)
 # answer comes. The coordinator answers exactly these (checked at its import). The other
 # control ops (submit, heartbeat, started) are named in dtf.wire.CONTROL_OPS.
 QUERY_OPS = frozenset({"status", "results", "runs", "report", "workers", "ping", "worker_health", "run_progress",
-                       "run_matrix", "metric_trends", "routes", "scale"})
+                       "run_matrix", "metric_trends", "routes", "scale", "test_state"})
 
 
 # -- queues -----------------------------------------------------------------------------------
@@ -111,16 +111,11 @@ def result_body(result: TestResult) -> dict[str, Any]:
     return {"result": result.to_dict()}
 
 
-def submit_bodies(submit_id: str, run: Mapping[str, Any], tests: Sequence[Mapping[str, Any]],
-                  chunk_size: int = 200) -> list[dict[str, Any]]:
-    """The ``submit`` control messages of one run: its tests (dict form) in chunks, the run's
-    metadata on the first; the coordinator stages each chunk as it arrives."""
-    chunks = [list(tests[i:i + chunk_size]) for i in range(0, len(tests), chunk_size)] or [[]]
-    return [
-        {"op": "submit", "submit_id": submit_id, "run_id": str(run["run_id"]), "chunk": i, "chunks": len(chunks),
-         "tests": chunk, **({"run": dict(run)} if i == 0 else {})}
-        for i, chunk in enumerate(chunks)
-    ]
+def submit_body(submit_id: str, run: Mapping[str, Any], chunk: int, chunks: int,
+                tests: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Chunk ``chunk`` of ``chunks`` of a submit; the run's metadata rides on the first."""
+    return {"op": "submit", "submit_id": submit_id, "run_id": str(run["run_id"]), "chunk": chunk, "chunks": chunks,
+            "tests": list(tests), **({"run": dict(run)} if chunk == 0 else {})}
 
 
 # -- small shared helpers -----------------------------------------------------------------------

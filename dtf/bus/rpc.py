@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
 from kombu import Connection, Consumer, Message, Producer, Queue
 
@@ -40,7 +40,7 @@ def reply(producer: Producer, request_body: Mapping[str, Any], payload: Mapping[
                          exchange="", routing_key=str(reply_to), retry=True)
 
 
-def request(conn: Connection, bodies: Sequence[Mapping[str, Any]], *, serializer: str, accept: list[str],
+def request(conn: Connection, bodies: Iterable[Mapping[str, Any]], *, serializer: str, accept: list[str],
             timeout_s: float, max_bytes: int, broker_name: str) -> dict[str, Any]:
     """Publish messages whose first carries reply_to, and wait for the one reply.
 
@@ -61,16 +61,27 @@ def request(conn: Connection, bodies: Sequence[Mapping[str, Any]], *, serializer
     queue = Queue(reply_name, auto_delete=True, durable=False)
     with Consumer(conn.channel(), [queue], callbacks=[on_reply], accept=accept, on_decode_error=drop_undecodable):
         producer = Producer(conn.channel(), serializer=serializer)
-        outgoing = [dict(b) for b in bodies]
-        outgoing[0].update(reply_to=reply_name, correlation_id=correlation)
-        for body in outgoing:
+
+        def send(body: Mapping[str, Any]) -> None:
             size = len(dumps(body))
             if size > max_bytes:
                 raise PayloadTooLarge(f"message is {size} bytes, over the cap")
             publish_control(producer, body)
+
+        # ``bodies`` may be a generator (a large submit rendered chunk by chunk while it is
+        # sent): only the first body is kept, for a lone query's resend.
+        items = iter(bodies)
+        first = dict(next(items))
+        first.update(reply_to=reply_name, correlation_id=correlation)
+        send(first)
+        lone = True
+        for body in items:
+            lone = False
+            send(body)
+        outgoing = [first]
         deadline = time.monotonic() + timeout_s
-        resend = len(outgoing) == 1 and outgoing[0].get("op") in QUERY_OPS
-        held_s = float(outgoing[0].get("wait_s") or 0.0)  # a held query is not a lost one
+        resend = lone and first.get("op") in QUERY_OPS
+        held_s = float(first.get("wait_s") or 0.0)  # a held query is not a lost one
         resend_at = time.monotonic() + RESEND_QUERY_AFTER_S + held_s
         while not got.is_set():
             if resend and time.monotonic() >= resend_at:

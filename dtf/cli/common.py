@@ -15,6 +15,7 @@ from typing import Annotated, Any, Callable, Iterator, NoReturn, Optional, TypeV
 import typer
 from rich.console import Console
 
+from .. import lognoise
 from ..errors import DtfError
 from ..outcome import Outcome
 from ..settings import Settings, redact_db
@@ -90,6 +91,7 @@ def setup_logging(level: str) -> None:
     level = Verbosity.log_level(level)
     logging.basicConfig(level=getattr(logging, level.upper(), logging.WARNING),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    lognoise.install()  # Celery's and kombu's broker trouble: one line per event
 
 
 def settings(**overrides: Any) -> Settings:

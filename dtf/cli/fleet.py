@@ -127,6 +127,9 @@ def deploy_script(
     host_profile: Annotated[Optional[Path], typer.Option("--host-profile", help="A workers/profiles/*.yaml file.")] = None,
     prefix: Annotated[Optional[str], typer.Option("--prefix", help="Install folder on the target.")] = None,
     install_source: Annotated[str, typer.Option("--install-source", help="What pip installs: a git URL, wheel or path.")] = "dtf",
+    signing_key_file: Annotated[Optional[str], typer.Option(
+        "--signing-key-file", help="The fleet's signing key (dtf keygen) as the target reads it; for docker, the compose secret's source.",
+    )] = None,
 ) -> None:
     """Write the scripts that install and start a worker on a platform (no secrets in clear).
 
@@ -139,11 +142,12 @@ def deploy_script(
         common.err.print("note: the password in the broker URL was not written; put it in the file named by DTF_REDIS_PASSWORD_FILE")
     if host_profile:
         files = render_profile(load_host_profile(host_profile), out_dir, broker=broker, platform=platform,
-                               sentinels=settings.sentinels, prefix=prefix, install_source=install_source)
+                               sentinels=settings.sentinels, prefix=prefix, install_source=install_source,
+                               signing_key_file=signing_key_file)
     else:
         files = render_deploy(platform, out_dir, broker=broker, name=name, tags=split(tags), queues=split(queues),
                               gpu=gpu, sentinels=settings.sentinels, concurrency=concurrency, profile=profile,
-                              prefix=prefix, install_source=install_source)
+                              prefix=prefix, install_source=install_source, signing_key_file=signing_key_file)
     for path in files:
         common.out.print(str(path))
 

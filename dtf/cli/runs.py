@@ -21,7 +21,8 @@ from ..errors import DtfError
 from ..model import RunStatus
 from ..outcome import cancelled_outcome, run_outcome, results_code, status_outcome
 from ..settings import EMBEDDED_BROKER, redact_db
-from ..submission import baseline_choice, check_baseline, collect, prepare_suite, run_meta, unserved, unserved_routes
+from ..submission import (baseline_choice, check_baseline, collect, prepare_suite, run_meta, specs_of, unserved,
+                          unserved_routes)
 from . import common, progress
 from .common import (BaselineOpt, BrokerOpt, DataPathOpt, DbOpt, FailOnRegressionOpt, FormatOpt, OutputDirOpt, ReadDbOpt, TemplatesOpt,
                      conclude, errors_to_exit, fmt_value, info, open_store, table_or_json)
@@ -154,6 +155,8 @@ def run(
     settings = common.settings(broker_url=EMBEDDED_BROKER, db_path=db, data_path=data_path)
     settings = settings.with_overrides(broker_url=EMBEDDED_BROKER, sentinels=())
     parsed, tests = prepare_suite(suite, common.template_registry(settings, templates))
+    for _ in tests:  # every test renders (bad input is an error now, before the cluster starts); none is kept
+        pass
     profile = detect()
     queues = select_queues(profile)
     celery_app = make_app(settings)
@@ -227,7 +230,7 @@ def submit(
     kinds_unserved = unserved(client, tests)
     _report_unserved_routes(client, tests, meta, skip_unserved)
     if kinds_unserved:
-        count = sum(1 for t in tests if t.spec.hardware in kinds_unserved)
+        count = sum(1 for s in specs_of(tests) if s.hardware in kinds_unserved)
         kinds = ", ".join(kinds_unserved)
         if (wait and not wait_unserved) or skip_unserved:
             meta["info"]["skip_hardware"] = kinds_unserved

@@ -61,7 +61,11 @@ def coordinator(
     lock = LeaderLock(lambda: redis_from_settings(settings), node_id=node_id, ttl_ms=settings.leader_ttl_ms)
     info(f"dtf coordinator {lock.node_id}: candidate (lease ttl {lock.ttl_ms} ms), "
          f"broker {settings.safe_broker}, db {settings.safe_db}")
-    _serve_until_signal(lambda: Candidate(celery_app, lock, settings.db_path, open_store=open_db).run(stop), stop)
+    def leading(token: int) -> None:
+        info(f"dtf coordinator {lock.node_id}: leading (fencing token {token})", markup=False)
+
+    _serve_until_signal(lambda: Candidate(celery_app, lock, settings.db_path, open_store=open_db, on_lead=leading).run(stop),
+                        stop)
 
 
 def _serve_until_signal(serve: Callable[[], None], stop: threading.Event) -> None:

@@ -38,8 +38,10 @@ class Candidate:
         *,
         open_store: Callable[[str], Store] = Store,
         retry_s: float = 0.2,
+        on_lead: Callable[[int], None] | None = None,
     ) -> None:
         self.app = app
+        self.on_lead = on_lead  # told each new term's token (the CLI says it in one line, logging aside)
         self.lock = lock
         self.db_path = db_path
         self.open_store = open_store
@@ -94,7 +96,9 @@ class Candidate:
         try:
             token = self.lock.raise_token(store.max_token() + 1)
             self.terms.append(token)
-            log.warning("%s: leading with fencing token %d, db %s", self.lock.node_id, token, self.db_path)
+            log.info("%s: leading with fencing token %d, db %s", self.lock.node_id, token, self.db_path)
+            if self.on_lead is not None:
+                self.on_lead(token)
             # A new term (the lease was lost and won again, as after a Redis restart without
             # its data) closed this store: leave, and lead the new term with a fresh one.
             while not stop.is_set() and self.lock.is_leader() and self.lock.token() == token and not store.closed:
@@ -107,7 +111,7 @@ class Candidate:
         finally:
             self._store = None
             store.close()
-            log.warning("%s: standing by (results database closed)", self.lock.node_id)
+            log.info("%s: standing by (results database closed)", self.lock.node_id)
 
     def _serve_term(self, store: Store, stop: threading.Event) -> None:
         """One serve loop; a broker failure (say, a Redis failover) restarts it from the database."""

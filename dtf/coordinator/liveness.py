@@ -104,6 +104,12 @@ class LivenessPolicy(HistoryPolicy):
         graph = self.runs.get(run_id)
         if graph is None:
             return
+        worker_id = body.get("worker_id")
+        seen = self.workers.get(worker_id) if isinstance(worker_id, str) else None
+        if seen is not None and (run_id, test_id, attempt) not in seen.running:
+            # Known as this worker's from now, not from its next heartbeat: if it dies, the
+            # test is published again once the worker is offline, not after its timeout.
+            seen.running = (*seen.running, (run_id, test_id, attempt))
         update = graph.mark_running(test_id, attempt)
         if update is not None:
             self._silent_since[(graph.run_id, update.test_id)] = time.time()

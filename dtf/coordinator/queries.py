@@ -200,6 +200,23 @@ def _scale_op(c: QueryPolicy, body: Mapping[str, Any]) -> Any:
     return c.store.scale_advice(time.time())
 
 
+def _test_state_op(c: QueryPolicy, body: Mapping[str, Any]) -> Any:
+    """Where one test attempt stands, for a worker handed a redelivered copy of its task:
+    ``final`` (a result is stored, or its run ended) and ``running_on`` (live workers that
+    said they run it)."""
+    run_id, test_id, attempt = str(body["run_id"]), str(body["test_id"]), int(body["attempt"])
+    graph = c.runs.get(run_id)
+    if graph is None:
+        run = c.store.run(run_id)
+        return {"status": None, "final": run is not None and run.get("status") != "running", "running_on": []}
+    t = graph.tests.get(test_id)
+    if t is None:
+        return {"status": None, "final": False, "running_on": []}
+    key = (run_id, test_id, attempt)
+    running_on = sorted(w for w, seen in c.workers.items() if key in seen.running)
+    return {"status": t.status, "final": bool(t.final) or t.attempts != attempt, "running_on": running_on}
+
+
 QUERIES: dict[str, Callable[[QueryPolicy, Mapping[str, Any]], Any]] = {
     "routes": _routes_op,
     "status": _status_op,
@@ -213,6 +230,7 @@ QUERIES: dict[str, Callable[[QueryPolicy, Mapping[str, Any]], Any]] = {
     "run_matrix": _run_matrix_op,
     "metric_trends": _metric_trends_op,
     "scale": _scale_op,
+    "test_state": _test_state_op,
 }
 
 assert set(QUERIES) == QUERY_OPS, "dtf.bus.QUERY_OPS must name exactly the coordinator's queries"

@@ -58,7 +58,7 @@ class Deployment:
         self.data_path = data_path
         if data_path:  # hosts of their own share a signing key (else each would make one in its state dir)
             env = dict(env, DTF_SIGNING_KEY=env.get("DTF_SIGNING_KEY", "lake-ha-test-signing-key-0123456789abcdef"))
-        self.env = dtf_env(DTF_SPOOL_DIR=str(tmp_path / "spool"), DTF_LOG_LEVEL="WARNING", **env)
+        self.env = dtf_env(DTF_SPOOL_DIR=str(tmp_path / "spool"), **{"DTF_LOG_LEVEL": "WARNING", **env})
         self.settings = Settings.from_env(self.env)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.starts: dict[str, int] = {}
@@ -68,12 +68,13 @@ class Deployment:
         """Start (or restart) coordinator ``name``; each start logs to its own file."""
         self.starts[name] = self.starts.get(name, 0) + 1
         log_name = name if self.starts[name] == 1 else f"{name}.{self.starts[name]}"
-        env, cwd = self.env, self.tmp_path
+        # Leading and standing by are INFO events: the tests read them from the log.
+        env, cwd = dict(self.env, DTF_LOG_LEVEL="INFO"), self.tmp_path
         store_args = ["--db", str(self.db)]
         if self.data_path:
             cwd = self.tmp_path / f"host-{name}"
             cwd.mkdir(exist_ok=True)
-            env = dict(self.env, DTF_STATE_DIR=str(cwd / "state"))
+            env = dict(env, DTF_STATE_DIR=str(cwd / "state"))
             store_args += ["--data-path", self.data_path]
         proc = self.processes.start(log_name, ["coordinator", *store_args, "--node-id", name, *extra], env, cwd)
         self.procs[name] = proc

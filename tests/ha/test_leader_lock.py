@@ -4,6 +4,7 @@ refusing the deposed leader."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -212,3 +213,20 @@ def test_redis_from_settings_finds_the_master_through_the_sentinels(sentinel_clu
     lock = LeaderLock(lambda: redis_from_settings(sentinel_cluster.settings()), node_id="a")
     assert lock.try_acquire() and lock.token() == 1
     assert sentinel_cluster.master().client().get(LEADER_KEY) == "a:1"
+
+
+def test_releasing_the_lease_is_an_info_event_and_losing_it_a_warning(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="dtf.ha")
+    clock = FakeClock()
+    lock = lock_on(redis_server, "a", ttl_ms=10_000, drift_ms=1_000, clock=clock)
+    assert lock.try_acquire()
+    assert lock.release()
+    assert lock.try_acquire()
+    clock.now += 9.0
+    lock.tick()
+    assert [(r.levelno, r.getMessage()) for r in caplog.records if "stepped down" in r.getMessage()] == [
+        (logging.INFO, "a: stepped down (released)"),
+        (logging.WARNING, "a: stepped down (the lease deadline passed before a renewal was confirmed)"),
+    ]

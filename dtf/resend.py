@@ -1,0 +1,135 @@
+"""Results that leave a worker across a broker failover: publish with backoff, replay the
+spool while the worker runs.
+
+A finished result is written to the worker's spool first (``WorkerRuntime.publish_result``)
+and deleted once published. ``publish_with_backoff`` tries the app's pooled producer once,
+then fresh connections (a fresh connection asks the Sentinels for the master again; a
+pooled one still points at the dead master) with growing waits, for ``deadline_s``. A
+result still unpublished then stays in the spool, and ``SpoolReplayer`` publishes it as
+soon as the broker takes writes again: a Redis master failover costs the seconds of the
+failover, not a worker restart and a re-run of the test.
+
+The spool is shared by the task threads and the replayer: ``Spool.claim`` hands each file
+to one publisher at a time, so a result is never published twice by one worker.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+log = logging.getLogger("dtf.worker")
+
+__all__ = ["Spool", "SpoolReplayer", "publish_with_backoff", "PUBLISH_DEADLINE_S", "REPLAY_EVERY_S"]
+
+PUBLISH_DEADLINE_S = 20.0  # how long a task thread keeps trying before the replayer takes over
+REPLAY_EVERY_S = 2.0  # how often the replayer looks at the spool while the worker runs
+FIRST_WAIT_S = 0.2
+MAX_WAIT_S = 2.0
+
+
+def publish_with_backoff(publish: Callable[[bool], None], *, deadline_s: float = PUBLISH_DEADLINE_S,
+                         sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> int:
+    """Call ``publish(fresh)`` until it returns: first with ``fresh=False`` (the pooled
+    producer), then with ``fresh=True`` (a new connection) after waits of 0.2 s doubling up
+    to 2 s, until ``deadline_s`` has passed; then the last error is raised. Returns the
+    number of failed tries before the one that worked."""
+    start = clock()
+    wait = FIRST_WAIT_S
+    failures = 0
+    while True:
+        try:
+            publish(failures > 0)
+            return failures
+        except Exception as exc:  # noqa: BLE001 - any broker failure: try again until the deadline
+            failures += 1
+            if clock() - start + wait > deadline_s:
+                raise
+            if failures == 1:
+                log.info("publishing a result failed (%s); retrying with backoff", _first_line(exc))
+            sleep(wait)
+            wait = min(MAX_WAIT_S, wait * 2)
+
+
+class Spool:
+    """One worker's spool folder: whole files only, each claimed by one publisher at a time."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._claimed: set[Path] = set()
+        self._lock = threading.Lock()
+
+    def new_path(self) -> Path:
+        return self.folder / f"{uuid.uuid4().hex}.json"
+
+    def write(self, path: Path, body: Mapping[str, Any]) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(body), encoding="utf-8")
+        os.replace(tmp, path)  # atomic: a crash leaves either nothing or a whole file
+
+    @contextmanager
+    def claim(self, path: Path) -> Iterator[bool]:
+        """True when this caller holds ``path`` until the block ends; False when another does."""
+        with self._lock:
+            if path in self._claimed:
+                held = False
+            else:
+                self._claimed.add(path)
+                held = True
+        try:
+            yield held
+        finally:
+            if held:
+                with self._lock:
+                    self._claimed.discard(path)
+
+    def waiting(self) -> list[Path]:
+        return sorted(self.folder.glob("*.json"))
+
+    def __len__(self) -> int:
+        return len(self.waiting())
+
+
+class SpoolReplayer:
+    """A daemon thread that publishes what the spool holds every ``every_s`` while the worker
+    runs (``replay`` is the runtime's ``replay_spool``)."""
+
+    def __init__(self, replay: Callable[[], int], *, every_s: float = REPLAY_EVERY_S) -> None:
+        self._replay = replay
+        self._every_s = every_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "SpoolReplayer":
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="dtf-spool-replay")
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._every_s):
+            try:
+                sent = self._replay()
+            except Exception as exc:  # noqa: BLE001 - the replayer must outlive any broker error
+                log.info("spool replay failed (%s); trying again in %g s", _first_line(exc), self._every_s)
+                continue
+            if sent:
+                log.info("published %d spooled result%s", sent, "" if sent == 1 else "s")
+
+
+def _first_line(exc: BaseException) -> str:
+    from .lognoise import one_line  # without the redis-py client reprs a Sentinel error carries
+
+    return one_line(str(exc)) or type(exc).__name__

@@ -1,0 +1,39 @@
+"""Faults while tests are in flight (issue 14, item 6): kill -9 of the Redis master while
+results are being published, and kill -9 of a worker mid-test. Nothing lost or stored
+twice; across the master failover no test runs twice; a killed worker's test runs once
+more, brought back by its missing heartbeats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ..conftest import Processes, RedisServer
+from .conftest import SentinelCluster
+from .inflight import master_kill, worker_kill
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+
+def test_a_master_failover_while_results_are_published_runs_no_test_twice(
+    tmp_path: Path, processes: Processes, sentinel_cluster: SentinelCluster,
+) -> None:
+    figures = master_kill(tmp_path, processes, sentinel_cluster)
+    print("master failover:", figures)
+    faulted = figures["master_killed"]
+    assert figures["no_fault"]["exit_code"] == 0 and faulted["exit_code"] == 0, figures
+    assert (faulted["lost"], faulted["duplicated"], faulted["never_ran"]) == (0, 0, 0), figures
+    assert faulted["max_executions"] == 1, figures
+
+
+def test_a_killed_workers_test_runs_once_more_after_its_heartbeats_stop(
+    tmp_path: Path, processes: Processes, redis_server: RedisServer,
+) -> None:
+    figures = worker_kill(tmp_path, processes, redis_server.url)
+    print("worker kill:", figures)
+    faulted = figures["worker_killed"]
+    assert faulted["exit_code"] == 0, figures
+    assert (faulted["lost"], faulted["duplicated"], faulted["never_ran"]) == (0, 0, 0), figures
+    assert faulted["max_executions"] == 2 and faulted["tests_run_twice"] == 1, figures
+    assert faulted["republished_after_s"] <= faulted["offline_after_s"] + 5, figures

@@ -1,0 +1,84 @@
+"""dtf.resend: a finished result's publish retried with backoff on fresh connections, and
+the spool replayed while the worker runs (a real redis-server stopped and started again on
+its port: the broker away, then back)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+import redis
+
+from dtf.app import make_app
+from dtf.bus import RESULTS_QUEUE
+from dtf.model import TestResult
+from dtf.resend import Spool, SpoolReplayer, publish_with_backoff
+from dtf.settings import Settings
+from dtf.worker import WorkerRuntime
+
+from .conftest import RedisServer
+
+
+def test_a_failed_publish_is_retried_on_fresh_connections_with_doubling_waits() -> None:
+    calls: list[bool] = []
+    waits: list[float] = []
+
+    def publish(fresh: bool) -> None:
+        calls.append(fresh)
+        if len(calls) < 4:
+            raise ConnectionError("master down")
+
+    assert publish_with_backoff(publish, sleep=waits.append, deadline_s=60) == 3
+    assert calls == [False, True, True, True]  # the pooled producer once, then new connections
+    assert waits == [0.2, 0.4, 0.8]
+
+
+def test_a_publish_that_never_works_raises_at_the_deadline() -> None:
+    now = [0.0]
+    waits: list[float] = []
+
+    def sleep(s: float) -> None:
+        waits.append(s)
+        now[0] += s
+
+    def publish(fresh: bool) -> None:
+        raise ConnectionError("still down")
+
+    with pytest.raises(ConnectionError):
+        publish_with_backoff(publish, sleep=sleep, clock=lambda: now[0], deadline_s=5)
+    assert sum(waits) <= 5 and waits[-1] == 2.0  # capped at 2 s a wait
+
+
+def test_a_claimed_spool_file_is_not_claimed_twice(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    path = spool.new_path()
+    spool.write(path, {"result": {}})
+    with spool.claim(path) as first:
+        with spool.claim(path) as second:
+            assert (first, second) == (True, False)
+    with spool.claim(path) as again:
+        assert again
+
+
+@pytest.mark.redis
+def test_a_result_spooled_while_the_broker_is_away_is_published_by_the_running_worker_when_it_is_back(
+    tmp_path: Path, redis_server: RedisServer,
+) -> None:
+    app = make_app(Settings(broker_url=redis_server.url, spool_dir=str(tmp_path / "spool"), state_dir=str(tmp_path / "state")))
+    runtime = WorkerRuntime(app, worker_id="w-resend", queues=["dtf.cpu"])
+    runtime.publish_deadline_s = 0.5  # give up quickly: the replayer takes over
+    redis_server.stop()
+    runtime.publish_result(TestResult("run-1", "t/cpu", 1, "passed"))
+    [kept] = list(runtime.spool.glob("*.json"))
+    assert json.loads(kept.read_text())["result"]["test_id"] == "t/cpu"
+    published = threading.Event()
+    replayer = SpoolReplayer(lambda: (runtime.replay_spool() and published.set()) or 0, every_s=0.1).start()
+    try:
+        redis_server.start()  # the same port: the broker is back, empty
+        assert published.wait(30)
+    finally:
+        replayer.stop()
+    assert list(runtime.spool.glob("*.json")) == []
+    assert redis.Redis(port=redis_server.port).llen(RESULTS_QUEUE) == 1
