@@ -8,7 +8,7 @@ from typing import Any, Mapping, Sequence
 
 from kombu import Producer
 
-from dtf.bus import KombuPort, MemoryMessage, submit_bodies
+from dtf.bus import KombuPort, MemoryMessage, submit_body
 from dtf.model import RenderedTest
 
 FakeMessage = MemoryMessage  # what the coordinator needs of a message: ack, requeue
@@ -39,9 +39,12 @@ def empty(app: Any, *queues: str) -> None:
 
 
 def submit(coordinator: Any, run: Mapping[str, Any], tests: Sequence[RenderedTest]) -> str:
-    """Submit a run the way a client does: its submit chunks (dtf.bus.submit_bodies) handed
-    to the coordinator's control handler, each acked once stored."""
-    for body in submit_bodies(uuid.uuid4().hex, run, [t.to_dict() for t in tests]):
+    """Submit a run the way a client does: its submit chunks (dtf.bus.submit_body, 200 tests
+    each) handed to the coordinator's control handler, each acked once stored."""
+    dicts = [t.to_dict() for t in tests]
+    chunks = [dicts[i:i + 200] for i in range(0, len(dicts), 200)] or [[]]
+    submit_id = uuid.uuid4().hex
+    for body in (submit_body(submit_id, run, i, len(chunks), chunk) for i, chunk in enumerate(chunks)):
         message = MemoryMessage()
         coordinator.on_control(body, message)
         assert message.acked

@@ -5,6 +5,7 @@ memory hog is in test_worker_guard.py."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -73,12 +74,20 @@ def test_the_guard_never_accepts_while_a_limit_is_crossed(readings: list[tuple[f
 
 
 # -- the runtime applies the verdict ------------------------------------------------------------
+class _Queues(dict):  # type: ignore[type-arg]
+    """Stands in for the app's ``amqp.queues``: the queues declared so far, by name."""
+
+    def add(self, queue: Any) -> None:
+        self[queue.name] = queue
+
+
 class RecordingConsumer:
     """Stands in for celery's Consumer: records queue cancels and adds."""
 
     def __init__(self) -> None:
         self.task_consumer = object()
         self.calls: list[tuple[str, str]] = []
+        self.app = SimpleNamespace(amqp=SimpleNamespace(queues=_Queues()))
 
     def cancel_task_queue(self, queue: str) -> None:
         self.calls.append(("cancel", queue))

@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # Celery is imported only where an app is made (dtf.app): cli
 __all__ = [
     "RUN_TEST", "RESULTS_QUEUE", "CONTROL_QUEUE", "MARKER_QUEUE", "REPLY_PREFIX", "TASK_EXCHANGE", "QUERY_OPS",
     "hardware_queues", "task_queue", "control_queue", "results_queue", "wire_format", "task_payload", "send_test", "task_id_for",
-    "result_body", "submit_body", "dumps", "first_line", "drop_undecodable",
+    "result_body", "submit_bodies", "submit_body", "dumps", "first_line", "drop_undecodable",
 ]
 
 log = logging.getLogger("dtf.bus")
@@ -109,6 +109,14 @@ def task_id_for(run_id: str, test_id: str, attempt: int) -> str:
 def result_body(result: TestResult) -> dict[str, Any]:
     """The body of a ``dtf.results`` message (dtf.wire.result_from_wire reads it back)."""
     return {"result": result.to_dict()}
+
+
+def submit_bodies(submit_id: str, run: Mapping[str, Any], tests: Sequence[Mapping[str, Any]],
+                  chunk_size: int = 200) -> list[dict[str, Any]]:
+    """Every ``submit`` message of a run held in memory (tests and bench; the client sends a
+    large suite chunk by chunk with ``submit_body`` as it renders it)."""
+    chunks = [list(tests[i:i + chunk_size]) for i in range(0, len(tests), chunk_size)] or [[]]
+    return [submit_body(submit_id, run, i, len(chunks), chunk) for i, chunk in enumerate(chunks)]
 
 
 def submit_body(submit_id: str, run: Mapping[str, Any], chunk: int, chunks: int,

@@ -22,13 +22,13 @@ class HistoryQueries:
 
     def history_rows(self, hardware: Sequence[str] | None = None, *, limit: int = HISTORY_ROWS) -> list[dict[str, Any]]:
         """Passed attempts joined with their test rows, newest first: what dtf.predict.observations reads."""
-        where = "r.status = 'passed'" + (" AND list_contains(?, t.hardware)" if hardware else "")
-        params: list[Any] = [list(hardware)] if hardware else []
+        kinds = list(hardware) if hardware else None  # None: every hardware kind
         return self.query(  # type: ignore[attr-defined, no-any-return]
-            f"""SELECT t.test_id, t.model, t.family, t.hardware, t.batch_size, t.precision,
-                       r.duration_s, r.peak_memory_mb
-                FROM results r JOIN tests t ON t.run_id = r.run_id AND t.test_id = r.test_id
-                WHERE {where} ORDER BY r.finished_at DESC LIMIT ?""", [*params, limit])
+            """SELECT t.test_id, t.model, t.family, t.hardware, t.batch_size, t.precision,
+                      r.duration_s, r.peak_memory_mb
+               FROM results r JOIN tests t ON t.run_id = r.run_id AND t.test_id = r.test_id
+               WHERE r.status = 'passed' AND (?::VARCHAR[] IS NULL OR list_contains(?::VARCHAR[], t.hardware))
+               ORDER BY r.finished_at DESC LIMIT ?""", [kinds, kinds, limit])
 
     def attempt_rows(self, *, limit: int = 500_000) -> list[dict[str, Any]]:
         """Every attempt's (run, test, hardware, attempt, status, finished_at): what flake rates read."""
