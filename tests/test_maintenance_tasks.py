@@ -69,7 +69,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     (root / "logs").mkdir()
     procs = Processes(root / "logs")
     c = Cluster(root, redis, procs)
-    c.env.update(HF_HUB_CACHE=str(root / "hf-cache"), HF_HUB_OFFLINE="1")
+    # The compiled-code caches the workers clear are their own: clearing the machine's shared
+    # /tmp/torchinductor_<user> would race with other tests running beside this one.
+    c.env.update(HF_HUB_CACHE=str(root / "hf-cache"), HF_HUB_OFFLINE="1",
+                 TORCHINDUCTOR_CACHE_DIR=str(root / "inductor"), TRITON_CACHE_DIR=str(root / "triton"))
     try:
         c.start_coordinator()
         for name in ("w1", "w2"):  # one test at a time each: a split-case run needs both
@@ -104,7 +107,7 @@ def runs_of(c: Cluster, worker: str, kind: str) -> int:
 def test_a_task_reaches_each_worker_of_its_queue_once_and_reports_per_worker(cluster: Cluster) -> None:
     before = {w: runs_of(cluster, w, "clear-cache") for w in ("w1", "w2", "w3")}
     code, data, err = tasks(cluster, "clear-cache", "--hardware", "cpu", "--what", "work-dirs,compiled")
-    assert code == 0, err
+    assert code == 0, (err, data)
     got = rows(data)
     assert set(got) == {"w1", "w2"}  # w3 serves dtf.cuda only
     assert all(r["status"] == "ok" and r["summary"].startswith("cleared work-dirs, compiled") for r in got.values())
@@ -121,7 +124,7 @@ def test_one_named_worker_only_and_detect_heartbeats_at_once(cluster: Cluster) -
     seen = cluster.worker("w3")
     assert seen is not None
     code, data, err = tasks(cluster, "detect", "--worker", "w3")
-    assert code == 0, err
+    assert code == 0, (err, data)
     got = rows(data)["w3"]
     assert got["status"] == "ok" and "heartbeat sent" in got["summary"]
     assert got["details"]["queues"] == ["dtf.cuda"] and "cpu" in got["details"]["hardware"]["hardware_kinds"]
@@ -134,7 +137,7 @@ def test_one_named_worker_only_and_detect_heartbeats_at_once(cluster: Cluster) -
 @on_cluster
 def test_prepare_models_succeeds_from_the_cache_and_names_a_missing_model(cluster: Cluster) -> None:
     code, data, err = tasks(cluster, "prepare-models", "--models", TINY_ID, "--hardware", "cpu")
-    assert code == 0, err
+    assert code == 0, (err, data)
     for row in rows(data).values():
         assert row["status"] == "ok"
         model = row["details"]["models"][TINY_ID]
@@ -172,7 +175,7 @@ def test_a_malformed_request_is_dead_lettered_and_the_worker_keeps_answering(clu
     wait_for(lambda: int(client.get(DEAD_LETTER_COUNT_KEY) or 0) > dead, "the refused request on dtf.dead")
     assert "unknown maintenance task 'format-disk'" in client.lindex("dtf.dead", 0).decode()
     code, _, err = tasks(cluster, "clear-cache", "--worker", "w2", "--what", "work-dirs")
-    assert code == 0, err
+    assert code == 0, (err, data)
 
 
 @on_cluster
@@ -206,7 +209,7 @@ def test_an_unsigned_request_is_refused_unrun(cluster: Cluster) -> None:
     with app.connection_for_write() as conn:
         Producer(conn.channel(), serializer="json").publish(body, exchange=MAINT_EXCHANGE, routing_key=route_for_worker("w1"))
     code, _, err = tasks(cluster, "clear-cache", "--worker", "w1", "--what", "work-dirs")
-    assert code == 0, err
+    assert code == 0, (err, data)
     assert runs_of(cluster, "w1", "clear-cache") == before + 1
     assert "dropping a message we refuse to decode" in cluster.processes.log("w1")
 
