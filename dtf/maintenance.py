@@ -196,10 +196,10 @@ def _clear_one(target: str, runtime: WorkerRuntime, models: list[str]) -> dict[s
     return {"dirs": [_remove_tree(cache_dir() / f"models--{m.replace('/', '--')}") for m in models]}
 
 
-@task_kind("clear-cache", params={"what": f"comma-separated, of {', '.join(CLEAR_TARGETS)} (default: all but hf)",
+@task_kind("clear-cache", params={"what": f"comma-separated, of {', '.join(CLEAR_TARGETS)} (default: work-dirs, fork-server, compiled)",
                                   "models": "with what=hf: only these models' cache entries"})
 def clear_cache(runtime: WorkerRuntime, params: Mapping[str, Any]) -> TaskOutcome:
-    """Clear what dtf caches on the worker: work dirs, fork server, compiled and ORT-web caches; the HF cache when named."""
+    """Clear what dtf caches on the worker: work dirs, fork server and compiled code by default; ORT-web and the HF cache when named."""
     what = _names(params.get("what")) or list(DEFAULT_CLEAR)
     unknown = [w for w in what if w not in CLEAR_TARGETS]
     if unknown:
