@@ -127,7 +127,9 @@ def test_an_idle_coordinator_writes_a_batch_at_once_a_busy_one_waits_for_the_idl
     c.tick(idle=False)  # more messages waiting: the batch stays open
     assert not first[1].acked and stored(store, "run-i") == []
     assert c._drain_timeout(0.05, 0.002) == 0.002  # no write for a while: look briefly for more, then write
-    c.tick(idle=True)  # nothing waiting: written at once, long before the 60 s batch delay
+    # nothing waiting: written at once (one idle gap after the last write; the clock is given,
+    # not read, so the test does not depend on how fast it runs), long before the 60 s batch delay
+    c.tick(now=c._last_flush + c._idle_gap_s() + 1e-3, idle=True)
     assert first[1].acked and stored(store, "run-i") == [("t0", 1, "passed")]
 
     second = result("run-i", "t1")
@@ -135,7 +137,7 @@ def test_an_idle_coordinator_writes_a_batch_at_once_a_busy_one_waits_for_the_idl
     assert c._drain_timeout(0.05, 0.002) > 0.002  # just written: wait out the idle gap first
     c.tick(now=c._last_flush + c._idle_gap_s() / 2, idle=True)
     assert not second[1].acked  # within the gap since the last write
-    c.tick(now=c._last_flush + c._idle_gap_s(), idle=True)
+    c.tick(now=c._last_flush + c._idle_gap_s() + 1e-3, idle=True)  # just past the gap (no float-equality edge)
     assert second[1].acked and [r[0] for r in stored(store, "run-i")] == ["t0", "t1"]
 
 
