@@ -25,6 +25,7 @@ from kombu import Connection, Consumer, Exchange, Message, Producer, Queue, bind
 
 from ..errors import BrokerError, PayloadTooLarge
 from .protocol import REPLY_PREFIX, drop_undecodable, dumps
+from .rpc import delete_quietly
 
 __all__ = ["MAINT_EXCHANGE", "MAINT_PREFIX", "MAINT_OP", "maintenance_queue", "route_for_queue", "route_for_worker",
            "request_body", "broadcast"]
@@ -99,8 +100,5 @@ def broadcast(conn: Connection, body: Mapping[str, Any], route: str, *, serializ
                 conn.drain_events(timeout=min(left, 0.5))
             except socket.timeout:
                 pass
-    try:
-        queue(conn.channel()).delete()
-    except Exception:  # noqa: BLE001 - cleanup only
-        pass
+    delete_quietly(queue, conn)
     return answers

@@ -97,8 +97,13 @@ def request(conn: Connection, bodies: Iterable[Mapping[str, Any]], *, serializer
                 conn.drain_events(timeout=min(left, 0.5))
             except socket.timeout:
                 pass
+    delete_quietly(queue, conn)
+    return answer
+
+
+def delete_quietly(queue: Any, conn: Any) -> None:
+    """Delete a reply queue when its answers are in (cleanup only: errors are ignored)."""
     try:
         queue(conn.channel()).delete()
     except Exception:  # noqa: BLE001 - cleanup only
         pass
-    return answer

@@ -174,7 +174,7 @@ class LakeStore(Store):
         lake's data (and a DuckDB-file catalog), then no more external access, settings
         locked. PostgreSQL access stays what the catalog's role may do: give readers a
         role that can only SELECT (docs/ha.md)."""
-        rows = con.execute(f"SELECT value FROM ducklake_options('{ALIAS}') WHERE option_name = 'data_path'").fetchall()
+        rows = con.execute("SELECT value FROM ducklake_options(?) WHERE option_name = 'data_path'", [ALIAS]).fetchall()
         allowed = [str(r[0]) for r in rows if r[0]]
         if not self.catalog.startswith(("postgres:", "mysql:", "sqlite:")) and "://" not in self.catalog:
             allowed.append(str(Path(self.catalog).resolve().parent) + os.sep)
