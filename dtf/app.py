@@ -43,7 +43,7 @@ def make_app(settings: Settings, *, extra_queues: tuple[str, ...] = ()) -> DtfAp
     if not settings.embedded:
         from .wire import install_transport_guard
 
-        install_transport_guard()  # a malformed item on a Redis list never reaches kombu or Celery
+        install_transport_guard(settings.max_payload_bytes)  # a malformed item on a Redis list never reaches kombu or Celery
     app = DtfApp(settings, main="dtf", broker=broker.url, set_as_current=False)
     app.conf.update(
         broker_transport_options=broker.transport_options,

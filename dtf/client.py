@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 from kombu import Connection, Producer
 
 from .bus import QUERY_OPS, dumps, first_line, publish_control, request, submit_body, task_payload, wire_format
+from .bus.protocol import chunk_cap
 from .errors import BrokerError, DtfError, PayloadTooLarge
 from .model import RenderedTest
 from .settings import Settings
@@ -40,7 +41,7 @@ class BrokerLink:
 
         self.settings = settings
         self._broker = broker_options(settings)
-        install_transport_guard()  # as make_app does: a malformed reply never reaches kombu
+        install_transport_guard(settings.max_payload_bytes)  # as make_app does: a malformed reply never reaches kombu
         serializer = serializer_for(settings)
         self.conf = SimpleNamespace(task_serializer=serializer, accept_content=[serializer])
 
@@ -125,14 +126,34 @@ class CoordinatorClient:
         """Send a run in chunks (each under the payload cap); returns the run id once stored.
 
         Chunk by chunk: each chunk's tests are taken from ``tests`` (a dtf.submission.RenderedSuite
-        renders them then), checked, sent and dropped, so a large suite is never in memory whole."""
+        renders them then), checked, sent and dropped, so a large suite is never in memory whole.
+        A chunk holds at most ``chunk_size`` tests and dtf.bus.protocol.chunk_cap bytes of them;
+        as chunks are cut by bytes while rendering, each but the last says "one more at least"
+        (dtf.bus.protocol.submit_body)."""
         submit_id, total = uuid.uuid4().hex, len(tests)
-        chunks = max(1, -(-total // chunk_size))
+        cap = chunk_cap(self.max_payload)
+
+        def pieces() -> Iterator[list[dict[str, Any]]]:
+            piece: list[dict[str, Any]] = []
+            size = 0
+            for start in range(0, total, chunk_size):
+                for test, test_size in self._checked(run, tests[start:start + chunk_size]):
+                    if piece and (len(piece) >= chunk_size or size + test_size > cap):
+                        yield piece
+                        piece, size = [], 0
+                    piece.append(test)
+                    size += test_size
+            yield piece
 
         def bodies() -> Iterator[dict[str, Any]]:
-            for i in range(chunks):
-                chunk = self._checked(run, tests[i * chunk_size:(i + 1) * chunk_size])
-                yield submit_body(submit_id, run, i, chunks, chunk)
+            held: list[dict[str, Any]] | None = None
+            index = 0
+            for piece in pieces():
+                if held is not None:
+                    yield submit_body(submit_id, run, index, index + 2, held)
+                    index += 1
+                held = piece
+            yield submit_body(submit_id, run, index, index + 1, held or [])
 
         data = self._call_many(bodies(), timeout_s=max(self.timeout_s, 30.0 + total / 500))
         return str(data["run_id"])
@@ -146,10 +167,11 @@ class CoordinatorClient:
             checked += 1
         return checked
 
-    def _checked(self, run: Mapping[str, Any], tests: Iterable[RenderedTest]) -> list[dict[str, Any]]:
-        """The tests as dicts; PayloadTooLarge for the first one over the cap."""
-        dicts = [t.to_dict() for t in tests]
-        for t in dicts:
+    def _checked(self, run: Mapping[str, Any], tests: Iterable[RenderedTest]) -> list[tuple[dict[str, Any], int]]:
+        """The tests as dicts with their payload sizes; PayloadTooLarge for the first one over the cap."""
+        checked = []
+        for test in tests:
+            t = test.to_dict()
             # Measure what the coordinator will publish (the task payload around the test,
             # at the highest attempt number), so a test under the cap here is publishable there.
             size = len(dumps(task_payload(str(run["run_id"]), int(t["spec"].get("retries", 0)) + 1, t)))
@@ -157,4 +179,5 @@ class CoordinatorClient:
                 raise PayloadTooLarge(
                     f"test {t['spec']['test_id']}: rendered payload is {size} bytes, over the {self.max_payload}-byte cap"
                 )
-        return dicts
+            checked.append((t, size))
+        return checked

@@ -21,18 +21,24 @@ import os
 import threading
 import time
 import uuid
+from collections import deque
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 log = logging.getLogger("dtf.worker")
 
-__all__ = ["Spool", "SpoolReplayer", "publish_with_backoff", "PUBLISH_DEADLINE_S", "REPLAY_EVERY_S"]
+__all__ = ["Spool", "SpoolReplayer", "RecentResults", "publish_with_backoff", "PUBLISH_DEADLINE_S", "REPLAY_EVERY_S",
+           "RESEND_WINDOW_S"]
 
 PUBLISH_DEADLINE_S = 20.0  # how long a task thread keeps trying before the replayer takes over
 REPLAY_EVERY_S = 2.0  # how often the replayer looks at the spool while the worker runs
 FIRST_WAIT_S = 0.2
 MAX_WAIT_S = 2.0
+# Redis replicates asynchronously: a result the old master took in its last moments may never
+# reach the replica the Sentinels promote. After a reconnect a worker publishes again what it
+# published this long before it lost the connection (the coordinator stores a result once).
+RESEND_WINDOW_S = 10.0
 
 
 def publish_with_backoff(publish: Callable[[bool], None], *, deadline_s: float = PUBLISH_DEADLINE_S,
@@ -56,6 +62,45 @@ def publish_with_backoff(publish: Callable[[bool], None], *, deadline_s: float =
                 log.info("publishing a result failed (%s); retrying with backoff", _first_line(exc))
             sleep(wait)
             wait = min(MAX_WAIT_S, wait * 2)
+
+
+class RecentResults:
+    """The result bodies a worker published lately, for ``since_loss`` after a reconnect.
+
+    Bounded by age (a minute) and count: it only has to cover the moments before a broker
+    connection drops."""
+
+    def __init__(self, *, window_s: float = RESEND_WINDOW_S, keep_s: float = 60.0, max_items: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.window_s = window_s
+        self.keep_s = keep_s
+        self._clock = clock
+        self._items: deque[tuple[float, Mapping[str, Any]]] = deque(maxlen=max_items)
+        self._lock = threading.Lock()
+        self.lost_at: float | None = None
+
+    def add(self, body: Mapping[str, Any]) -> None:
+        now = self._clock()
+        with self._lock:
+            self._items.append((now, body))
+            while self._items and self._items[0][0] < now - self.keep_s:
+                self._items.popleft()
+
+    def mark_lost(self) -> None:
+        """The broker connection dropped now (the first drop counts until ``since_loss``)."""
+        with self._lock:
+            if self.lost_at is None:
+                self.lost_at = self._clock()
+
+    def since_loss(self) -> list[Mapping[str, Any]]:
+        """What was published from ``window_s`` before the last loss on (each once), and forget the loss."""
+        with self._lock:
+            if self.lost_at is None:
+                return []
+            since, self.lost_at = self.lost_at - self.window_s, None
+            taken = [body for at, body in self._items if at >= since]
+            self._items = deque(((at, body) for at, body in self._items if at < since), maxlen=self._items.maxlen)
+            return taken
 
 
 class Spool:

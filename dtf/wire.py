@@ -226,9 +226,12 @@ def maintenance_reply_from_wire(body: Any) -> dict[str, Any]:
 _OPTIONAL_TEXT = (str, type(None))
 
 
-def check_envelope(item: bytes | str, queue: str) -> dict[str, Any]:
+def check_envelope(item: bytes | str, queue: str, max_bytes: int | None = None) -> dict[str, Any]:
     """A raw list item as kombu's Redis transport stores a message, checked so that kombu and
-    Celery can take it without raising; MessageRefused otherwise."""
+    Celery can take it without raising; MessageRefused otherwise (an item over ``max_bytes``
+    before it is parsed)."""
+    if max_bytes is not None and len(item) > max_bytes:
+        raise MessageRefused(f"{len(item)} bytes, over the {max_bytes}-byte cap of {queue[:64]}")
     try:
         raw = json.loads(item)
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -368,19 +371,24 @@ def dead_letter_count(client: Any) -> int:
 
 # -- the transport guard ------------------------------------------------------------------------
 _installed = False
+_max_payload = 1 << 20  # dtf.settings.Settings.max_payload_bytes, as the last install gave it
 
 
-def install_transport_guard() -> None:
+def install_transport_guard(max_payload: int = 1 << 20) -> None:
     """Make kombu's Redis channels check every raw item they pop (idempotent, per process).
 
     kombu parses each popped item with ``json.loads`` and builds a message from it inside its
     event loop; a non-JSON or malformed item raises out of ``drain_events`` (and out of
     Celery's consumer, which then stops the worker). The item has already left the list, so
-    it is dead-lettered here and the loop goes on."""
-    global _installed
+    it is dead-lettered here and the loop goes on. An item over its queue's raw cap
+    (dtf.bus.protocol.raw_item_cap, from ``max_payload``) is refused before any parsing."""
+    global _installed, _max_payload
+    _max_payload = max_payload
     if _installed:
         return
     from queue import Empty
+
+    from .bus.protocol import raw_item_cap
 
     from kombu.transport import redis as kredis
     from kombu.utils.encoding import bytes_to_str
@@ -398,7 +406,7 @@ def install_transport_guard() -> None:
             dest = bytes_to_str(dest).rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(dest)
             try:
-                message = check_envelope(item, dest)
+                message = check_envelope(item, dest, raw_item_cap(dest, _max_payload))
             except MessageRefused as exc:
                 dead_letter(self.client, dest, str(exc), item)
                 return True
@@ -419,7 +427,7 @@ def install_transport_guard() -> None:
                         break
                     self._maybe_update_queues_expire(client, queue)
                     try:
-                        return check_envelope(item, queue)
+                        return check_envelope(item, queue, raw_item_cap(queue, _max_payload))
                     except MessageRefused as exc:
                         dead_letter(client, queue, str(exc), item)
             self._maybe_update_queues_expire(client, queue)

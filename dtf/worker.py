@@ -45,7 +45,7 @@ from .model import HARDWARE_KINDS, HardwareProfile, RenderedTest, TestResult, Te
 from .reservations import Reservations
 from .routing import RouteTable
 from .lognoise import one_line
-from .resend import PUBLISH_DEADLINE_S, Spool, SpoolReplayer, publish_with_backoff
+from .resend import PUBLISH_DEADLINE_S, RecentResults, Spool, SpoolReplayer, publish_with_backoff
 
 __all__ = [
     "WorkerRuntime",
@@ -66,6 +66,7 @@ CONSUMER_SYNC_S = 0.5  # how often the consumer bootstep applies the guard's ver
 DEFAULT_MAX_REJECTIONS = 5
 STARTED_NOTICE_AFTER_S = 0.25  # a test still running by then is reported as started
 REDELIVERY_CHECK_S = 5.0  # how long a redelivered task waits for the coordinator's word on it
+RECHECK_SETTLE_S = 1.5  # a copy sent again after a lost connection asks twice, this far apart
 _BUILTIN_TIMEOUT_S = next(f.default for f in dataclasses.fields(TestSpec) if f.name == "timeout_s")
 _VISIBLE_DEVICES_ENV = {"cuda": "CUDA_VISIBLE_DEVICES", "rocm": "HIP_VISIBLE_DEVICES"}
 _GPU_VENDOR = {"cuda": "nvidia", "rocm": "amd"}
@@ -234,6 +235,8 @@ class WorkerRuntime:
         self.profile = profile
         self.spool = Path(spool_dir or app.settings.spool_dir) / _safe(worker_id)
         self._spool = Spool(self.spool)
+        self.recent = RecentResults()  # sent again after a reconnect (dtf.resend.RESEND_WINDOW_S)
+        self._consumer_starts = 0
         self.publish_deadline_s = PUBLISH_DEADLINE_S
         self.test_env = dict(test_env) if test_env is not None else None
         self.execution = execution
@@ -290,11 +293,15 @@ class WorkerRuntime:
             return
         if self._rejected_for_memory(payload, test, request):
             return
-        if _redelivered(request) and self._already_handled(run_id, test.spec.test_id, attempt):
+        # A redelivered task, or a copy the coordinator sent again after a publish was cut off
+        # ("recheck"): ask whether it already ran before running it.
+        recheck = payload.get("recheck") is True
+        if (recheck or _redelivered(request)) and \
+                self._already_handled(run_id, test.spec.test_id, attempt, wait_for_others=not recheck):
             return
         self._run(test, run_id, attempt)
 
-    def _already_handled(self, run_id: str, test_id: str, attempt: int) -> bool:
+    def _already_handled(self, run_id: str, test_id: str, attempt: int, *, wait_for_others: bool = True) -> bool:
         """For a task the broker redelivered (its consumer lost the connection, or died): True
         when running it would only repeat work, because this worker runs it now or the
         coordinator already has its result. The copy is then acked and dropped.
@@ -303,7 +310,9 @@ class WorkerRuntime:
         sends the task back although its test goes on), wait for that result, up to one of
         our heartbeat intervals + 5 s: a live worker's result arrives, a dead worker's test
         runs here. When the coordinator does not answer, the test runs (a second result of
-        the same attempt is a no-op)."""
+        the same attempt is a no-op). Without ``wait_for_others`` (a copy the coordinator sent
+        again after losing the broker connection) a test another live worker runs is dropped
+        at once: if that worker dies, its missing heartbeats bring the test back."""
         key = (run_id, test_id, attempt)
         with self._lock:
             if key in self._running:
@@ -313,6 +322,7 @@ class WorkerRuntime:
 
         client = CoordinatorClient(self.app, timeout_s=REDELIVERY_CHECK_S)
         deadline = time.monotonic() + self.heartbeat_interval_s + 5.0
+        settled = False
         while True:
             try:
                 state = client.call("test_state", run_id=run_id, test_id=test_id, attempt=attempt) or {}
@@ -324,6 +334,17 @@ class WorkerRuntime:
                 log.info("redelivered %s/%s attempt %d: its result is in; dropped", run_id, test_id, attempt)
                 return True
             others = [w for w in state.get("running_on") or () if w != self.worker_id]
+            if not wait_for_others:
+                if others:
+                    log.info("copy of %s/%s attempt %d: %s runs it; dropped", run_id, test_id, attempt, others[0])
+                    return True
+                if not settled:
+                    # The original may have started a moment ago on another worker: its started
+                    # notice (or that worker's heartbeat after the reconnect) comes within this.
+                    settled = True
+                    time.sleep(RECHECK_SETTLE_S)
+                    continue
+                return False
             if not others or time.monotonic() >= deadline:
                 return False
             time.sleep(1.0)
@@ -430,6 +451,22 @@ class WorkerRuntime:
                             result.run_id, result.test_id, one_line(str(exc)) or type(exc).__name__)
                 return
             path.unlink(missing_ok=True)
+        self.recent.add(body)
+
+    def after_reconnect(self) -> int:
+        """The consumer is connected again after losing the broker: publish again, through
+        the spool and its replayer, the results sent shortly before the loss (a Sentinel
+        failover can drop the old master's last writes; a copy that did arrive is a no-op)."""
+        # Which tests run here, at once: started notices sent as the connection dropped are lost.
+        threading.Thread(target=lambda: self._send_control(self.heartbeat_body()), name="dtf-beat", daemon=True).start()
+        bodies = self.recent.since_loss()
+        for body in bodies:
+            self._spool.write(self._spool.new_path(), body)
+        if bodies:
+            log.warning("broker reconnected: publishing again %d results sent just before the connection dropped",
+                     len(bodies))
+            threading.Thread(target=self._replay_quietly, name="dtf-resend", daemon=True).start()
+        return len(bodies)
 
     def _publish_body(self, body: Mapping[str, Any], fresh: bool = False) -> None:
         """One publish of a result: on the app's pooled producer, or (``fresh``) on a new
@@ -572,8 +609,13 @@ def _guard_step(runtime: WorkerRuntime) -> type[bootsteps.StartStopStep]:
             # After a reconnect the consumer restarts from app.amqp.queues.consume_from,
             # which cancel_task_queue edits too: the verdict survives the restart.
             self.tref = c.timer.call_repeatedly(CONSUMER_SYNC_S, runtime.sync_consumers, (c,))
+            runtime._consumer_starts += 1
+            if runtime._consumer_starts > 1:  # a restart: the broker connection was lost
+                runtime.recent.mark_lost()
+                runtime.after_reconnect()
 
         def stop(self, c: Any) -> None:
+            runtime.recent.mark_lost()  # Celery stops the steps when the connection drops (and at shutdown)
             if self.tref is not None:
                 self.tref.cancel()
                 self.tref = None

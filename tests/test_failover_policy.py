@@ -77,3 +77,34 @@ def test_test_state_says_final_once_the_result_is_in_and_for_an_attempt_that_was
     assert ask_state(c, "run-s", "a")["final"] is True
     assert ask_state(c, "run-s", "b", attempt=7)["final"] is True  # not the attempt the coordinator waits for
     assert ask_state(c, "no-such-run", "a") == {"status": None, "final": False, "running_on": []}
+
+
+def test_after_a_lost_connection_queued_tests_sent_just_before_it_or_cut_off_mid_send_go_out_again_with_recheck(
+    store: Store, port: MemoryPort, tmp_path: Path,
+) -> None:
+    # A Sentinel failover can drop the old master's last writes, and a send the loss cuts off
+    # may or may not have reached it: the next serve loop of the term publishes those tests
+    # again at once (not after the reconciliation grace), flagged so a worker checks first.
+    from dtf.coordinator.state import RESEND_WINDOW_S, Carry
+
+    carry = Carry()
+    c = make(store, port, tmp_path, grace_s=600, carry=carry)
+    send_submit(c, "run-l", [rendered("old"), rendered("started"), rendered("recent")])
+    assert len(port.take("dtf.cpu")) == 3
+    c.on_control({"op": "started", "run_id": "run-l", "test_id": "started", "attempt": 1, "worker_id": "w1"},
+                  MemoryMessage())
+    c.tick()
+    # All three were sent just now: say "old" went out well before the window.
+    carry.sent = type(carry.sent)(((t - 2 * RESEND_WINDOW_S, r, i, a) if i == "old" else (t, r, i, a))
+                                  for t, r, i, a in carry.sent)
+    carry.unsure["run-l"] = {("cut-off", 1)}  # a test the run does not have is skipped
+    carry.lost_at = max(t for t, *_ in carry.sent) + 0.5
+
+    again = make(store, port, tmp_path, grace_s=600, carry=carry)
+    again.start_term()
+    tasks = port.take("dtf.cpu")
+    assert [t["test"]["spec"]["test_id"] for t in tasks] == ["recent"]  # "started" was delivered; "old" is too old
+    assert all(t["recheck"] is True for t in tasks)
+    assert carry.lost_at is None and carry.unsure == {}
+    again.start_term()  # a second loop without a new loss sends nothing
+    assert port.take("dtf.cpu") == []

@@ -82,3 +82,23 @@ def test_a_result_spooled_while_the_broker_is_away_is_published_by_the_running_w
         replayer.stop()
     assert list(runtime.spool.glob("*.json")) == []
     assert redis.Redis(port=redis_server.port).llen(RESULTS_QUEUE) == 1
+
+
+def test_recent_results_give_back_what_was_published_from_the_window_before_a_loss_once() -> None:
+    from dtf.resend import RecentResults
+
+    now = [100.0]
+    recent = RecentResults(window_s=10.0, keep_s=60.0, clock=lambda: now[0])
+    for at, name in ((100.0, "long-before"), (125.0, "just-before"), (133.0, "at-the-loss")):
+        now[0] = at
+        recent.add({"name": name})
+    assert recent.since_loss() == []  # no loss yet
+    recent.mark_lost()  # at 133
+    now[0] = 140.0
+    recent.mark_lost()  # the first loss counts until it is handled
+    assert [b["name"] for b in recent.since_loss()] == ["just-before", "at-the-loss"]
+    assert recent.since_loss() == []  # handled: nothing twice
+    now[0] = 200.0
+    recent.add({"name": "later"})  # and old entries age out
+    recent.mark_lost()
+    assert [b["name"] for b in recent.since_loss()] == ["later"]

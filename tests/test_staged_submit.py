@@ -40,17 +40,28 @@ def store(store_spec: StoreSpec) -> Iterator[Store]:
 
 def test_chunks_in_any_order_and_redelivered_make_one_run_when_the_last_is_in(store: Store) -> None:
     run = {"run_id": "run-a", "suite_name": "s"}
-    assert store.stage_submit_chunk("sub", "run-a", 2, 3, [rendered("c")]) == 1
-    assert store.stage_submit_chunk("sub", "run-a", 2, 3, [rendered("c")]) == 1  # redelivered
-    assert store.stage_submit_chunk("sub", "run-a", 0, 3, [rendered("a")], run=run, reply={"reply_to": "q"}) == 2
+    assert store.stage_submit_chunk("sub", "run-a", 2, 3, [rendered("c")]) == (1, 3)
+    assert store.stage_submit_chunk("sub", "run-a", 2, 3, [rendered("c")]) == (1, 3)  # redelivered
+    assert store.stage_submit_chunk("sub", "run-a", 0, 3, [rendered("a")], run=run, reply={"reply_to": "q"}) == (2, 3)
     assert store.run("run-a") is None  # not visible until complete
-    assert store.stage_submit_chunk("sub", "run-a", 1, 3, [rendered("b")]) == 3
+    assert store.stage_submit_chunk("sub", "run-a", 1, 3, [rendered("b")]) == (3, 3)
     done = store.finish_submit("sub")
     assert (done["run_id"], done["error"], done["total"], done["reply"]) == ("run-a", None, 3, {"reply_to": "q"})
     stored = store.run("run-a")
     assert stored is not None and (stored["status"], stored["total"]) == ("running", 3)
     assert [s["test_id"] for s in store.iter_specs("run-a", batch=2)] == ["a", "b", "c"]
     assert count(store, "SELECT count(*) AS n FROM staged_chunks") == 0
+
+
+def test_chunks_that_announce_one_more_complete_only_with_the_last_in_any_order(store: Store) -> None:
+    # A sender cutting chunks by bytes while it renders says "chunk + 2" until its last chunk,
+    # which carries the true total (dtf.bus.protocol.submit_body). Chunks 0-3, arriving 0, 2, 1, 3:
+    # after 0, 2 and 1 three are in and the largest total announced is 4, so it is not complete.
+    assert store.stage_submit_chunk("one-more", "run-m", 0, 2, [rendered("a")], run={"run_id": "run-m"}) == (1, 2)
+    assert store.stage_submit_chunk("one-more", "run-m", 2, 4, [rendered("c")]) == (2, 4)
+    assert store.stage_submit_chunk("one-more", "run-m", 1, 3, [rendered("b")]) == (3, 4)
+    assert store.stage_submit_chunk("one-more", "run-m", 3, 4, [rendered("d")]) == (4, 4)
+    assert store.finish_submit("one-more")["total"] == 4
 
 
 def test_a_chunk_with_an_error_fails_the_submit_and_removes_its_tests(store: Store) -> None:
@@ -118,3 +129,34 @@ def test_a_chunk_naming_unknown_hardware_fails_the_submit_with_one_error_and_sto
     assert not reply["ok"] and "unknown hardware 'tpu'" in reply["error"]
     assert coordinator.store.run("run-e") is None and "run-e" not in coordinator.runs
     assert count(coordinator.store, "SELECT count(*) AS n FROM tests WHERE run_id = 'run-e'") == 0
+
+
+def test_the_client_cuts_chunks_by_bytes_and_the_store_completes_the_run_with_the_last(
+    store: Store, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Chunks of at most 200 tests and dtf.bus.protocol.chunk_cap bytes: with the cap just over
+    # two tests' payloads, five tests of 2 KB make three chunks, cut while they are rendered.
+    from dtf import client as client_module
+    from dtf.client import CoordinatorClient
+
+    big = [RenderedTest(rendered(f"t{i}").spec, "x = 1  # " + "p" * 2000 + "\n", "h") for i in range(5)]
+    one = len(client_module.dumps(client_module.task_payload("run-big", 1, big[0].to_dict())))
+    monkeypatch.setattr(client_module, "chunk_cap", lambda max_payload: 2 * one + 10)
+    sent: list[dict[str, Any]] = []
+
+    def record(self: CoordinatorClient, bodies: Iterator[dict[str, Any]], *, timeout_s: float | None = None) -> Any:
+        for body in bodies:
+            sent.append(body)
+            staged, expected = store.stage_submit_chunk(body["submit_id"], body["run_id"], body["chunk"],
+                                                        body["chunks"], [RenderedTest.from_dict(t) for t in body["tests"]],
+                                                        run=body.get("run"))
+            if staged == expected:
+                store.finish_submit(body["submit_id"])
+        return {"run_id": "run-big"}
+
+    monkeypatch.setattr(CoordinatorClient, "_call_many", record)
+    client = CoordinatorClient.for_settings(Settings(broker_url="redis://127.0.0.1:9/0"))
+    assert client.submit({"run_id": "run-big", "suite_name": "s"}, big) == "run-big"
+    assert [(b["chunk"], b["chunks"], len(b["tests"])) for b in sent] == [(0, 2, 2), (1, 3, 2), (2, 3, 1)]
+    stored = store.run("run-big")
+    assert stored is not None and stored["total"] == 5

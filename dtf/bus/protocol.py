@@ -111,6 +111,29 @@ def result_body(result: TestResult) -> dict[str, Any]:
     return {"result": result.to_dict()}
 
 
+# A submit chunk holds at most this many bytes of tests (as JSON), or one test when a single
+# test is larger (up to the payload cap): dtf.wire refuses a raw control message over twice
+# the chunk cap before parsing it, so neither side ever parses an unbounded message.
+CHUNK_MAX_BYTES = 8 << 20
+
+
+def chunk_cap(max_payload: int) -> int:
+    return max(CHUNK_MAX_BYTES, max_payload)
+
+
+def raw_item_cap(queue: str, max_payload: int) -> int:
+    """The most bytes a raw Redis item popped from ``queue`` may have before it is parsed
+    (kombu's envelope, and base64 when signed, included): twice the largest body its kind
+    of message can have, plus room for the headers."""
+    if queue == CONTROL_QUEUE:
+        base = chunk_cap(max_payload)  # submit chunks
+    elif queue.startswith(REPLY_PREFIX):
+        base = 8 * max_payload  # query answers (dtf.bus.rpc.request caps them at this)
+    else:
+        base = max(max_payload, 4 << 20)  # tests (the payload cap) and results (capped fields)
+    return 2 * base + (64 << 10)
+
+
 def submit_bodies(submit_id: str, run: Mapping[str, Any], tests: Sequence[Mapping[str, Any]],
                   chunk_size: int = 200) -> list[dict[str, Any]]:
     """Every ``submit`` message of a run held in memory (tests and bench; the client sends a
@@ -121,7 +144,11 @@ def submit_bodies(submit_id: str, run: Mapping[str, Any], tests: Sequence[Mappin
 
 def submit_body(submit_id: str, run: Mapping[str, Any], chunk: int, chunks: int,
                 tests: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Chunk ``chunk`` of ``chunks`` of a submit; the run's metadata rides on the first."""
+    """Chunk ``chunk`` of ``chunks`` of a submit; the run's metadata rides on the first.
+
+    A sender that does not know the total yet (it cuts chunks by bytes as it renders) sends
+    ``chunks = chunk + 2`` ("at least one more") and the true total on the last chunk; the
+    coordinator starts the run once it holds as many chunks as the largest total announced."""
     return {"op": "submit", "submit_id": submit_id, "run_id": str(run["run_id"]), "chunk": chunk, "chunks": chunks,
             "tests": list(tests), **({"run": dict(run)} if chunk == 0 else {})}
 

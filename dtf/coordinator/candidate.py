@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Callable
 
 from ..app import DtfApp
@@ -15,6 +16,7 @@ from ..errors import FencingError, StoreError
 from ..ha import LeaderLock, NotLeader
 from ..store import Store
 from .loop import Coordinator
+from .state import Carry
 
 __all__ = ["Candidate"]
 
@@ -101,8 +103,9 @@ class Candidate:
                 self.on_lead(token)
             # A new term (the lease was lost and won again, as after a Redis restart without
             # its data) closed this store: leave, and lead the new term with a fresh one.
+            carry = Carry()  # from one serve loop of this term to the next
             while not stop.is_set() and self.lock.is_leader() and self.lock.token() == token and not store.closed:
-                self._serve_term(store, stop)
+                self._serve_term(store, stop, carry)
         except FencingError as exc:
             log.error("%s: %s; stepping down", self.lock.node_id, exc)
             self.lock.step_down("a write was fenced")
@@ -113,9 +116,10 @@ class Candidate:
             store.close()
             log.info("%s: standing by (results database closed)", self.lock.node_id)
 
-    def _serve_term(self, store: Store, stop: threading.Event) -> None:
-        """One serve loop; a broker failure (say, a Redis failover) restarts it from the database."""
-        coordinator = Coordinator(self.app, store, token=self.fenced_token)
+    def _serve_term(self, store: Store, stop: threading.Event, carry: Carry) -> None:
+        """One serve loop; a broker failure (say, a Redis failover) restarts it from the database
+        and ``carry`` (what the failure may have dropped: dtf/coordinator/dispatch.py)."""
+        coordinator = Coordinator(self.app, store, token=self.fenced_token, carry=carry)
         try:
             coordinator.serve(stop, leading=self.lock.is_leader)
         except (StoreError, NotLeader):  # FencingError included: the caller steps down
@@ -123,6 +127,7 @@ class Candidate:
         except Exception as exc:  # noqa: BLE001 - kombu and redis raise many kinds
             if store.closed:
                 return  # demoted mid-loop: the store was closed under it; the caller leaves this term
+            carry.lost_at = time.monotonic()
             log.warning("%s: broker connection lost (%s); reconnecting", self.lock.node_id, first_line(exc))
             stop.wait(1.0)
 

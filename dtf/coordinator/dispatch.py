@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Sequence
 
 from ..bus import TestTask, dumps, task_id_for, task_payload
 from ..errors import PayloadTooLarge
 from ..requirements import queue_of
-from .state import CoordinatorState, from_json
+from ..model import Status
+from .state import RESEND_WINDOW_S, CoordinatorState, from_json
 
 __all__ = ["DispatchPolicy"]
+
+log = logging.getLogger("dtf.coordinator")
 
 
 class DispatchPolicy(CoordinatorState):
@@ -41,12 +45,15 @@ class DispatchPolicy(CoordinatorState):
             self.store.update_tests(rows, token=self.token())
             self._publish(graph.run_id, [(u.test_id, u.attempts) for u in updates])
 
-    def _publish(self, run_id: str, items: Sequence[tuple[str, int]]) -> None:
+    def _publish(self, run_id: str, items: Sequence[tuple[str, int]], *, recheck: bool = False) -> None:
         """Publish run_test tasks; the source comes from the store, not from memory.
 
         One keyed DuckDB read for all of them, the stored spec JSON passed through as is
         (no dataclass round trip), every payload checked against the cap before the first
-        is sent, and the sends pipelined by the port."""
+        is sent, and the sends pipelined by the port. If the send fails (the broker went
+        away mid-batch) the items are kept in ``carry.unsure`` and the exception goes on: the
+        next serve loop publishes them again with ``recheck``, which makes a worker ask the
+        coordinator whether the test already ran before it runs a copy."""
         self._mark_published(run_id, items)
         stored = self.store.test_sources(run_id, [tid for tid, _ in items])
         tasks: list[TestTask] = []
@@ -54,11 +61,47 @@ class DispatchPolicy(CoordinatorState):
             spec, source, template_hash = stored[test_id]
             spec = from_json(spec)
             payload = task_payload(run_id, attempt, {"spec": spec, "source": source, "template_hash": template_hash})
+            if recheck:
+                payload["recheck"] = True
             size = len(dumps(payload))
             if size > self.max_payload:
                 raise PayloadTooLarge(f"test {test_id}: payload is {size} bytes, over the {self.max_payload}-byte cap")
             tasks.append((payload, queue_of(spec), task_id_for(run_id, test_id, attempt)))
-        self.port.send_tests(tasks)
+        try:
+            self.port.send_tests(tasks)
+        except Exception:
+            self.carry.unsure.setdefault(run_id, set()).update(items)
+            raise
+        now = time.monotonic()
+        self.carry.sent.extend((now, run_id, test_id, attempt) for test_id, attempt in items)
+
+    def _publish_again_after_loss(self) -> None:
+        """After a lost broker connection: publish again, at once and with ``recheck``, what
+        may not have survived it: the tests of a send the loss cut off, and those sent up to
+        RESEND_WINDOW_S before it (a Sentinel failover can drop the old master's last writes).
+        Only tests still queued at the attempt that was sent: a started one was delivered."""
+        carry = self.carry
+        again: dict[str, set[tuple[str, int]]] = {run_id: set(items) for run_id, items in carry.unsure.items()}
+        if carry.lost_at is not None:
+            since = carry.lost_at - RESEND_WINDOW_S
+            for sent_at, run_id, test_id, attempt in carry.sent:
+                if sent_at >= since:
+                    again.setdefault(run_id, set()).add((test_id, attempt))
+        carry.unsure, carry.lost_at = {}, None
+        count = 0
+        for run_id, items in again.items():
+            graph = self.runs.get(run_id)
+            if graph is None:
+                continue
+            queued = sorted((test_id, attempt) for test_id, attempt in items
+                            if (t := graph.tests.get(test_id)) is not None and t.status == Status.QUEUED.value
+                            and t.attempts == attempt)
+            if queued:
+                count += len(queued)
+                self._publish(run_id, queued, recheck=True)
+        if count:
+            log.warning("re-publishing %d queued tests the lost broker connection may have dropped "
+                        "(workers check each copy against the run before running it)", count)
 
     def _mark_published(self, run_id: str, items: Sequence[tuple[str, int]]) -> None:
         """Start the silence clock reconciliation watches (dtf/coordinator/liveness.py)."""

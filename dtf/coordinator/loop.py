@@ -76,12 +76,16 @@ class Coordinator(SubmitPolicy, CancelPolicy, QueryPolicy, LivenessPolicy):
 
     def start_term(self) -> None:
         """Before consuming: restore the running runs from the store and reconcile; when the
-        broker lost its data, publish every in-flight test again and leave a new marker."""
+        broker lost its data, publish every in-flight test again and leave a new marker;
+        otherwise publish again what the last lost connection may have dropped."""
         lost = self.port.lost_data()
         self._restore_active_runs()
         self.reconcile_on_election(republish=lost)
         if lost:
+            self.carry.unsure, self.carry.lost_at = {}, None  # republished with everything else in flight
             self.port.put_marker()
+        else:
+            self._publish_again_after_loss()
 
     def tick(self, now: float | None = None, *, idle: bool = False) -> None:
         """Timed work: due result batches (``idle``: no message was waiting), held queries, reconciliation."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from ..app import DtfApp
@@ -14,9 +15,25 @@ from ..model import FINAL_STATUSES, TestResult
 from ..schedule import RunGraph, Update
 from ..store import Store
 
-__all__ = ["CoordinatorState", "WorkerSeen", "WORKER_OFFLINE_AFTER_S", "update_row", "from_json"]
+__all__ = ["CoordinatorState", "Carry", "WorkerSeen", "WORKER_OFFLINE_AFTER_S", "RESEND_WINDOW_S", "update_row",
+           "from_json"]
 
 WORKER_OFFLINE_AFTER_S = 45.0
+# Redis replicates asynchronously: a write the old master took in its last moments may never
+# reach the replica the Sentinels promote. After a lost connection the leader publishes again
+# the tests it sent this long before the loss that have not started (dtf/coordinator/dispatch.py).
+RESEND_WINDOW_S = 10.0
+
+
+@dataclass
+class Carry:
+    """What one term's serve loops hand to the next when the broker connection drops
+    (dtf/coordinator/candidate.py): tests whose publish failed mid-batch (the broker may or
+    may not have them), the tests sent lately, and when the connection was lost."""
+
+    unsure: dict[str, set[tuple[str, int]]] = field(default_factory=dict)  # run id -> (test, attempt)
+    sent: deque[tuple[float, str, str, int]] = field(default_factory=lambda: deque(maxlen=50_000))
+    lost_at: float | None = None  # time.monotonic() of the last connection loss
 
 
 @dataclass
@@ -45,6 +62,7 @@ class CoordinatorState:
         batch_ms: int | None = None,
         grace_s: float | None = None,
         port: CoordinatorPort | None = None,
+        carry: "Carry | None" = None,
     ) -> None:
         settings = app.settings
         self.app = app
@@ -68,6 +86,7 @@ class CoordinatorState:
         self.duplicates = 0  # results whose (run, test, attempt) was already stored: redeliveries
         self.refused = 0  # messages that failed their schema (dtf.wire): dead-lettered by this leader
         self.cancelled: dict[str, float] = {}  # run id -> when `dtf cancel` ended it (dtf/coordinator/cancel.py)
+        self.carry = carry if carry is not None else Carry()
 
     @property
     def demoted(self) -> bool:

@@ -49,10 +49,10 @@ class SubmitPolicy(HistoryPolicy):
             error = str(exc)
         except (KeyError, TypeError, ValueError) as exc:
             error = f"malformed submit: {exc}"
-        staged = self.store.stage_submit_chunk(submit_id, run_id, chunk, chunks, tests, run=body.get("run"),
+        staged, expected = self.store.stage_submit_chunk(submit_id, run_id, chunk, chunks, tests, run=body.get("run"),
                                                reply=reply, error=error, token=self.token())
         message.ack()
-        if staged < chunks:
+        if staged < expected:
             return
         done = self.store.finish_submit(submit_id, token=self.token())
         self._predictor_for = None  # the submit's indexed history: not needed any more

@@ -309,9 +309,11 @@ class Store(HistoryQueries):
         reply: Mapping[str, Any] | None = None,
         error: str | None = None,
         token: int = 0,
-    ) -> int:
+    ) -> tuple[int, int]:
         """Store one chunk of a submit (idempotent: a redelivered chunk changes nothing) and
-        return how many distinct chunks of it are stored. Its tests go into ``tests`` under
+        return how many distinct chunks of it are stored, and the largest total any of them
+        announced: the submit is complete when the two are equal (a sender that cuts chunks
+        as it renders announces "one more" on each chunk but its last). Its tests go into ``tests`` under
         ``run_id``, unseen by run queries until ``finish_submit`` adds the run row; a chunk
         with an error stores no tests, and fails the submit when it finishes."""
         now = time.time()
@@ -326,8 +328,9 @@ class Store(HistoryQueries):
             )
             if tests and error is None:
                 self._insert_tests(con, run_id, tests, now)
-            row = con.execute("SELECT count(*) FROM staged_chunks WHERE submit_id = ?", [submit_id]).fetchone()
-        return int(row[0]) if row else 0
+            staged, expected = con.execute("SELECT count(*), max(chunks) FROM staged_chunks WHERE submit_id = ?",
+                                           [submit_id]).fetchone() or (0, 0)
+        return int(staged), int(expected)
 
     @_retry_conflicts
     def finish_submit(self, submit_id: str, *, token: int = 0) -> dict[str, Any]:

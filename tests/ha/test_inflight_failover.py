@@ -1,7 +1,6 @@
 """Faults while tests are in flight (issue 14, item 6): kill -9 of the Redis master while
 results are being published, and kill -9 of a worker mid-test. Nothing lost or stored
-twice; across the master failover no test runs twice; a killed worker's test runs once
-more, brought back by its missing heartbeats."""
+twice; across the master failover no test runs twice and the run does not stall; a killed worker's test runs once more, brought back by its missing heartbeats."""
 
 from __future__ import annotations
 
@@ -24,11 +23,13 @@ def test_a_master_failover_while_results_are_published_runs_no_test_twice(
     faulted = figures["master_killed"]
     assert figures["no_fault"]["exit_code"] == 0 and faulted["exit_code"] == 0, figures
     assert (faulted["lost"], faulted["duplicated"], faulted["never_ran"]) == (0, 0, 0), figures
-    if faulted["max_executions"] != 1:
-        # An open bug, not a pass: in about one master-kill run in four the coordinator goes
-        # silent for a while after the failover and the reconciliation grace re-runs a test
-        # (seen at 188 s wall). Nothing is lost or stored twice (asserted above).
-        pytest.xfail(f"known intermittent stall after a master failover (a test ran twice): {figures}")
+    # Before the leader and the workers sent again what the failover may have dropped (the
+    # old master's last writes), about one run in four stalled here for the reconciliation
+    # grace and ran a test twice (seen at 188 s wall).
+    assert faulted["max_executions"] == 1, figures
+    # No stall: a stall waits out the 60 s reconciliation grace. (How many seconds a failover
+    # costs is measured by bench/failover.py, not asserted: about 4 s here.)
+    assert faulted["extra_wall_s"] < 45, figures
 
 
 def test_a_killed_workers_test_runs_once_more_after_its_heartbeats_stop(

@@ -1,7 +1,8 @@
 """Size caps (issue 14, item 7) against a real redis-server and a real `dtf coordinator`:
-a status query with a 50 MB run id and a heartbeat with a 50 MB hostname are refused and
-dead-lettered with a one-line reason; neither the log nor the dead-letter list holds more
-than a bounded head of them, and the coordinator answers and lists no forged worker."""
+a status query with a 50 MB run id is refused before it is parsed (over the control queue's
+raw cap) and a heartbeat with a 1 MB hostname by its field cap; both are dead-lettered with a
+one-line reason, neither the log nor the dead-letter list holds more than a bounded head of
+them, and the coordinator answers and lists no forged worker."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from dtf.app import make_app
+from dtf.bus.protocol import raw_item_cap
 from dtf.client import CoordinatorClient
 from dtf.settings import Settings
 from dtf.wire import DEAD_LETTER_HEAD
@@ -21,9 +23,10 @@ from .test_hostile_messages import dead, publish, start
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
 FIFTY_MB = 50 * 1024 * 1024
+ONE_MB = 1024 * 1024
 
 
-def test_a_50_mb_run_id_and_a_50_mb_hostname_are_refused_not_logged(
+def test_a_50_mb_run_id_and_a_1_mb_hostname_are_refused_not_logged(
     tmp_path: Path, redis_server: RedisServer, processes: Processes,
 ) -> None:
     start(tmp_path, redis_server, processes)
@@ -31,11 +34,12 @@ def test_a_50_mb_run_id_and_a_50_mb_hostname_are_refused_not_logged(
     url = redis_server.url
     publish(url, "dtf.coordinator", {"op": "status", "run_id": "r" * FIFTY_MB, "reply_to": "dtf.reply.big",
                                      "correlation_id": "c"})
-    publish(url, "dtf.coordinator", {"op": "heartbeat", "worker": {"worker_id": "big@x", "hostname": "h" * FIFTY_MB}})
+    publish(url, "dtf.coordinator", {"op": "heartbeat", "worker": {"worker_id": "big@x", "hostname": "h" * ONE_MB}})
     assert wait_until(lambda: len(dead(conn)) >= 2, 120), processes.log("coordinator")[-2000:]
     reasons = [e["reason"] for e in dead(conn)]
-    assert any(r.startswith("run_id: 52428800 characters, over the") for r in reasons), reasons
-    assert any(r.startswith("hostname: 52428800 characters, over the") for r in reasons), reasons
+    raw_cap = raw_item_cap("dtf.coordinator", Settings().max_payload_bytes)
+    assert any(r.endswith(f"bytes, over the {raw_cap}-byte cap of dtf.coordinator") for r in reasons), reasons
+    assert any(r.startswith("hostname: 1048576 characters, over the") for r in reasons), reasons
     assert all(len(e.get("head") or "") <= DEAD_LETTER_HEAD for e in dead(conn))
     assert len(processes.log("coordinator")) < 100_000  # refused in one line, not logged whole
     assert conn.llen("dtf.reply.big") == 0  # no answer computed for it
