@@ -109,6 +109,7 @@ class AssembledWorker:
             finally:
                 remove_worker_record(record)
         finally:
+            self.runtime.flush_results(10.0)  # what is left stays spooled for the next start
             maintenance.stop()
             replayer.stop()
             stop.set()
@@ -130,6 +131,7 @@ class AssembledWorker:
             self.controller.stop(in_sighandler=False)
         if self._thread is not None:
             self._thread.join(timeout=timeout_s)
+        self.runtime.flush_results(timeout_s)
 
 
 def assemble_worker(

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 log = logging.getLogger("dtf.worker")
 
-__all__ = ["Spool", "SpoolReplayer", "RecentResults", "publish_with_backoff", "PUBLISH_DEADLINE_S", "REPLAY_EVERY_S",
+__all__ = ["Spool", "SpoolReplayer", "RecentResults", "ResultSender", "publish_with_backoff", "PUBLISH_DEADLINE_S", "REPLAY_EVERY_S",
            "RESEND_WINDOW_S"]
 
 PUBLISH_DEADLINE_S = 20.0  # how long a task thread keeps trying before the replayer takes over
@@ -136,11 +136,99 @@ class Spool:
                 with self._lock:
                     self._claimed.discard(path)
 
+    def try_claim(self, path: Path) -> bool:
+        """``claim`` without the block: True when this caller now holds ``path`` (``release`` it)."""
+        with self._lock:
+            if path in self._claimed:
+                return False
+            self._claimed.add(path)
+            return True
+
+    def release(self, path: Path) -> None:
+        with self._lock:
+            self._claimed.discard(path)
+
     def waiting(self) -> list[Path]:
         return sorted(self.folder.glob("*.json"))
 
     def __len__(self) -> int:
         return len(self.waiting())
+
+
+class ResultSender:
+    """Publishes finished results on a thread of its own, so a test's slot takes its next test
+    while the result goes out (a publish is a Redis round trip, JSON and signing: about a
+    millisecond and a half of every test's slot here, bench/latency.py).
+
+    Each result is already in the spool and claimed when it is handed over (``send``), so a
+    worker killed before the publish replays it at its next start. Results waiting together
+    go out in one pipelined batch (``publish_many(bodies, fresh)``); a batch that still fails
+    at ``deadline_s`` is released to the spool replayer."""
+
+    def __init__(self, spool: Spool, publish_many: Callable[[list[Mapping[str, Any]], bool], None], *,
+                 sent: Callable[[Mapping[str, Any]], None] = lambda body: None,
+                 deadline_s: float = PUBLISH_DEADLINE_S, max_batch: int = 200) -> None:
+        self._spool = spool
+        self._publish_many = publish_many
+        self._sent = sent
+        self.deadline_s = deadline_s
+        self._max_batch = max_batch
+        self._pending: deque[tuple[Path, Mapping[str, Any], str]] = deque()
+        self._cond = threading.Condition()
+        self._busy = 0  # results taken off the queue and not yet published or released
+        self._thread: threading.Thread | None = None
+
+    def send(self, path: Path, body: Mapping[str, Any], what: str) -> None:
+        """Hand over a spooled result that this caller claimed (``Spool.try_claim``)."""
+        with self._cond:
+            self._pending.append((path, body, what))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, daemon=True, name="dtf-result-sender")
+                self._thread.start()
+            self._cond.notify_all()
+
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        """Wait until every result handed over is published or back in the spool's hands."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while self._pending or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending:
+                    if not self._cond.wait(30.0) and not self._pending:
+                        self._thread = None  # idle: the next send starts a new thread
+                        return
+                batch = [self._pending.popleft() for _ in range(min(self._max_batch, len(self._pending)))]
+                self._busy = len(batch)
+            try:
+                self._publish(batch)
+            finally:
+                with self._cond:
+                    self._busy = 0
+                    self._cond.notify_all()
+
+    def _publish(self, batch: list[tuple[Path, Mapping[str, Any], str]]) -> None:
+        bodies = [body for _, body, _ in batch]
+        try:
+            publish_with_backoff(lambda fresh: self._publish_many(bodies, fresh), deadline_s=self.deadline_s)
+        except Exception as exc:  # noqa: BLE001 - kept in the spool: the replayer publishes them
+            for path, _, what in batch:
+                self._spool.release(path)
+            log.warning("results of %s kept in the spool (broker unavailable: %s); published when it is back",
+                        ", ".join(what for _, _, what in batch[:3]) + (" ..." if len(batch) > 3 else ""),
+                        _first_line(exc))
+            return
+        for path, body, _ in batch:
+            path.unlink(missing_ok=True)
+            self._spool.release(path)
+            self._sent(body)
 
 
 class SpoolReplayer:

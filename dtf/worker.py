@@ -18,6 +18,7 @@ worker, at most ``max_rejections`` times, then fails with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -45,7 +46,7 @@ from .model import HARDWARE_KINDS, HardwareProfile, RenderedTest, TestResult, Te
 from .reservations import Reservations
 from .routing import RouteTable
 from .lognoise import one_line
-from .resend import PUBLISH_DEADLINE_S, RecentResults, Spool, SpoolReplayer, publish_with_backoff
+from .resend import RecentResults, ResultSender, Spool, SpoolReplayer
 
 __all__ = [
     "WorkerRuntime",
@@ -236,8 +237,8 @@ class WorkerRuntime:
         self.spool = Path(spool_dir or app.settings.spool_dir) / _safe(worker_id)
         self._spool = Spool(self.spool)
         self.recent = RecentResults()  # sent again after a reconnect (dtf.resend.RESEND_WINDOW_S)
+        self.sender = ResultSender(self._spool, self._publish_bodies, sent=self.recent.add)
         self._consumer_starts = 0
-        self.publish_deadline_s = PUBLISH_DEADLINE_S
         self.test_env = dict(test_env) if test_env is not None else None
         self.execution = execution
         self.concurrency = execution.concurrency(profile, self.queues)
@@ -437,21 +438,48 @@ class WorkerRuntime:
 
     # -- results: spool first, then publish ---------------------------------------------
     def publish_result(self, result: TestResult) -> None:
-        """Spool the result, then publish it, retrying with backoff across a broker failover
-        (dtf.resend); a result still unpublished stays spooled for the replayer."""
+        """Spool the result and hand it to the sender thread (dtf.resend.ResultSender), which
+        publishes it with backoff across a broker failover; a result still unpublished stays
+        spooled for the replayer. The test's slot goes on to its next test at once."""
         result = dataclasses.replace(result, metrics={**dict(result.metrics), "stack_fingerprint": stack_fingerprint()})
         path = self._spool.new_path()
         body = result_body(result)
-        with self._spool.claim(path):
-            self._spool.write(path, body)
-            try:
-                publish_with_backoff(lambda fresh: self._publish_body(body, fresh), deadline_s=self.publish_deadline_s)
-            except Exception as exc:  # noqa: BLE001 - kept in the spool: the replayer publishes it
-                log.warning("result of %s/%s kept in the spool (broker unavailable: %s); published when it is back",
-                            result.run_id, result.test_id, one_line(str(exc)) or type(exc).__name__)
-                return
-            path.unlink(missing_ok=True)
-        self.recent.add(body)
+        self._spool.write(path, body)
+        self._spool.try_claim(path)  # a new file: nobody else holds it
+        self.sender.send(path, body, f"{result.run_id}/{result.test_id}")
+
+    @property
+    def publish_deadline_s(self) -> float:
+        """How long the sender retries a publish before the spool's replayer takes over."""
+        return self.sender.deadline_s
+
+    @publish_deadline_s.setter
+    def publish_deadline_s(self, seconds: float) -> None:
+        self.sender.deadline_s = seconds
+
+    def flush_results(self, timeout_s: float = 30.0) -> bool:
+        """Wait until every finished result is published (or left to the spool's replayer)."""
+        return self.sender.flush(timeout_s)
+
+    def _publish_bodies(self, bodies: Sequence[Mapping[str, Any]], fresh: bool = False) -> None:
+        """Publish results in one pipelined batch: on the app's pooled producer, or (``fresh``)
+        on a new connection, which asks the Sentinels for the current master."""
+        options: dict[str, Any] = dict(exchange="", routing_key=RESULTS_QUEUE, serializer=wire_format(self.app)[0],
+                                       declare=[results_queue()])
+        if not fresh:
+            with self.app.producer_or_acquire() as producer, _batch(producer, len(bodies)):
+                for body in bodies:
+                    producer.publish(body, retry=True, retry_policy={"max_retries": 1, "interval_start": 0.2}, **options)
+            return
+        with self.app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, timeout=5)
+            producer = conn.Producer()
+            with _batch(producer, len(bodies)):
+                for body in bodies:
+                    producer.publish(body, retry=False, **options)
+
+    def _publish_body(self, body: Mapping[str, Any], fresh: bool = False) -> None:
+        self._publish_bodies([body], fresh)
 
     def after_reconnect(self) -> int:
         """The consumer is connected again after losing the broker: publish again, through
@@ -622,6 +650,13 @@ def _guard_step(runtime: WorkerRuntime) -> type[bootsteps.StartStopStep]:
 
     ResourceGuardStep.name = "dtf.worker.ResourceGuardStep"
     return ResourceGuardStep
+
+
+def _batch(producer: Any, size: int) -> Any:
+    """kombu's Producer.batch (kombu >= 5.7: the Redis transport pipelines the publishes) when
+    there is more than one message and the producer has it."""
+    batch = getattr(producer, "batch", None)
+    return batch(max(1, size)) if batch is not None and size > 1 else contextlib.nullcontext()
 
 
 def _redelivered(request: Any) -> bool:

@@ -85,6 +85,7 @@ def _runtime(app: Any, tmp_path: Path) -> WorkerRuntime:
 
 def _run(runtime: WorkerRuntime, source: str) -> None:
     runtime.handle(payload_for("run-n", 1, RenderedTest(SPEC, source, "h")))
+    assert runtime.flush_results()  # results leave on the sender's thread
 
 
 def test_a_quick_test_sends_its_result_and_no_started_notice(

@@ -125,6 +125,7 @@ def test_a_test_prefetched_before_the_consumer_was_cancelled_goes_back_to_the_qu
     runtime.sync_consumers(RecordingConsumer())
     with pytest.raises(Reject) as caught:
         runtime.handle(payload)
+        assert runtime.flush_results()  # results leave on the sender's thread
     assert caught.value.requeue is True
     assert runtime.running == 0
 

@@ -71,6 +71,7 @@ def test_a_result_spooled_while_the_broker_is_away_is_published_by_the_running_w
     runtime.publish_deadline_s = 0.5  # give up quickly: the replayer takes over
     redis_server.stop()
     runtime.publish_result(TestResult("run-1", "t/cpu", 1, "passed"))
+    assert runtime.flush_results(30)  # the sender gave up at its deadline: left to the replayer
     [kept] = list(runtime.spool.glob("*.json"))
     assert json.loads(kept.read_text())["result"]["test_id"] == "t/cpu"
     published = threading.Event()
@@ -102,3 +103,45 @@ def test_recent_results_give_back_what_was_published_from_the_window_before_a_lo
     recent.add({"name": "later"})  # and old entries age out
     recent.mark_lost()
     assert [b["name"] for b in recent.since_loss()] == ["later"]
+
+
+def test_the_sender_publishes_off_the_callers_thread_batches_what_waits_and_releases_what_fails(tmp_path: Path) -> None:
+    from dtf.resend import ResultSender
+
+    spool = Spool(tmp_path / "spool")
+    batches: list[list[str]] = []
+    first_taken, go_on = threading.Event(), threading.Event()
+
+    def publish_many(bodies: list, fresh: bool) -> None:  # type: ignore[type-arg]
+        batches.append([b["n"] for b in bodies])
+        first_taken.set()
+        go_on.wait(10)
+
+    sent: list[str] = []
+    sender = ResultSender(spool, publish_many, sent=lambda body: sent.append(body["n"]))
+
+    def hand_over(n: str) -> Path:
+        path = spool.new_path()
+        spool.write(path, {"n": n})
+        assert spool.try_claim(path)
+        sender.send(path, {"n": n}, n)
+        return path
+
+    paths = [hand_over("a")]
+    assert first_taken.wait(10)  # "a" is being published; "b" and "c" wait and go out together
+    paths += [hand_over("b"), hand_over("c")]
+    go_on.set()
+    assert sender.flush(10)
+    assert batches == [["a"], ["b", "c"]] and sent == ["a", "b", "c"]
+    assert not any(p.exists() for p in paths)
+
+    def broken(bodies: list, fresh: bool) -> None:  # type: ignore[type-arg]
+        raise ConnectionError("broker gone")
+
+    failing = ResultSender(spool, broken, deadline_s=0.3)
+    path = spool.new_path()
+    spool.write(path, {"n": "d"})
+    spool.try_claim(path)
+    failing.send(path, {"n": "d"}, "d")
+    assert failing.flush(10)
+    assert path.exists() and spool.try_claim(path)  # kept, and released to the replayer

@@ -301,6 +301,7 @@ def test_an_infrastructure_error_makes_the_worker_check_its_hardware_again(tmp_p
     # A test that crashes (an infrastructure error) flags a re-check; the next round runs it.
     spec = TestSpec("crash/cpu/bs1/fp32", "crash", "generic", "cpu", 1, "fp32", "generic/x", timeout_s=60)
     runtime.handle({"run_id": "run-x", "attempt": 1, "test": RenderedTest(spec, "import os\nos._exit(3)\n", "h").to_dict()})
+    assert runtime.flush_results()  # results leave on the sender's thread
     assert runtime.recheck.is_set()
     monkeypatch.setenv("DTF_HEALTHCHECK_FAIL", "cpu")  # the documented test hook: the check now fails
     control.step()

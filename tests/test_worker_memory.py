@@ -62,6 +62,7 @@ def test_a_too_big_test_goes_back_to_its_queue_and_a_bigger_worker_runs_it(app: 
     small = WorkerRuntime(app, worker_id="small@test", queues=["dtf.cpu"], profile=machine(8), spool_dir=tmp_path)
     big = WorkerRuntime(app, worker_id="big@test", queues=["dtf.cpu"], profile=machine(64), spool_dir=tmp_path)
     small.handle(payload_for("run-m", 1, big_test(20)), delivery())
+    assert small.flush_results()  # results leave on the sender's thread
     [task] = drain(app, "dtf.cpu")
     assert task.headers["id"] == "run-m:llm/cpu/bs8/fp32:1"  # same task id: the same attempt
     payload = task.decode()[0][0]
@@ -70,6 +71,7 @@ def test_a_too_big_test_goes_back_to_its_queue_and_a_bigger_worker_runs_it(app: 
     assert drain(app, RESULTS_QUEUE) == []
 
     big.handle(payload, delivery())
+    assert big.flush_results()  # results leave on the sender's thread
     [result] = [m.decode()["result"] for m in drain(app, RESULTS_QUEUE)]
     assert result["status"] == "passed" and result["worker_id"] == "big@test"
 
@@ -79,6 +81,7 @@ def test_after_k_rejections_the_test_fails_with_the_reason(app: Any, tmp_path: P
                            max_rejections=2)
     payload = dict(payload_for("run-m", 1, big_test(20)), rejections=[{"worker_id": "w1@test", "capacity_gb": 4.0}])
     worker.handle(payload, delivery())
+    assert worker.flush_results()  # results leave on the sender's thread
     assert drain(app, "dtf.cpu") == []
     [result] = [m.decode()["result"] for m in drain(app, RESULTS_QUEUE)]
     assert result["status"] == "error" and result["attempt"] == 1
@@ -90,9 +93,11 @@ def test_a_gpu_test_is_judged_by_gpu_memory_and_a_fitting_test_runs(app: Any, tm
     worker = WorkerRuntime(app, worker_id="gpu@test", queues=["dtf.cpu"], profile=machine(512, gpu_gb=24),
                            spool_dir=tmp_path, max_rejections=1)
     worker.handle(payload_for("run-g", 1, big_test(40, "cuda")), delivery(queue="dtf.cuda"))
+    assert worker.flush_results()  # results leave on the sender's thread
     [result] = [m.decode()["result"] for m in drain(app, RESULTS_QUEUE)]
     assert result["status"] == "error" and "needs 40 GB of device memory" in result["error"]
     worker.handle(payload_for("run-g", 1, big_test(2)), delivery())
+    assert worker.flush_results()  # results leave on the sender's thread
     [result] = [m.decode()["result"] for m in drain(app, RESULTS_QUEUE)]
     assert result["status"] == "passed"
 

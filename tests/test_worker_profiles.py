@@ -99,6 +99,7 @@ def test_a_benchmark_worker_pins_each_gpu_test_to_its_device(tmp_path: Path) -> 
     source = ("import os\nfrom dtf import harness\n"
               "harness.run(lambda h: h.metric('device', os.environ.get('CUDA_VISIBLE_DEVICES')))\n")
     runtime.handle(payload_for("run-b", 1, RenderedTest(spec("cuda"), source, "h")))
+    assert runtime.flush_results()  # results leave on the sender's thread
     [message] = drain(app, RESULTS_QUEUE)
     result = message.decode()["result"]
     assert result["status"] == "passed" and result["metrics"]["device"] == "0"
