@@ -301,6 +301,17 @@ def _serve_forks(path: str, preload: list[str]) -> None:
     sel.register(sys.stdin.fileno(), selectors.EVENT_READ, "parent")
     children: dict[int, socket.socket] = {}
     conns: dict[socket.socket, int | None] = {}
+    # A spare child forked ahead, waiting on a pipe for its request: a test starts without
+    # waiting for the fork (about a millisecond and a half here: the fork and the child's first run).
+    spare: list[tuple[int, int]] = []  # [(pid, write end of its request pipe)] or []
+
+    def refill() -> None:
+        if not spare:
+            made = _fork_spare(blas, [listener, *conns], sel, (wake_r, wake_w))
+            if made is not None:
+                spare.append(made)
+
+    refill()
     sys.stdout.write("ready\n")
     sys.stdout.flush()
     while True:
@@ -318,7 +329,7 @@ def _serve_forks(path: str, preload: list[str]) -> None:
                         break
             elif key.data == "parent":
                 if not os.read(sys.stdin.fileno(), 4096):
-                    for pid in children:
+                    for pid in [*children, *(pid for pid, _ in spare)]:
                         kill_group(pid)
                     return
             else:
@@ -334,14 +345,61 @@ def _serve_forks(path: str, preload: list[str]) -> None:
                     conns.pop(conn, None)
                     conn.close()
                     continue
-                pid = _fork_test(json.loads(request), blas, [listener, *conns], sel, (wake_r, wake_w))
+                pid = _hand_to_spare(spare, request) or _fork_test(json.loads(request), blas, [listener, *conns], sel,
+                                                                  (wake_r, wake_w))
                 conns[conn] = pid
                 children[pid] = conn
                 try:
                     conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
                 except OSError:
                     pass  # seen as a hang-up on the next select
-        _reap(children, conns, sel)
+        _reap(children, conns, sel, spare)
+        refill()
+
+
+def _fork_spare(blas: Any, sockets: list[socket.socket], sel: selectors.BaseSelector,
+                wake: tuple[int, int]) -> tuple[int, int] | None:
+    """Fork a child that waits for one request on a pipe, then becomes that test."""
+    read_end, write_end = os.pipe()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(read_end)
+        os.close(write_end)
+        return None
+    if pid:
+        os.close(read_end)
+        return pid, write_end
+    try:
+        os.close(write_end)
+        _leave_server(sockets, sel, wake)
+        os.setsid()  # its own group now: the server can kill it as a group like any test
+        request = b""
+        while not request.endswith(b"\n"):
+            chunk = os.read(read_end, 1 << 20)
+            if not chunk:
+                os._exit(0)  # the server went away (or dropped this spare) before a request came
+            request += chunk
+        os.close(read_end)
+        _run_test_child(json.loads(request), blas, new_session=False)
+    finally:
+        os._exit(70)
+
+
+def _hand_to_spare(spare: list[tuple[int, int]], request: bytes) -> int | None:
+    """Give ``request`` to the spare child; its pid, or None when there is no live spare."""
+    while spare:
+        pid, write_end = spare.pop()
+        try:
+            view = memoryview(request)  # the script path, stderr path and environment: a few KB
+            while view:
+                view = view[os.write(write_end, view):]
+            return pid
+        except OSError:  # it died (and is reaped as an unknown child)
+            kill_group(pid)
+        finally:
+            os.close(write_end)
+    return None
 
 
 def _read_line(conn: socket.socket) -> bytes:
@@ -358,7 +416,8 @@ def _read_line(conn: socket.socket) -> bytes:
     return buf
 
 
-def _reap(children: dict[int, socket.socket], conns: dict[socket.socket, int | None], sel: selectors.BaseSelector) -> None:
+def _reap(children: dict[int, socket.socket], conns: dict[socket.socket, int | None], sel: selectors.BaseSelector,
+          spare: list[tuple[int, int]] | None = None) -> None:
     while True:
         try:
             info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
@@ -370,6 +429,9 @@ def _reap(children: dict[int, socket.socket], conns: dict[socket.socket, int | N
         _, status, usage = os.wait4(info.si_pid, 0)
         conn = children.pop(info.si_pid, None)
         if conn is None:
+            for dead in [entry for entry in spare or () if entry[0] == info.si_pid]:
+                spare.remove(dead)  # type: ignore[union-attr]  # a spare that died: the loop forks another
+                os.close(dead[1])
             continue
         # ru_maxrss (KiB on Linux): the exact peak of the child and its reaped descendants,
         # which sampling misses for a test that ends within a millisecond or two.
@@ -388,25 +450,31 @@ def _fork_test(request: dict[str, Any], blas: Any, sockets: list[socket.socket],
     pid = os.fork()
     if pid:
         return pid
-    try:  # the child: nothing of the server may survive into the test
-        for sock in sockets:
-            os.close(sock.detach())
-        sel.close()
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        for fd in wake:
-            os.close(fd)
+    try:
+        _leave_server(sockets, sel, wake)
         _run_test_child(request, blas)
     finally:
         os._exit(70)
 
 
-def _run_test_child(request: dict[str, Any], blas: Any) -> NoReturn:
+def _leave_server(sockets: list[socket.socket], sel: selectors.BaseSelector, wake: tuple[int, int]) -> None:
+    """In a freshly forked child: nothing of the server may survive into the test."""
+    for sock in sockets:
+        os.close(sock.detach())
+    sel.close()
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for fd in wake:
+        os.close(fd)
+
+
+def _run_test_child(request: dict[str, Any], blas: Any, *, new_session: bool = True) -> NoReturn:
     """Become the test: what `python test_main.py` would be, minus the start-up."""
     import atexit as child_atexit
     import runpy
 
-    os.setsid()  # own session and process group: the timeout kills the tree
+    if new_session:
+        os.setsid()  # own session and process group: the timeout kills the tree
     script = str(request["script"])
     os.chdir(os.path.dirname(script))
     null = os.open(os.devnull, os.O_RDWR)
