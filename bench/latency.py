@@ -83,6 +83,7 @@ def main() -> None:
     add_common_args(parser)
     parser.add_argument("--sleeps", type=int, default=None, help="50 ms tests (default 200; 10 with --quick)")
     parser.add_argument("--trivial", type=int, default=None, help="trivial tests (default 300; 10 with --quick)")
+    parser.add_argument("--worker-profile", default="test", help="the workers' --profile: test (prefetch x1, default) or light (x4)")
     args = parser.parse_args()
     n_sleep = args.sleeps or (10 if args.quick else 200)
     n_trivial = args.trivial or (10 if args.quick else 300)
@@ -91,7 +92,7 @@ def main() -> None:
     cpu: dict[str, list[dict[str, float]]] = {"sleep": [], "trivial": []}
     load_at_start = round(os.getloadavg()[0], 2)
     with workdir("dtf-bench-latency-") as tmp, redis_server(tmp / "redis") as url:
-        cluster = RedisCluster(tmp / "cluster", url, dtf_env(DTF_SPOOL_DIR=str(tmp / "spool"))).start()
+        cluster = RedisCluster(tmp / "cluster", url, dtf_env(DTF_SPOOL_DIR=str(tmp / "spool"), DTF_PROFILE=args.worker_profile)).start()
         pids = {"coordinator": cluster.procs[0].pid, "worker1": cluster.procs[1].pid, "worker2": cluster.procs[2].pid}
         try:
             for _ in range(reps):  # interleaved, so drift in the machine's load hits each alike
