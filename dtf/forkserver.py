@@ -503,6 +503,7 @@ def _run_test_child(request: dict[str, Any], blas: Any, *, new_session: bool = T
     sys.path[0] = os.path.dirname(script)
     if "numpy.random" in sys.modules:
         sys.modules["numpy.random"].seed()  # as unpredictable as in a fresh interpreter
+    # (Python's own random reseeds itself in a forked child: os.register_at_fork.)
     _limit_blas_threads(blas)
     _apply_threads_before_main(blas)
     code = 0

@@ -130,3 +130,18 @@ def test_a_forked_test_that_times_out_is_killed_with_its_children(tmp_path: "os.
         time.sleep(0.01)
     else:
         pytest.fail("the timed-out test's child is still running")
+
+
+def test_forked_tests_draw_different_random_numbers_as_fresh_interpreters_would() -> None:
+    # The server imported random and numpy once; each child reseeds both from the OS.
+    source = textwrap.dedent("""
+        import random
+        import numpy
+        from dtf import harness
+
+        harness.run(lambda h: (h.metric("py", random.random()), h.metric("np", float(numpy.random.random()))))
+    """)
+    runs = [run_source(source, timeout_s=60) for _ in range(3)]
+    assert all(ex.status == "passed" for ex in runs), runs
+    assert len({ex.metrics["py"] for ex in runs}) == 3
+    assert len({ex.metrics["np"] for ex in runs}) == 3
