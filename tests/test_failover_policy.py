@@ -108,3 +108,25 @@ def test_after_a_lost_connection_queued_tests_sent_just_before_it_or_cut_off_mid
     assert carry.lost_at is None and carry.unsure == {}
     again.start_term()  # a second loop without a new loss sends nothing
     assert port.take("dtf.cpu") == []
+
+
+def test_a_dead_workers_test_taken_before_it_reported_started_is_published_again_with_recheck(
+    store: Store, port: MemoryPort, tmp_path: Path,
+) -> None:
+    # A test reports itself started after 0.25 s: a worker killed sooner leaves it "queued"
+    # to the coordinator, its message unacked in the broker. When the worker goes offline, the
+    # still-queued tests whose messages workers hold unacked are published again at once.
+    c = make(store, port, tmp_path, grace_s=600)
+    send_submit(c, "run-h", [rendered("held"), rendered("waiting"), rendered("done")])
+    port.take("dtf.cpu")
+    c.on_control(heartbeat("w1"), MemoryMessage())
+    c.on_result(*result("run-h", "done"))
+    c.tick(idle=True)
+    port.held = [task_id_for("run-h", "held", 1), task_id_for("run-h", "done", 1), task_id_for("run-h", "held", 2),
+                 task_id_for("other-run", "held", 1)]
+    seen = c.workers["w1"]
+    c._reconcile(seen.last_seen + seen.offline_after_s / 2)  # w1 still counts as alive: nothing
+    assert port.take("dtf.cpu") == []
+    c._reconcile(seen.last_seen + seen.offline_after_s + 1)
+    [task] = port.take("dtf.cpu")
+    assert (task["test"]["spec"]["test_id"], task["attempt"], task["recheck"]) == ("held", 1, True)

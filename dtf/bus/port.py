@@ -9,6 +9,7 @@ handed to the coordinator need only ``ack`` and ``requeue`` (``MemoryMessage``).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from contextlib import nullcontext
@@ -30,6 +31,12 @@ log = logging.getLogger("dtf.bus")
 
 TestTask = tuple[Mapping[str, Any], str, str]  # (payload, queue, task id)
 
+# kombu's Redis transport defaults, which the workers' task channels keep (dtf.bus.connect
+# moves only the coordinator queues' bookkeeping to keys of their own).
+TASK_UNACKED_KEY = "unacked"
+TASK_UNACKED_INDEX_KEY = "unacked_index"
+MAX_HELD = 10_000
+
 
 class CoordinatorPort(Protocol):
     def send_tests(self, tasks: Sequence[TestTask]) -> None:
@@ -43,6 +50,10 @@ class CoordinatorPort(Protocol):
 
     def dead_letter(self, queue: str, reason: str, body: Any) -> None:
         """Record a refused message (dtf.wire.dead_letter)."""
+
+    def held_tasks(self, older_than_s: float) -> list[str]:
+        """Task ids of run_test messages that workers took (late acks: unacked) more than
+        ``older_than_s`` ago and have not acked; [] when unknown."""
 
     def dead_letters(self) -> int:
         """How many messages were refused, by any leader."""
@@ -94,6 +105,28 @@ class KombuPort:
     def dead_letter(self, queue: str, reason: str, body: Any) -> None:
         dead_letter(self._redis(), queue, reason, body)
 
+    def held_tasks(self, older_than_s: float) -> list[str]:
+        # kombu's Redis transport keeps each delivered, unacked message in a hash (tag ->
+        # [message, exchange, routing key]) and its delivery time in a sorted set.
+        client = self._redis()
+        if client is None:
+            return []
+        try:
+            tags = client.zrangebyscore(TASK_UNACKED_INDEX_KEY, "-inf", time.time() - older_than_s, start=0, num=MAX_HELD)
+            raws = client.hmget(TASK_UNACKED_KEY, tags) if tags else []
+        except Exception as exc:  # noqa: BLE001 - a lookup for recovery only
+            log.info("cannot read the workers' unacked tasks: %s", first_line(exc))
+            return []
+        ids = []
+        for raw in raws:
+            try:
+                task_id = json.loads(raw)[0]["headers"]["id"]
+            except (TypeError, ValueError, KeyError, IndexError):
+                continue
+            if isinstance(task_id, str):
+                ids.append(task_id)
+        return ids
+
     def dead_letters(self) -> int:
         return dead_letter_count(self._redis())
 
@@ -127,6 +160,7 @@ class MemoryPort:
         self.task_ids: list[str] = []
         self.replies: dict[str, list[dict[str, Any]]] = {}
         self.dead: list[tuple[str, str, Any]] = []
+        self.held: list[str] = []  # task ids a test says workers hold unacked (held_tasks)
 
     def send_tests(self, tasks: Sequence[TestTask]) -> None:
         for payload, queue, task_id in tasks:
@@ -147,6 +181,9 @@ class MemoryPort:
 
     def dead_letter(self, queue: str, reason: str, body: Any) -> None:
         self.dead.append((queue, reason, body))
+
+    def held_tasks(self, older_than_s: float) -> list[str]:
+        return list(self.held)
 
     def dead_letters(self) -> int:
         return len(self.dead)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from ..model import Status, TestSpec
 from ..requirements import queue_of
@@ -26,6 +26,9 @@ __all__ = ["LivenessPolicy", "RECONCILE_EVERY_S"]
 log = logging.getLogger("dtf.coordinator")
 
 RECONCILE_EVERY_S = 5.0
+# A test a worker took and did not report started within this is not running on a live worker
+# (it reports after dtf.worker.STARTED_NOTICE_AFTER_S, 0.25 s; the rest is room for load).
+HELD_UNSTARTED_AFTER_S = 3.0
 
 
 class LivenessPolicy(HistoryPolicy):
@@ -164,6 +167,29 @@ class LivenessPolicy(HistoryPolicy):
                     log.warning("worker %s went silent while running %s/%s; re-publishing attempt %d",
                                 w, run_id, test_id, attempt)
                     self._publish(run_id, [(test_id, attempt)])
+        if stale:
+            self._publish_held_unstarted(stale)
+
+    def _publish_held_unstarted(self, stale: Sequence[str]) -> None:
+        """A dead worker may have held tests it had not yet reported started (a test reports
+        itself after STARTED_NOTICE_AFTER_S): taken off the queue, unacked, unknown to the
+        coordinator as the worker's. Publish again, flagged ``recheck``, the still-queued
+        tests whose messages some worker has held unacked for longer than a started notice
+        takes: a live worker would have reported them by now (with prefetch beyond its
+        concurrency, a live worker's waiting test is sent too; its copy asks first)."""
+        again: dict[str, list[tuple[str, int]]] = {}
+        for task_id in self.port.held_tasks(HELD_UNSTARTED_AFTER_S):
+            for run_id, graph in self.runs.items():
+                if not task_id.startswith(run_id + ":"):
+                    continue
+                test_id, _, attempt = task_id[len(run_id) + 1:].rpartition(":")
+                t = graph.tests.get(test_id)
+                if t is not None and t.status == Status.QUEUED.value and str(t.attempts) == attempt:
+                    again.setdefault(run_id, []).append((test_id, t.attempts))
+        for run_id, items in again.items():
+            log.warning("worker %s went silent; re-publishing %d tests of run %s it may have taken before "
+                        "reporting them started", ", ".join(stale), len(items), run_id)
+            self._publish(run_id, sorted(items), recheck=True)
 
 
 def _running_keys(health: Mapping[str, Any]) -> tuple[tuple[str, str, int], ...]:

@@ -91,9 +91,12 @@ def master_kill(tmp: Path, processes: Any, cluster: SentinelCluster, *, models: 
     return {"no_fault": baseline, "master_killed": faulted}
 
 
-def worker_kill(tmp: Path, processes: Any, redis_url: str, *, models: int = 4, sleep_s: float = 3.0) -> dict[str, Any]:
-    """kill -9 of a worker's main process mid-test; the coordinator notices from its missing
-    heartbeats. Visibility timeout at its default (4 h): only the heartbeats bring the test back."""
+def worker_kill(tmp: Path, processes: Any, redis_url: str, *, models: int = 4, sleep_s: float = 3.0,
+                after_start_s: float = 0.5) -> dict[str, Any]:
+    """kill -9 of a worker's main process mid-test, ``after_start_s`` after the test started
+    (0.5: past its started notice at 0.25 s; 0: before it); the coordinator notices from its
+    missing heartbeats. Visibility timeout at its default (4 h): only the heartbeats bring
+    the test back."""
     dep = Deployment(tmp, processes, {
         "DTF_BROKER_URL": redis_url,
         "DTF_HEARTBEAT_INTERVAL": str(HEARTBEAT_S),
@@ -114,14 +117,17 @@ def worker_kill(tmp: Path, processes: Any, redis_url: str, *, models: int = 4, s
                     return f.name
             return None
 
-        name = wait_until(on_w1, 120, 0.02, "a test to start on w1")
-        time.sleep(0.5)  # past the started notice (0.25 s)
+        name = wait_until(on_w1, 120, 0.01, "a test to start on w1")
+        time.sleep(after_start_s)
         dep.kill("w1", signal.SIGKILL)
         killed = time.time()
+        kill_after_start_s = killed - starts(count_dir, name)[0]
         wait_until(lambda: len(starts(count_dir, name)) >= 2, OFFLINE_AFTER_S + 60, 0.1, "the killed test to run again")
-        return {"republished_after_s": round(starts(count_dir, name)[1] - killed, 2), "offline_after_s": OFFLINE_AFTER_S}
+        return {"republished_after_s": round(starts(count_dir, name)[1] - killed, 2), "offline_after_s": OFFLINE_AFTER_S,
+                "killed_after_start_s": round(kill_after_start_s, 3)}
 
     faulted = _timed_run(dep, tmp, "worker-kill", models=models, sleep_s=sleep_s, fault=kill_worker)
+    faulted["label"] = f"kill -9 {after_start_s:g} s after a test started"
     _outcomes(dep, baseline, faulted)
     faulted["extra_wall_s"] = round(faulted["wall_s"] - baseline["wall_s"], 2)
     return {"no_fault": baseline, "worker_killed": faulted}

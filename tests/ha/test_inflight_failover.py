@@ -32,13 +32,18 @@ def test_a_master_failover_while_results_are_published_runs_no_test_twice(
     assert faulted["extra_wall_s"] < 45, figures
 
 
+@pytest.mark.parametrize("after_start_s", [0.5, 0.0], ids=["after-its-started-notice", "before-its-started-notice"])
 def test_a_killed_workers_test_runs_once_more_after_its_heartbeats_stop(
-    tmp_path: Path, processes: Processes, redis_server: RedisServer,
+    tmp_path: Path, processes: Processes, redis_server: RedisServer, after_start_s: float,
 ) -> None:
-    figures = worker_kill(tmp_path, processes, redis_server.url)
+    # Before its started notice (0.25 s) the coordinator does not know the test is the
+    # worker's: it finds the test's message held unacked when the worker goes offline.
+    figures = worker_kill(tmp_path, processes, redis_server.url, after_start_s=after_start_s)
     print("worker kill:", figures)
     faulted = figures["worker_killed"]
     assert faulted["exit_code"] == 0, figures
     assert (faulted["lost"], faulted["duplicated"], faulted["never_ran"]) == (0, 0, 0), figures
     assert faulted["max_executions"] == 2 and faulted["tests_run_twice"] == 1, figures
     assert faulted["republished_after_s"] <= faulted["offline_after_s"] + 5, figures
+    if after_start_s == 0.0:
+        assert faulted["killed_after_start_s"] < 0.25, figures  # else the scenario missed its point
