@@ -158,27 +158,35 @@ def sentinel_trials(trials: int) -> dict[str, Any]:
     return {"client_write_after_kill_s": _stats(times), "down_after_ms": cluster.down_after_ms}
 
 
-def in_flight_trials(quick: bool) -> dict[str, Any]:
-    """kill -9 of the Redis master while results publish; kill -9 of a worker mid-test."""
-    out: dict[str, Any] = {}
-    with workdir("dtf-bench-inflight-master-") as tmp:
-        (tmp / "logs").mkdir()
-        (tmp / "cluster").mkdir()
-        cluster = SentinelCluster(tmp / "cluster")
-        procs = Processes(tmp / "logs")
-        try:
-            cluster.start()
-            out["master_kill"] = master_kill(tmp, procs, cluster, models=20 if quick else 40)
-        finally:
-            procs.stop_all()
-            cluster.stop()
-    with workdir("dtf-bench-inflight-worker-") as tmp, redis_server(tmp / "redis") as url:
-        (tmp / "logs").mkdir()
-        procs = Processes(tmp / "logs")
-        try:
-            out["worker_kill"] = worker_kill(tmp, procs, url, models=2 if quick else 4)
-        finally:
-            procs.stop_all()
+def in_flight_trials(quick: bool, master_trials: int = 3) -> dict[str, Any]:
+    """kill -9 of the Redis master while results publish (``master_trials`` times: a stall
+    used to come about one run in four); kill -9 of a worker mid-test, after and before the
+    test's started notice."""
+    out: dict[str, Any] = {"master_kill": [], "worker_kill": []}
+    for i in range(master_trials):
+        with workdir("dtf-bench-inflight-master-") as tmp:
+            (tmp / "logs").mkdir()
+            (tmp / "cluster").mkdir()
+            cluster = SentinelCluster(tmp / "cluster")
+            procs = Processes(tmp / "logs")
+            try:
+                cluster.start()
+                out["master_kill"].append(master_kill(tmp, procs, cluster, models=20 if quick else 40))
+            finally:
+                procs.stop_all()
+                cluster.stop()
+    for after_start_s in (0.5, 0.0):
+        with workdir("dtf-bench-inflight-worker-") as tmp, redis_server(tmp / "redis") as url:
+            (tmp / "logs").mkdir()
+            procs = Processes(tmp / "logs")
+            try:
+                out["worker_kill"].append(worker_kill(tmp, procs, url, models=2 if quick else 4,
+                                                      after_start_s=after_start_s))
+            finally:
+                procs.stop_all()
+    killed = [t["master_killed"] for t in out["master_kill"]]
+    out["master_kill_summary"] = {"trials": len(killed), "extra_wall_s": [t["extra_wall_s"] for t in killed],
+                                  "max_executions": max(t["max_executions"] for t in killed)}
     return out
 
 
@@ -187,9 +195,10 @@ def main() -> None:
     add_common_args(parser, repeats=5)
     parser.add_argument("--tests", type=int, default=None, help="tests per run (default 200; 80 with --quick)")
     parser.add_argument("--in-flight-only", action="store_true", help="only the in-flight trials (master and worker kill)")
+    parser.add_argument("--master-trials", type=int, default=None, help="in-flight master kills (default 3; 1 with --quick)")
     args = parser.parse_args()
     if args.in_flight_only:
-        in_flight = in_flight_trials(args.quick)
+        in_flight = in_flight_trials(args.quick, args.master_trials or (1 if args.quick else 3))
         emit("failover", args, {"in_flight": in_flight, **_in_flight_totals(in_flight)}, notes=IN_FLIGHT_NOTES)
         return
     trials = args.repeats or (2 if args.quick else 5)
@@ -197,7 +206,7 @@ def main() -> None:
     tests = args.tests or (80 if args.quick else 200)
     leader = leader_trials(trials, tests)
     sentinel = sentinel_trials(1 if args.quick else 3)
-    in_flight = in_flight_trials(args.quick)
+    in_flight = in_flight_trials(args.quick, args.master_trials or (1 if args.quick else 3))
     totals = _in_flight_totals(in_flight)
     emit("failover", args, {
         "leader_kill": leader,
@@ -225,13 +234,14 @@ def main() -> None:
 IN_FLIGHT_NOTES = [
     "in_flight.master_kill: extra_wall_s over the fault-free run of the same suite; max_executions 1: no test ran twice",
     "in_flight.worker_kill: republished_after_s from kill -9 until the test started on the other worker "
-    "(goal: offline_after_s + 5); tests_run_twice counts the killed test",
+    "(goal: offline_after_s + 5); tests_run_twice counts the killed test; one trial kills the worker 0.5 s "
+    "after the test started (past its started notice), one at once (before it: killed_after_start_s)",
 ]
 
 
 def _in_flight_totals(in_flight: dict[str, Any]) -> dict[str, int]:
-    faulted = [in_flight["master_kill"]["master_killed"], in_flight["worker_kill"]["worker_killed"],
-               in_flight["master_kill"]["no_fault"], in_flight["worker_kill"]["no_fault"]]
+    faulted = [trial[key] for trial in in_flight["master_kill"] for key in ("master_killed", "no_fault")] + \
+              [trial[key] for trial in in_flight["worker_kill"] for key in ("worker_killed", "no_fault")]
     return {"lost": sum(f["lost"] for f in faulted), "duplicated": sum(f["duplicated"] for f in faulted)}
 
 

@@ -1,16 +1,18 @@
 """Results that leave a worker across a broker failover: publish with backoff, replay the
 spool while the worker runs.
 
-A finished result is written to the worker's spool first (``WorkerRuntime.publish_result``)
-and deleted once published. ``publish_with_backoff`` tries the app's pooled producer once,
+A finished result is written to the worker's spool first (``WorkerRuntime.publish_result``),
+handed to the ``ResultSender`` thread and deleted once published. ``publish_with_backoff`` tries the app's pooled producer once,
 then fresh connections (a fresh connection asks the Sentinels for the master again; a
 pooled one still points at the dead master) with growing waits, for ``deadline_s``. A
 result still unpublished then stays in the spool, and ``SpoolReplayer`` publishes it as
 soon as the broker takes writes again: a Redis master failover costs the seconds of the
 failover, not a worker restart and a re-run of the test.
 
-The spool is shared by the task threads and the replayer: ``Spool.claim`` hands each file
-to one publisher at a time, so a result is never published twice by one worker.
+The spool is shared by the sender and the replayer: ``Spool.claim`` hands each file to one
+publisher at a time, so a result is never published twice by one worker for that reason.
+``RecentResults`` does publish again, on purpose, what went out in the seconds before a
+lost connection: a Sentinel failover can drop the old master's last writes.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ log = logging.getLogger("dtf.worker")
 __all__ = ["Spool", "SpoolReplayer", "RecentResults", "ResultSender", "publish_with_backoff", "PUBLISH_DEADLINE_S", "REPLAY_EVERY_S",
            "RESEND_WINDOW_S"]
 
-PUBLISH_DEADLINE_S = 20.0  # how long a task thread keeps trying before the replayer takes over
+PUBLISH_DEADLINE_S = 20.0  # how long the sender keeps trying before the replayer takes over
 REPLAY_EVERY_S = 2.0  # how often the replayer looks at the spool while the worker runs
 FIRST_WAIT_S = 0.2
 MAX_WAIT_S = 2.0
