@@ -34,7 +34,8 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, NoReturn
 
-__all__ = ["FORK_SERVER_PRELOAD", "ForkServer", "ForkedChild", "kill_group", "server_for", "stop_default_server"]
+__all__ = ["FORK_SERVER_PRELOAD", "ForkServer", "ForkedChild", "kill_group", "model_server_for", "server_for",
+           "stop_default_server"]
 
 
 def kill_group(pid: int) -> None:
@@ -135,9 +136,16 @@ class ForkServer:
     cannot take a test, and the caller spawns a fresh interpreter instead.
     """
 
-    def __init__(self, preload: tuple[str, ...] = FORK_SERVER_PRELOAD, python: str = sys.executable) -> None:
+    def __init__(self, preload: tuple[str, ...] = FORK_SERVER_PRELOAD, python: str = sys.executable, *,
+                 setup: tuple[str, Mapping[str, Any]] | None = None, extra_env: Mapping[str, str] | None = None,
+                 start_timeout_s: float = _START_TIMEOUT_S) -> None:
         self.preload = preload
         self.python = python
+        # (module, argument): the server calls module.preload(argument) after the imports, before
+        # any fork (dtf.models.reuse: a model server); its failure fails the start.
+        self.setup = setup
+        self.extra_env = dict(extra_env or {})
+        self.start_timeout_s = start_timeout_s
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._dir: str | None = None
@@ -175,18 +183,20 @@ class ForkServer:
         # Only what an interpreter and numpy need: a child's /proc/self/environ shows the
         # server's environment, so nothing else (no secret) may be in it.
         env = {k: v for k, v in os.environ.items() if k in _SERVER_ENV or k.startswith(_SERVER_ENV_PREFIXES)}
+        env.update(self.extra_env)
         env["PYTHONDONTWRITEBYTECODE"] = "1"
         self._startup_env = _startup_env(env)
-        code = "import sys\nfrom dtf.forkserver import _serve_forks\n_serve_forks(sys.argv[1], sys.argv[2].split(','))\n"
+        code = ("import sys\nfrom dtf.forkserver import _serve_forks\n"
+                "_serve_forks(sys.argv[1], sys.argv[2].split(','), sys.argv[3])\n")
         self._proc = subprocess.Popen(
-            [self.python, "-c", code, self.socket_path, ",".join(self.preload)],
+            [self.python, "-c", code, self.socket_path, ",".join(self.preload), json.dumps(self.setup)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=self._dir,
             start_new_session=True,  # a Ctrl-C meant for the worker does not reach it
         )
         assert self._proc.stdout is not None
         sel = selectors.DefaultSelector()
         sel.register(self._proc.stdout, selectors.EVENT_READ)
-        ready = sel.select(_START_TIMEOUT_S)
+        ready = sel.select(self.start_timeout_s)
         sel.close()
         if not ready or self._proc.stdout.readline().strip() != b"ready":
             raise RuntimeError("fork server did not start")
@@ -253,21 +263,56 @@ def server_for(source: str, env: Mapping[str, str], python: str) -> ForkServer |
     return server if server.ensure_started() and server.serves(env) else None
 
 
-def stop_default_server() -> bool:
-    """Stop this process's fork server (it kills what it forked); True when one was running.
-    The next CPU test starts a fresh one."""
+_model_servers: "dict[str, ForkServer]" = {}  # load key -> server, least recently used first
+# Passed from the test's environment to a model server: where models and caches are, never a token.
+_MODEL_ENV_PREFIXES = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TORCH_", "TIMM_", "XDG_CACHE_HOME")
+_MODEL_SERVER_PRELOAD = (*FORK_SERVER_PRELOAD, "torch", "dtf.models.runtime")
+_MODEL_SERVER_START_S = 900.0  # importing torch and loading the model, once
+
+
+def model_server_for(load: Mapping[str, Any], env: Mapping[str, str], python: str) -> ForkServer | None:
+    """A server that loaded this model (dtf.models.reuse), started on first use; None when
+    the fork server is off, or the server could not start (the test is spawned and loads
+    the model itself). At most dtf.models.reuse.MODEL_SERVERS_MAX per process."""
+    from .models.reuse import MODEL_SERVERS_MAX, load_key
+
+    if os.environ.get(_FORK_SERVER_ENV, "1").strip().lower() in {"0", "false", "no", "off"}:
+        return None
+    if sys.platform == "win32" or python != sys.executable:
+        return None
+    key = load_key(load)
+    library = "timm" if load["source"].get("source") == "timm" else "transformers"
+    extra = {k: v for k, v in env.items() if k.startswith(_MODEL_ENV_PREFIXES)
+             and not any(word in k for word in ("TOKEN", "PASSWORD", "SECRET", "KEY"))}
+    stopped = []
     with _default_lock:
-        server = _default_server
-    if server is None or not server.running():
-        return False
-    server.stop()
-    return True
+        server = _model_servers.pop(key, None)
+        if server is None:
+            server = ForkServer((*_MODEL_SERVER_PRELOAD, library), setup=("dtf.models.reuse", load), extra_env=extra,
+                                start_timeout_s=_MODEL_SERVER_START_S)
+            atexit.register(server.stop)
+        _model_servers[key] = server  # most recently used last
+        while len(_model_servers) > MODEL_SERVERS_MAX:
+            stopped.append(_model_servers.pop(next(iter(_model_servers))))
+    for old in stopped:
+        old.stop()
+    return server if server.ensure_started() and server.serves(env) else None
+
+
+def stop_default_server() -> bool:
+    """Stop this process's fork server and model servers (each kills what it forked); True when
+    one was running. The next CPU test starts a fresh one."""
+    with _default_lock:
+        servers = [s for s in (_default_server, *_model_servers.values()) if s is not None and s.running()]
+    for server in servers:
+        server.stop()
+    return bool(servers)
 
 
 def _forget_server_in_child() -> None:
     # A forked worker process (Celery prefork) starts a fork server of its own when it needs one.
-    global _default_server, _default_lock
-    _default_server, _default_lock = None, threading.Lock()
+    global _default_server, _default_lock, _model_servers
+    _default_server, _default_lock, _model_servers = None, threading.Lock(), {}
 
 
 if hasattr(os, "register_at_fork"):
@@ -276,7 +321,7 @@ if hasattr(os, "register_at_fork"):
 
 # -- inside the fork server -----------------------------------------------------------------------
 
-def _serve_forks(path: str, preload: list[str]) -> None:
+def _serve_forks(path: str, preload: list[str], setup: str = "null") -> None:
     """The fork server's loop: fork a child per request, report its exit, exit on stdin EOF."""
     import importlib
 
@@ -286,6 +331,18 @@ def _serve_forks(path: str, preload: list[str]) -> None:
             importlib.import_module(name)
         except Exception:  # noqa: BLE001 - a missing optional module only makes forks colder
             pass
+    wanted = json.loads(setup)
+    if wanted:  # a failure here ends the server before "ready": the runner spawns the test instead
+        module, argument = wanted
+        sys.stdout.flush()
+        saved = os.dup(1)
+        os.dup2(2, 1)  # what loading prints must not come before "ready" on the pipe the runner reads
+        try:
+            importlib.import_module(module).preload(argument)
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
     blas = _find_blas()
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)

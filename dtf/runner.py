@@ -24,14 +24,15 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import psutil
 
-from .forkserver import ForkedChild, kill_group, server_for
+from .forkserver import ForkedChild, kill_group, model_server_for, server_for
 from .harness import RESULT_FILE_ENV
 from .settings import scrub_secrets
 from .model import RenderedTest, Status, TestResult
+from .models.reuse import load_config
 
 __all__ = ["Execution", "execute", "run_source", "clear_work_dirs"]
 
@@ -246,9 +247,11 @@ def run_source(
     env: Mapping[str, str] | None = None,
     python: str = sys.executable,
     cancel: threading.Event | None = None,
+    reuse: Mapping[str, Any] | None = None,
 ) -> Execution:
     """Write ``source`` to a temp dir and run it; never raises for what the test does.
-    Setting ``cancel`` kills the test's process group (`dtf cancel`)."""
+    Setting ``cancel`` kills the test's process group (`dtf cancel`). ``reuse`` (from
+    dtf.models.reuse.load_config) forks the test from a server that loaded its model."""
     with _WORK_DIRS.lease() as work:
         script = work / "test_main.py"
         script.write_text(source, encoding="utf-8")
@@ -262,7 +265,7 @@ def run_source(
         started = time.time()
         t0 = time.perf_counter()
         child: _SpawnedChild | ForkedChild | None = None
-        server = server_for(source, child_env, python)
+        server = model_server_for(reuse, child_env, python) if reuse is not None else server_for(source, child_env, python)
         if server is not None:
             child = server.fork(script, child_env, stderr_file)  # None: not forked, spawn instead
         if child is None:
@@ -340,7 +343,9 @@ def execute(
     cancel: threading.Event | None = None,
 ) -> TestResult:
     """Run one rendered test and describe the attempt as a TestResult."""
-    ex = run_source(test.source, timeout_s=test.spec.timeout_s, env=env, cancel=cancel)
+    spec = test.spec
+    reuse = load_config(spec.model, spec.family, spec.params) if spec.hardware == "cpu" else None
+    ex = run_source(test.source, timeout_s=spec.timeout_s, env=env, cancel=cancel, reuse=reuse)
     return TestResult(
         run_id=run_id,
         test_id=test.spec.test_id,

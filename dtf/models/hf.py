@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from . import reuse
 from .hub import ModelMissing, resolve
 from .loaded import LoadedModel
 from .source import ModelSource
@@ -109,14 +110,18 @@ def load(name: str, family: str, source: ModelSource, params: Mapping[str, Any],
     config, origin, revision, folder = resolve_config(name, source, params.get("config"))
     task = pick_task(config, family, source.task)
     cls = auto_class(task)
-    if source.weights == "random":
-        torch.manual_seed(seed)
-        module = cls.from_config(config)
-        module = module.float()
-    else:
-        assert folder is not None  # resolve_config raised otherwise
-        module = cls.from_pretrained(folder, config=config, **{_dtype_kwarg(): torch.float32})
-    module.eval()
+    key = reuse.module_key("hf", name, family, source, params.get("config"), seed)
+    module = reuse.take(key)  # built once by a model server this test was forked from (dtf.models.reuse)
+    if module is None:
+        if source.weights == "random":
+            torch.manual_seed(seed)
+            module = cls.from_config(config)
+            module = module.float()
+        else:
+            assert folder is not None  # resolve_config raised otherwise
+            module = cls.from_pretrained(folder, config=config, **{_dtype_kwarg(): torch.float32})
+        module.eval()
+        reuse.keep(key, module)
     return LoadedModel(
         module=module,
         task=task,

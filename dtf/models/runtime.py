@@ -28,6 +28,7 @@ import numpy as np
 
 from .. import parity as parity_mod
 from ..stack import stack
+from . import reuse
 from .hub import ModelMissing, PackageMissing
 from .source import PACKAGES_FOR_SOURCE, ModelSource
 
@@ -171,9 +172,14 @@ def _run_torch(h: Any, cfg: Mapping[str, Any], source: ModelSource) -> None:
 
     importlib.import_module("timm" if source.source == "timm" else "transformers")
     h.metric("import_time_s", round(time.perf_counter() - started, 4))  # torch and the library, once per test process
+    reuse.restore_threads(params)  # forked from a model server (dtf.models.reuse): threads as a fresh process has them
     start = time.perf_counter()
-    model = _load_torch(cfg, source, params, seed)
+    model = _load_torch(cfg, source, params, seed)  # takes the server's module when it built this one
     h.metric("load_time_s", round(time.perf_counter() - start, 4))
+    server_load_s = reuse.reused()
+    h.metric("model_reused", server_load_s is not None)
+    if server_load_s is not None:
+        h.metric("model_load_s", round(server_load_s, 4))  # in the server, once for every test forked from it
     param_count = sum(p.numel() for p in model.module.parameters())
     h.metric("param_count", param_count)
     h.metric("task", model.task)

@@ -8,6 +8,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from . import reuse
 from .hub import ModelMissing, folder_revision
 from .loaded import LoadedModel
 from .source import ModelSource
@@ -22,26 +23,18 @@ def load(name: str, source: ModelSource, params: Mapping[str, Any], seed: int) -
     if source.task not in ("auto", "image-classification"):
         raise ValueError(f"timm models run image-classification, not {source.task}")
     kwargs = dict(params.get("config") or {})
-    torch.manual_seed(seed)
+    key = reuse.module_key("timm", name, "vision", source, kwargs, seed)
+    module = reuse.take(key)  # built once by a model server this test was forked from (dtf.models.reuse)
+    if module is None:
+        torch.manual_seed(seed)
+        module = _create(timm, name, source, kwargs).float().eval()
+        reuse.keep(key, module)
     if source.path is not None:
-        if not os.path.exists(source.path):
-            raise ModelMissing(f"{name}: no such weights file {source.path}")
-        module = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": source.path}, **kwargs)
         revision = folder_revision(source.path)
     elif source.weights == "pretrained":
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the cache or nothing: never wait on the network
-        try:
-            module = timm.create_model(name, pretrained=True, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - timm raises many kinds for a missing file
-            raise ModelMissing(
-                f"timm model {name}: pretrained weights are not in the HF cache of this worker "
-                f"({type(exc).__name__}); run `dtf models fetch timm/{name}` where the network is reachable"
-            ) from None
         revision = str(getattr(module, "pretrained_cfg", {}).get("hf_hub_id") or "timm")
     else:
-        module = timm.create_model(name, pretrained=False, **kwargs)
         revision = f"timm-{timm.__version__}:random"
-    module = module.float().eval()
     cfg = getattr(module, "pretrained_cfg", {}) or {}
     channels, height, width = cfg.get("input_size", (3, 224, 224))
     size = params.get("image_size")
@@ -55,3 +48,20 @@ def load(name: str, source: ModelSource, params: Mapping[str, Any], seed: int) -
 
     return LoadedModel(module=module, task="image-classification", revision=revision, config_source="timm",
                        model_class=type(module).__name__, make_inputs=make_inputs, unit="images")
+
+
+def _create(timm: Any, name: str, source: ModelSource, kwargs: Mapping[str, Any]) -> Any:
+    if source.path is not None:
+        if not os.path.exists(source.path):
+            raise ModelMissing(f"{name}: no such weights file {source.path}")
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": source.path}, **kwargs)
+    if source.weights == "pretrained":
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the cache or nothing: never wait on the network
+        try:
+            return timm.create_model(name, pretrained=True, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - timm raises many kinds for a missing file
+            raise ModelMissing(
+                f"timm model {name}: pretrained weights are not in the HF cache of this worker "
+                f"({type(exc).__name__}); run `dtf models fetch timm/{name}` where the network is reachable"
+            ) from None
+    return timm.create_model(name, pretrained=False, **kwargs)
