@@ -438,9 +438,10 @@ class WorkerRuntime:
 
     # -- results: spool first, then publish ---------------------------------------------
     def publish_result(self, result: TestResult) -> None:
-        """Spool the result and hand it to the sender thread (dtf.resend.ResultSender), which
-        publishes it with backoff across a broker failover; a result still unpublished stays
-        spooled for the replayer. The test's slot goes on to its next test at once."""
+        """Spool the result and publish it (dtf.resend.ResultSender): at once when the broker
+        takes it, else on the sender's thread with backoff across a broker failover, while
+        the test's slot goes on to its next test; a result still unpublished stays spooled
+        for the replayer."""
         result = dataclasses.replace(result, metrics={**dict(result.metrics), "stack_fingerprint": stack_fingerprint()})
         path = self._spool.new_path()
         body = result_body(result)

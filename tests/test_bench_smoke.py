@@ -47,7 +47,22 @@ def test_dispatch_bench_compares_dtf_with_raw_send_task() -> None:
         assert_summary(r["dtf"]["phases_s"][phase])
     assert r["dtf"]["publish_msgs_per_s"] > 0 and r["celery_send_task"]["msgs_per_s"] > 0
     assert_summary(r["celery_send_task"]["wall_s"])
-    assert set(r["ratios"]) == {"dtf_publish_vs_raw_send_task", "dtf_end_to_end_vs_raw_send_task"}
+    assert_summary(r["celery_send_task_in_producer_batch"]["wall_s"])
+    assert set(r["ratios"]) == {"dtf_publish_vs_raw_send_task", "dtf_end_to_end_vs_raw_send_task",
+                                "dtf_publish_vs_producer_batch", "dtf_end_to_end_vs_producer_batch"}
+
+
+@pytest.mark.slow
+def test_model_load_bench_runs_a_real_model_suite_with_and_without_reuse() -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    r = run_bench("model_load.py")
+    assert r["tests_per_run"] == 4
+    own, reused = r["each_test_loads"]["last_run"], r["model_reused"]["last_run"]
+    assert {t["model_reused"] for t in own["tests"]} == {False} and {t["model_reused"] for t in reused["tests"]} == {True}
+    assert all(t["status"] == "passed" for t in own["tests"] + reused["tests"])
+    assert reused["server_load_s"] > 0 and own["server_load_s"] is None
+    assert set(r["ratios"]) == {"run_wall_reused_vs_each_loads", "test_wall_total_reused_vs_each_loads"}
 
 
 @pytest.mark.slow

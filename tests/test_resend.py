@@ -105,17 +105,22 @@ def test_recent_results_give_back_what_was_published_from_the_window_before_a_lo
     assert [b["name"] for b in recent.since_loss()] == ["later"]
 
 
-def test_the_sender_publishes_off_the_callers_thread_batches_what_waits_and_releases_what_fails(tmp_path: Path) -> None:
+def test_the_sender_publishes_inline_when_it_can_else_on_its_thread_batching_what_waits(tmp_path: Path) -> None:
     from dtf.resend import ResultSender
 
     spool = Spool(tmp_path / "spool")
-    batches: list[list[str]] = []
-    first_taken, go_on = threading.Event(), threading.Event()
+    calls: list[tuple[str, list[str]]] = []
+    taken, go_on = threading.Event(), threading.Event()
 
     def publish_many(bodies: list, fresh: bool) -> None:  # type: ignore[type-arg]
-        batches.append([b["n"] for b in bodies])
-        first_taken.set()
-        go_on.wait(10)
+        names = [b["n"] for b in bodies]
+        on_thread = threading.current_thread().name == "dtf-result-sender"
+        calls.append(("sender" if on_thread else "caller", names))
+        if names == ["a"] and not on_thread:
+            raise ConnectionError("broker gone")  # the inline try fails: the sender takes it over
+        if names == ["a"]:
+            taken.set()
+            go_on.wait(10)  # "b" and "c" arrive while "a" is being published
 
     sent: list[str] = []
     sender = ResultSender(spool, publish_many, sent=lambda body: sent.append(body["n"]))
@@ -127,12 +132,13 @@ def test_the_sender_publishes_off_the_callers_thread_batches_what_waits_and_rele
         sender.send(path, {"n": n}, n)
         return path
 
-    paths = [hand_over("a")]
-    assert first_taken.wait(10)  # "a" is being published; "b" and "c" wait and go out together
-    paths += [hand_over("b"), hand_over("c")]
+    paths = [hand_over("x"), hand_over("a")]
+    assert taken.wait(10)
+    paths += [hand_over("b"), hand_over("c")]  # the sender is busy: they wait for it, in order
     go_on.set()
     assert sender.flush(10)
-    assert batches == [["a"], ["b", "c"]] and sent == ["a", "b", "c"]
+    assert calls == [("caller", ["x"]), ("caller", ["a"]), ("sender", ["a"]), ("sender", ["b", "c"])]
+    assert sent == ["x", "a", "b", "c"]
     assert not any(p.exists() for p in paths)
 
     def broken(bodies: list, fresh: bool) -> None:  # type: ignore[type-arg]
