@@ -69,10 +69,11 @@ def publish_with_backoff(publish: Callable[[bool], None], *, deadline_s: float =
 class RecentResults:
     """The result bodies a worker published lately, for ``since_loss`` after a reconnect.
 
-    Bounded by age (a minute) and count: it only has to cover the moments before a broker
-    connection drops."""
+    Bounded by age (30 s) and count (4,000 results: a result body is at most a few hundred
+    KB, its text fields capped by dtf.wire; typically a few KB): it only has to cover the
+    seconds before a broker connection drops, which the consumer notices at once."""
 
-    def __init__(self, *, window_s: float = RESEND_WINDOW_S, keep_s: float = 60.0, max_items: int = 10_000,
+    def __init__(self, *, window_s: float = RESEND_WINDOW_S, keep_s: float = 30.0, max_items: int = 4_000,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.window_s = window_s
         self.keep_s = keep_s
