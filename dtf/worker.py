@@ -18,7 +18,6 @@ worker, at most ``max_rejections`` times, then fails with the reason.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -37,7 +36,8 @@ from celery.exceptions import Reject
 
 from . import runner
 from .app import DtfApp
-from .bus import RESULTS_QUEUE, publish_control, result_body, results_queue, send_test, task_queue, wire_format
+from .bus import RESULTS_QUEUE, producer_batch, publish_control, result_body, results_queue, send_test, task_queue, \
+    wire_format
 from .guard import GuardLimits, GuardState, ResourceGuard
 from .hardware import cpu_capacity, memory_capacity_gb
 from .health import HealthSample, HealthSampler
@@ -468,19 +468,23 @@ class WorkerRuntime:
         options: dict[str, Any] = dict(exchange="", routing_key=RESULTS_QUEUE, serializer=wire_format(self.app)[0],
                                        declare=[results_queue()])
         if not fresh:
-            with self.app.producer_or_acquire() as producer, _batch(producer, len(bodies)):
+            with self.app.producer_or_acquire() as producer, producer_batch(producer, len(bodies)):
                 for body in bodies:
                     producer.publish(body, retry=True, retry_policy={"max_retries": 1, "interval_start": 0.2}, **options)
             return
         with self.app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, interval_start=0, timeout=5)
             producer = conn.Producer()
-            with _batch(producer, len(bodies)):
+            with producer_batch(producer, len(bodies)):
                 for body in bodies:
                     producer.publish(body, retry=False, **options)
 
-    def _publish_body(self, body: Mapping[str, Any], fresh: bool = False) -> None:
-        self._publish_bodies([body], fresh)
+    def consumer_started(self) -> None:
+        """Celery's consumer (re)started; every start after the first follows a lost connection."""
+        self._consumer_starts += 1
+        if self._consumer_starts > 1:
+            self.recent.mark_lost()
+            self.after_reconnect()
 
     def after_reconnect(self) -> int:
         """The consumer is connected again after losing the broker: publish again, through
@@ -493,22 +497,9 @@ class WorkerRuntime:
             self._spool.write(self._spool.new_path(), body)
         if bodies:
             log.warning("broker reconnected: publishing again %d results sent just before the connection dropped",
-                     len(bodies))
+                        len(bodies))
             threading.Thread(target=self._replay_quietly, name="dtf-resend", daemon=True).start()
         return len(bodies)
-
-    def _publish_body(self, body: Mapping[str, Any], fresh: bool = False) -> None:
-        """One publish of a result: on the app's pooled producer, or (``fresh``) on a new
-        connection, which asks the Sentinels for the current master."""
-        options: dict[str, Any] = dict(exchange="", routing_key=RESULTS_QUEUE, serializer=wire_format(self.app)[0],
-                                       declare=[results_queue()])
-        if not fresh:
-            with self.app.producer_or_acquire() as producer:
-                producer.publish(body, retry=True, retry_policy={"max_retries": 1, "interval_start": 0.2}, **options)
-            return
-        with self.app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, interval_start=0, timeout=5)
-            conn.Producer().publish(body, retry=False, **options)
 
     def replay_spool(self) -> int:
         """Publish results left in the spool (by an earlier run of this worker, or by a publish
@@ -524,7 +515,7 @@ class WorkerRuntime:
                 except (OSError, ValueError) as exc:
                     log.warning("cannot replay spooled result %s: %s", path.name, exc)
                     continue
-                self._publish_body(body, fresh=True)
+                self._publish_bodies([body], fresh=True)
                 path.unlink(missing_ok=True)
                 sent += 1
         return sent
@@ -638,10 +629,7 @@ def _guard_step(runtime: WorkerRuntime) -> type[bootsteps.StartStopStep]:
             # After a reconnect the consumer restarts from app.amqp.queues.consume_from,
             # which cancel_task_queue edits too: the verdict survives the restart.
             self.tref = c.timer.call_repeatedly(CONSUMER_SYNC_S, runtime.sync_consumers, (c,))
-            runtime._consumer_starts += 1
-            if runtime._consumer_starts > 1:  # a restart: the broker connection was lost
-                runtime.recent.mark_lost()
-                runtime.after_reconnect()
+            runtime.consumer_started()
 
         def stop(self, c: Any) -> None:
             runtime.recent.mark_lost()  # Celery stops the steps when the connection drops (and at shutdown)
@@ -651,13 +639,6 @@ def _guard_step(runtime: WorkerRuntime) -> type[bootsteps.StartStopStep]:
 
     ResourceGuardStep.name = "dtf.worker.ResourceGuardStep"
     return ResourceGuardStep
-
-
-def _batch(producer: Any, size: int) -> Any:
-    """kombu's Producer.batch (kombu >= 5.7: the Redis transport pipelines the publishes) when
-    there is more than one message and the producer has it."""
-    batch = getattr(producer, "batch", None)
-    return batch(max(1, size)) if batch is not None and size > 1 else contextlib.nullcontext()
 
 
 def _redelivered(request: Any) -> bool:

@@ -22,15 +22,15 @@ from .connect import CONTROL_UNACKED_KEY, BrokerOptions, broker_connection_args,
 from .port import CoordinatorPort, KombuPort, MemoryMessage, MemoryPort, TestTask
 from .protocol import (
     CONTROL_QUEUE, MARKER_QUEUE, QUERY_OPS, RESULTS_QUEUE, RUN_TEST, TASK_EXCHANGE, control_queue, drop_undecodable,
-    dumps, first_line, hardware_queues, result_body, results_queue, send_test, submit_bodies, submit_body, task_id_for,
-    task_payload, task_queue, wire_format,
+    dumps, first_line, hardware_queues, producer_batch, result_body, results_queue, send_test, submit_bodies, submit_body,
+    task_id_for, task_payload, task_queue, wire_format,
 )
 from .rpc import publish_control, reply, request
 
 __all__ = [
     "RUN_TEST", "RESULTS_QUEUE", "CONTROL_QUEUE", "MARKER_QUEUE", "TASK_EXCHANGE", "QUERY_OPS",
     "hardware_queues", "task_queue", "control_queue", "results_queue", "wire_format",
-    "task_payload", "send_test", "task_id_for", "result_body", "submit_bodies", "submit_body",
+    "task_payload", "send_test", "task_id_for", "result_body", "submit_bodies", "submit_body", "producer_batch",
     "dumps", "first_line", "drop_undecodable",
     "BrokerOptions", "broker_options", "broker_connection_args", "control_transport_options", "CONTROL_UNACKED_KEY",
     "publish_control", "request", "reply",

@@ -12,14 +12,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence
 
 from kombu import Producer, Queue
 from kombu.exceptions import ChannelError
 
 from ..wire import dead_letter, dead_letter_count
-from .protocol import MARKER_QUEUE, first_line, hardware_queues, send_test
+from .protocol import MARKER_QUEUE, first_line, hardware_queues, producer_batch, send_test
 from .rpc import reply
 
 if TYPE_CHECKING:  # Celery is imported only where an app is made (dtf.app): clients start without it
@@ -75,10 +74,7 @@ class KombuPort:
         self.embedded = embedded
 
     def send_tests(self, tasks: Sequence[TestTask]) -> None:
-        # Inside kombu's Producer.batch (kombu >= 5.7) the Redis transport buffers the LPUSHes
-        # and sends up to 1,000 in one round trip; transports without it publish each at once.
-        batch = getattr(self.producer, "batch", None)
-        with batch(1000) if batch is not None else nullcontext():
+        with producer_batch(self.producer, min(1000, len(tasks))):
             for payload, queue, task_id in tasks:
                 send_test(self.app, self.producer, payload, queue, task_id)
 

@@ -7,6 +7,7 @@ What may *arrive* is checked by dtf.wire.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -22,7 +23,7 @@ if TYPE_CHECKING:  # Celery is imported only where an app is made (dtf.app): cli
 __all__ = [
     "RUN_TEST", "RESULTS_QUEUE", "CONTROL_QUEUE", "MARKER_QUEUE", "REPLY_PREFIX", "TASK_EXCHANGE", "QUERY_OPS",
     "hardware_queues", "task_queue", "control_queue", "results_queue", "wire_format", "task_payload", "send_test", "task_id_for",
-    "result_body", "submit_bodies", "submit_body", "dumps", "first_line", "drop_undecodable",
+    "result_body", "submit_bodies", "submit_body", "dumps", "first_line", "drop_undecodable", "producer_batch",
 ]
 
 log = logging.getLogger("dtf.bus")
@@ -154,6 +155,14 @@ def submit_body(submit_id: str, run: Mapping[str, Any], chunk: int, chunks: int,
 
 
 # -- small shared helpers -----------------------------------------------------------------------
+def producer_batch(producer: Any, size: int = 1000) -> Any:
+    """kombu's ``Producer.batch`` (kombu >= 5.7: the Redis transport buffers the publishes
+    and sends up to ``size`` in one round trip) for more than one message, where the
+    producer has it; else a context that does nothing (each publish goes at once)."""
+    batch = getattr(producer, "batch", None)
+    return batch(size) if batch is not None and size > 1 else contextlib.nullcontext()
+
+
 def dumps(obj: Any) -> str:
     """The JSON a body is measured by against the payload cap."""
     return json.dumps(obj)

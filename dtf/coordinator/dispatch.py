@@ -50,10 +50,10 @@ class DispatchPolicy(CoordinatorState):
 
         One keyed DuckDB read for all of them, the stored spec JSON passed through as is
         (no dataclass round trip), every payload checked against the cap before the first
-        is sent, and the sends pipelined by the port. If the send fails (the broker went
-        away mid-batch) the items are kept in ``carry.unsure`` and the exception goes on: the
-        next serve loop publishes them again with ``recheck``, which makes a worker ask the
-        coordinator whether the test already ran before it runs a copy."""
+        is sent, and the sends pipelined by the port. Each is noted in ``carry.sent`` first: if
+        the broker goes away mid-batch, the next serve loop publishes them again with
+        ``recheck``, which makes a worker ask the coordinator whether the test already ran
+        before it runs a copy (``_publish_again_after_loss``)."""
         self._mark_published(run_id, items)
         stored = self.store.test_sources(run_id, [tid for tid, _ in items])
         tasks: list[TestTask] = []
@@ -67,27 +67,24 @@ class DispatchPolicy(CoordinatorState):
             if size > self.max_payload:
                 raise PayloadTooLarge(f"test {test_id}: payload is {size} bytes, over the {self.max_payload}-byte cap")
             tasks.append((payload, queue_of(spec), task_id_for(run_id, test_id, attempt)))
-        try:
-            self.port.send_tests(tasks)
-        except Exception:
-            self.carry.unsure.setdefault(run_id, set()).update(items)
-            raise
+        # Noted before the send: a send the broker cuts off falls in the window before the loss.
         now = time.monotonic()
         self.carry.sent.extend((now, run_id, test_id, attempt) for test_id, attempt in items)
+        self.port.send_tests(tasks)
 
     def _publish_again_after_loss(self) -> None:
         """After a lost broker connection: publish again, at once and with ``recheck``, what
-        may not have survived it: the tests of a send the loss cut off, and those sent up to
-        RESEND_WINDOW_S before it (a Sentinel failover can drop the old master's last writes).
+        may not have survived it: the tests sent from RESEND_WINDOW_S before it on, a send the
+        loss cut off included (a Sentinel failover can drop the old master's last writes).
         Only tests still queued at the attempt that was sent: a started one was delivered."""
         carry = self.carry
-        again: dict[str, set[tuple[str, int]]] = {run_id: set(items) for run_id, items in carry.unsure.items()}
-        if carry.lost_at is not None:
-            since = carry.lost_at - RESEND_WINDOW_S
-            for sent_at, run_id, test_id, attempt in carry.sent:
-                if sent_at >= since:
-                    again.setdefault(run_id, set()).add((test_id, attempt))
-        carry.unsure, carry.lost_at = {}, None
+        if carry.lost_at is None:
+            return
+        since, carry.lost_at = carry.lost_at - RESEND_WINDOW_S, None
+        again: dict[str, set[tuple[str, int]]] = {}
+        for sent_at, run_id, test_id, attempt in carry.sent:
+            if sent_at >= since:
+                again.setdefault(run_id, set()).add((test_id, attempt))
         count = 0
         for run_id, items in again.items():
             graph = self.runs.get(run_id)

@@ -82,7 +82,7 @@ class Coordinator(SubmitPolicy, CancelPolicy, QueryPolicy, LivenessPolicy):
         self._restore_active_runs()
         self.reconcile_on_election(republish=lost)
         if lost:
-            self.carry.unsure, self.carry.lost_at = {}, None  # republished with everything else in flight
+            self.carry.lost_at = None  # republished with everything else in flight
             self.port.put_marker()
         else:
             self._publish_again_after_loss()

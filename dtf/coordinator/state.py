@@ -28,10 +28,9 @@ RESEND_WINDOW_S = 10.0
 @dataclass
 class Carry:
     """What one term's serve loops hand to the next when the broker connection drops
-    (dtf/coordinator/candidate.py): tests whose publish failed mid-batch (the broker may or
-    may not have them), the tests sent lately, and when the connection was lost."""
+    (dtf/coordinator/candidate.py): the tests sent lately (a send the loss cut off
+    included), and when the connection was lost."""
 
-    unsure: dict[str, set[tuple[str, int]]] = field(default_factory=dict)  # run id -> (test, attempt)
     sent: deque[tuple[float, str, str, int]] = field(default_factory=lambda: deque(maxlen=50_000))
     lost_at: float | None = None  # time.monotonic() of the last connection loss
 
