@@ -13,6 +13,7 @@ import logging
 import time
 from typing import Any, Mapping, Sequence
 
+from ..bus import task_id_for
 from ..model import Status, TestSpec
 from ..requirements import queue_of
 from ..schedule import RunGraph
@@ -177,14 +178,13 @@ class LivenessPolicy(HistoryPolicy):
         tests whose messages some worker has held unacked for longer than a started notice
         takes: a live worker would have reported them by now (with prefetch beyond its
         concurrency, a live worker's waiting test is sent too; its copy asks first)."""
+        held = set(self.port.held_tasks(HELD_UNSTARTED_AFTER_S))
+        if not held:
+            return
         again: dict[str, list[tuple[str, int]]] = {}
-        for task_id in self.port.held_tasks(HELD_UNSTARTED_AFTER_S):
-            for run_id, graph in self.runs.items():
-                if not task_id.startswith(run_id + ":"):
-                    continue
-                test_id, _, attempt = task_id[len(run_id) + 1:].rpartition(":")
-                t = graph.tests.get(test_id)
-                if t is not None and t.status == Status.QUEUED.value and str(t.attempts) == attempt:
+        for run_id, graph in self.runs.items():
+            for test_id, t in graph.tests.items():
+                if t.status == Status.QUEUED.value and task_id_for(run_id, test_id, t.attempts) in held:
                     again.setdefault(run_id, []).append((test_id, t.attempts))
         for run_id, items in again.items():
             log.warning("worker %s went silent; re-publishing %d tests of run %s it may have taken before "

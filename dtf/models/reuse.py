@@ -36,7 +36,7 @@ import time
 from typing import Any, Mapping
 
 __all__ = ["REUSE_PARAM", "MODEL_SERVERS_MAX", "load_config", "load_key", "module_key", "preload", "take", "keep",
-           "reused"]
+           "reused", "restore_threads"]
 
 REUSE_PARAM = "reuse_model"
 MODEL_SERVERS_MAX = 2
@@ -85,8 +85,7 @@ def keep(key: str, module: Any) -> None:
 
 
 def reused() -> float | None:
-    """After loading in a test: the server's load time when the module was taken from it,
-    else None. Gives the test torch's default thread count back (the server loaded with one)."""
+    """After loading in a test: the server's load time when the module was taken from it, else None."""
     if not _taken:
         return None
     return float(_server["load_s"])
